@@ -1,0 +1,65 @@
+"""The `flm` command. Each subcommand lives beside the code it drives and registers itself here.
+
+A module in ``COMMANDS`` exposes ``register(subparsers)``; the parser it adds sets ``func`` (args -> int).
+User mistakes raise ``FlmError``: one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from flm.errors import FlmError
+
+COMMANDS = [
+    "flm.data.cli",  # flm data prepare
+    "flm.train.cli",  # flm train, flm run, flm plot
+    "flm.generate",  # flm generate
+    "flm.growth.cli",  # flm grow
+    "flm.mup_cli",  # flm mup coord-check / search, flm predict
+    "flm.scaling.cli",  # flm cost
+    "flm.eval.cli",  # flm eval ppl / bench / iq
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flm",
+        description="Train LLMs on a budget by progressive growth (FLM-101B): train small, grow with "
+        "function-preserving MSG operators, keep training.",
+    )
+    parser.add_argument("--version", action="version", version=f"flm {__import__('flm').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # a subsystem not built yet: skip it, keep the rest usable
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except FlmError as e:
+        print(f"flm {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("flm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""One typed config for a run: model shape, data, optimizer, schedule, parallel layout, stages and growth.
+
+TOML in (``load_config``), TOML out (``save_config``). Every bad value becomes one ``FlmError`` line that
+names the key and the fix; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flm.errors import FlmError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+VOCAB_MULTIPLE = 128
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Shape and parameterization of the FLM decoder (GPT-3 style pre-LN, xPos rotary, GeLU MLP)."""
+
+    vocab_size: int = Field(8192, gt=0, description="tokenizer vocabulary; the model pads it to 128")
+    d_model: int = Field(128, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(4, gt=0)
+    head_dim: int | None = Field(None, gt=0, description="defaults to d_model // n_heads")
+    d_ff: int | None = Field(None, gt=0, description="defaults to 4 * d_model")
+    max_seq_len: int = Field(256, gt=0)
+    rotary_theta: float = Field(10000.0, gt=0)
+    xpos: bool = True
+    xpos_scale_base: float = Field(512.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    ln_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+    # muP: None = standard parameterization; otherwise the base width the hyperparameters were tuned at.
+    mup_base_width: int | None = Field(None, gt=0)
+    input_mult: float = Field(1.0, gt=0)
+    output_mult: float = Field(1.0, gt=0)
+    attn_scale: Literal["sqrt", "linear"] | None = Field(
+        None, description="1/sqrt(d_head) or 1/d_head; default sqrt under SP, linear under muP"
+    )
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> ModelConfig:
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(
+                    f"model.d_model ({self.d_model}) is not divisible by model.n_heads ({self.n_heads}): "
+                    "pick d_model as a multiple of n_heads, or set model.head_dim"
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.head_dim % 2:
+            raise ValueError(
+                f"model.head_dim is {self.head_dim}, odd: rotary embeddings need an even head_dim; "
+                "change d_model/n_heads or set model.head_dim to an even number"
+            )
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)
+        if self.attn_scale is None:
+            object.__setattr__(self, "attn_scale", "linear" if self.mup_base_width else "sqrt")
+        return self
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    @property
+    def attn_dim(self) -> int:
+        return self.n_heads * self.head_dim  # type: ignore[operator]
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / base width under muP, 1.0 under standard parameterization."""
+        return self.d_model / self.mup_base_width if self.mup_base_width else 1.0
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Exact parameter count of ``FLM`` (tied embeddings, biases, LayerNorms)."""
+        d, a, f = self.d_model, self.attn_dim, self.d_ff
+        attn = 3 * (d * a + a) + (a * d + d)
+        mlp = d * f + f + f * d + d  # type: ignore[operator]
+        block = attn + mlp + 2 * 2 * d
+        total = self.n_layers * block + 2 * d
+        if embeddings:
+            total += self.padded_vocab_size * d
+        return total
+
+    def shape(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("d_model", "n_layers", "n_heads", "head_dim", "d_ff")}
+
+
+class GrowthConfig(_Strict):
+    """How one stage grows out of the previous one (MSG). Unset dimensions stay as they are."""
+
+    d_model: int | None = Field(None, gt=0)
+    d_ff: int | None = Field(None, gt=0)
+    n_heads: int | None = Field(None, gt=0)
+    n_layers: int | None = Field(None, gt=0)
+    ramp_steps: int = Field(100, ge=0, description="optimizer steps over which the masks go 0 -> 1")
+    depth_position: Literal["top", "interleave"] | list[int] = "top"
+    depth_init: Literal["copy", "random"] = "copy"
+    reset_optimizer: bool = False
+
+    def apply(self, model: ModelConfig, where: str = "grow") -> ModelConfig:
+        """The grown shape; refuses to shrink any dimension."""
+        update: dict[str, Any] = {}
+        for key in ("d_model", "d_ff", "n_heads", "n_layers"):
+            new = getattr(self, key)
+            if new is None:
+                continue
+            old = getattr(model, key)
+            if new < old:
+                raise FlmError(
+                    f"{where}.{key} = {new} is smaller than the current {old}: growth cannot shrink a "
+                    f"dimension; set {where}.{key} >= {old}"
+                )
+            update[key] = new
+        data = model.model_dump()
+        data.update(update)
+        return _validated(ModelConfig, data, where=f"{where} result")
+
+
+class DataSource(_Strict):
+    path: str = Field(description="file or glob: .txt, .jsonl, .jsonl.gz with a 'text' field")
+    weight: float = Field(1.0, gt=0)
+
+
+class TokenizerConfig(_Strict):
+    kind: Literal["bpe", "file", "tiktoken"] = "bpe"
+    vocab_size: int = Field(8192, ge=300, description="for kind='bpe': size of the BPE trained on the corpus")
+    path: str | None = Field(None, description="tokenizer.json (kind='file') or .tiktoken/vocab file")
+    name: str | None = Field(None, description="tiktoken encoding: cl100k_base or gpt2")
+
+
+class DataConfig(_Strict):
+    train: list[DataSource] = Field(default_factory=lambda: [DataSource(path="data/pd-english/train.jsonl.gz")])
+    valid: list[DataSource] = Field(default_factory=lambda: [DataSource(path="data/pd-english/valid.jsonl.gz")])
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    prepared_dir: str = Field("data/prepared", description="token shards are cached here by content hash")
+    max_chars: int | None = Field(None, gt=0, description="use only the first N characters of train data")
+    workers: int = Field(2, gt=0)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (stage-start LR under growth)")
+    min_lr: float = Field(1e-4, ge=0, description="floor of the cosine schedule")
+    warmup_steps: int = Field(100, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    clip: float = Field(1.0, ge=0, description="gradient-norm clip; 0 disables")
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(200, gt=0, description="optimizer steps for one stage")
+    batch_size: int = Field(16, gt=0, description="global batch, in sequences")
+    micro_batch_size: int | None = Field(None, gt=0, description="per-rank micro batch; default = all")
+    seq_len: int | None = Field(None, gt=0, description="defaults to model.max_seq_len")
+    eval_every: int = Field(50, ge=0)
+    eval_batches: int = Field(8, gt=0)
+    log_every: int = Field(10, gt=0)
+    ckpt_every: int = Field(0, ge=0, description="0 = only at the end")
+    keep_last: int = Field(2, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    peak_flops: float | None = Field(None, gt=0, description="per-device peak FLOP/s for MFU")
+    compile: bool = False
+    progress: bool = True
+
+
+class ParallelConfig(_Strict):
+    dp: int = Field(-1, description="-1 = all remaining ranks")
+    tp: int = Field(1, gt=0)
+    pp: int = Field(1, gt=0)
+
+
+class StageConfig(_Strict):
+    """One stage of a progressive run. The first stage trains ``model``; later ones ``grow`` it."""
+
+    name: str | None = None
+    grow: GrowthConfig | None = None
+    steps: int | None = Field(None, gt=0)
+    tokens: int | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, description="stage-start LR (default: inherited)")
+    warmup_steps: int | None = Field(None, ge=0)
+    batch_size: int | None = Field(None, gt=0)
+    parallel: ParallelConfig | None = None
+    tflops_per_gpu: float | None = Field(None, gt=0, description="measured throughput, for flm cost")
+
+    @model_validator(mode="after")
+    def _steps_or_tokens(self) -> StageConfig:
+        if self.steps is not None and self.tokens is not None:
+            raise ValueError("a stage sets either steps or tokens, not both")
+        return self
+
+
+class CostConfig(_Strict):
+    gpu: str = "A800"
+    n_gpus: int = Field(1, gt=0)
+    peak_tflops: float | None = Field(None, gt=0, description="override the known peak of `gpu`")
+    mfu: float | None = Field(None, gt=0, le=1, description="used when a stage gives no tflops_per_gpu")
+    price_per_gpu_hour: float = Field(1.0, description="US dollars")
+    tdp_watts: float | None = Field(None, gt=0)
+    recompute: bool = True
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
+    lr_mode: Literal["inherit", "restart"] = Field(
+        "inherit", description="inherit: one cosine across stages (the paper); restart: new warmup per stage"
+    )
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        seq = self.train.seq_len or self.model.max_seq_len
+        if seq > self.model.max_seq_len:
+            raise ValueError(
+                f"train.seq_len ({seq}) exceeds model.max_seq_len ({self.model.max_seq_len}); lower it"
+            )
+        if self.stages:
+            if self.stages[0].grow is not None:
+                raise ValueError("stages[0] must not have a grow section: the first stage trains [model]")
+            for i, st in enumerate(self.stages[1:], start=1):
+                if st.grow is None:
+                    raise ValueError(f"stages[{i}] needs a [stages.grow] section saying how it grows")
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.max_seq_len
+
+    def stage_models(self) -> list[ModelConfig]:
+        """Model config of every stage (one entry when no stages are listed)."""
+        models = [self.model]
+        for i, st in enumerate(self.stages[1:], start=1):
+            assert st.grow is not None
+            models.append(st.grow.apply(models[-1], where=f"stages[{i}].grow"))
+        return models
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    cls: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part) if hasattr(cls, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            cand = getattr(cand, "__args__", (cand,))[0] if getattr(cand, "__origin__", None) is list else cand
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cls = cand
+                break
+        else:
+            return []
+    return list(cls.model_fields)
+
+
+def _validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = _loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(model, err["loc"])
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            raise FlmError(f"{where}: unknown key '{loc}': {hint}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc:
+            got = err.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            raise FlmError(f"{where}: {loc}: {msg}{shown}") from None
+        raise FlmError(f"{where}: {msg}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=10' -> (['train', 'steps'], 10); the value is parsed as TOML when it can be."""
+    if "=" not in text:
+        raise FlmError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config", overrides: list[str] = ()) -> RunConfig:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise FlmError(f"--set {text}: '{k}' is not a table")
+        node[keys[-1]] = value
+    cfg = _validated(RunConfig, data, where)
+    try:
+        cfg.stage_models()
+    except FlmError:
+        raise
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise FlmError(f"config file not found: {p} (pass a TOML file, e.g. configs/demo.toml)")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise FlmError(f"{p}: not valid TOML: {e}") from None
+    return config_from_dict(data, where=str(p), overrides=overrides)
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude_none=True)
+
+
+def dump_toml(cfg: BaseModel) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write to a temp file beside ``path``, fsync, then rename: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: BaseModel, path: str | os.PathLike[str]) -> None:
+    atomic_write(path, dump_toml(cfg))

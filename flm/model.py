@@ -1,0 +1,357 @@
+"""The FLM decoder: GPT-3 style pre-LN blocks, xPos rotary attention, GeLU MLP, tied embeddings, muP
+multipliers, and the growth masks of MSG (Masked Structural Growth).
+
+Nothing here knows about parallelism or training. Growth masks are module buffers that exist only while a
+growth ramp is running; without them the forward pass is the plain one.
+
+Masks (MSG, see design.md). One scalar ``m`` (buffer ``grow_m``) ramps 0 -> 1; boolean buffers mark the
+new units. For a marked unit the mask is ``m``, otherwise 1:
+- hidden: residual writes (embedding, attention out, MLP out) and LayerNorm outputs are multiplied by the
+  hidden mask, and LayerNorm statistics are taken over the active dims only (weighted by the mask);
+- heads: q, k, v of new heads are multiplied by the head mask;
+- FFN: gelu(mask * (x W1 + b1));
+- depth: h <- m * Block(h) + (1 - m) * h for new blocks;
+- muP readout multiplier: linearly interpolated from the old width's to the new width's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flm.config import ModelConfig
+
+
+def _mask(new: Tensor | None, m: Tensor) -> Tensor | None:
+    """1 where ``new`` is False, ``m`` where it is True (None when no growth is running)."""
+    if new is None:
+        return None
+    return torch.where(new, m.to(torch.float32), torch.ones((), device=new.device)).to(m.dtype)
+
+
+def masked_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, mask: Tensor | None) -> Tensor:
+    """LayerNorm; with a mask, mean and variance are over active dims only and the output is masked.
+
+    At mask = 0 on the new dims this equals the old model's LayerNorm on the old dims, exactly.
+    """
+    if mask is None:
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    msum = mask.sum()
+    mean = (x * mask).sum(-1, keepdim=True) / msum
+    var = ((x - mean).square() * mask).sum(-1, keepdim=True) / msum
+    return ((x - mean) * torch.rsqrt(var + eps) * weight + bias) * mask
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return masked_layer_norm(x, self.weight, self.bias, self.eps, mask)
+
+
+class Rotary(nn.Module):
+    """Rotary embedding on all head dims (rotate-half layout), with optional xPos decay.
+
+    xPos (Sun et al. 2023): q is scaled by zeta^(p/scale_base), k by zeta^(-p/scale_base), so q.k decays
+    with relative distance as zeta^((n - m)/scale_base). Positions are centred on max_seq_len/2 to keep the
+    scales near 1; the centre cancels in q.k, and is fixed so that a KV cache stays consistent.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hd = cfg.head_dim
+        assert hd is not None
+        self.head_dim = hd
+        self.theta = cfg.rotary_theta
+        self.xpos = cfg.xpos
+        self.scale_base = cfg.xpos_scale_base
+        self.center = cfg.max_seq_len // 2
+        self._cache: dict[tuple, tuple[Tensor, Tensor, Tensor | None]] = {}
+
+    def tables(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
+        key = (start, length, device, dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        hd = self.head_dim
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+        pos = torch.arange(start, start + length, dtype=torch.float64, device=device)
+        freqs = torch.outer(pos, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        scale = None
+        if self.xpos:
+            zeta = (torch.arange(0, hd, 2, dtype=torch.float64, device=device) + 0.4 * hd) / (1.4 * hd)
+            power = (pos - self.center) / self.scale_base
+            s = zeta[None, :] ** power[:, None]
+            scale = torch.cat([s, s], dim=-1).to(dtype)
+        if len(self._cache) > 16:
+            self._cache.clear()
+        self._cache[key] = (cos, sin, scale)
+        return cos, sin, scale
+
+    @staticmethod
+    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+    def forward(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """q, k: (batch, heads, seq, head_dim)."""
+        cos, sin, scale = self.tables(start, q.shape[-2], q.device, q.dtype)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        if scale is not None:
+            q, k = q * scale, k / scale
+        return q, k
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values per layer, for incremental decoding."""
+
+    k: list[Tensor]
+    v: list[Tensor]
+    pos: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, n_layers: int, batch: int, device, dtype) -> KVCache:
+        shape = (batch, cfg.n_heads, cfg.max_seq_len, cfg.head_dim)
+        return cls(
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)],
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)],
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d, a = cfg.d_model, cfg.attn_dim
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q = nn.Linear(d, a)
+        self.k = nn.Linear(d, a)
+        self.v = nn.Linear(d, a)
+        self.o = nn.Linear(a, d)
+        self.scale = 1.0 / (cfg.head_dim if cfg.attn_scale == "linear" else math.sqrt(cfg.head_dim))
+        self.dropout = cfg.dropout
+        self.register_buffer("head_new", None)
+
+    def forward(
+        self,
+        x: Tensor,
+        rotary: Rotary,
+        m: Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k(x).view(b, t, self.n_heads, self.head_dim)
+        v = self.v(x).view(b, t, self.n_heads, self.head_dim)
+        head_mask = _mask(self.head_new, m)
+        if head_mask is not None:
+            hm = head_mask[:, None]
+            q, k, v = q * hm, k * hm, v * hm
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        start = cache.pos if cache is not None else 0
+        q, k = rotary(q, k, start)
+        attn_mask, causal = None, True
+        if cache is not None:
+            cache.k[layer][:b, :, start : start + t] = k
+            cache.v[layer][:b, :, start : start + t] = v
+            k, v = cache.k[layer][:b, :, : start + t], cache.v[layer][:b, :, : start + t]
+            if start > 0:
+                causal = False
+                if t > 1:
+                    rows = torch.arange(start, start + t, device=x.device)[:, None]
+                    attn_mask = rows >= torch.arange(start + t, device=x.device)[None, :]
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=causal and attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+        )
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.register_buffer("ffn_new", None)
+
+    def forward(self, x: Tensor, m: Tensor) -> Tensor:
+        h = self.up(x)
+        ffn_mask = _mask(self.ffn_new, m)
+        if ffn_mask is not None:
+            h = h * ffn_mask
+        return self.down(F.gelu(h, approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.register_buffer("depth_new", None)  # a 0-dim bool: True while this block is ramping in
+
+    def forward(
+        self,
+        h: Tensor,
+        rotary: Rotary,
+        m: Tensor,
+        hidden_mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        a = self.drop(self.attn(self.ln1(h, hidden_mask), rotary, m, cache, layer))
+        if hidden_mask is not None:
+            a = a * hidden_mask
+        out = h + a
+        f = self.drop(self.mlp(self.ln2(out, hidden_mask), m))
+        if hidden_mask is not None:
+            f = f * hidden_mask
+        out = out + f
+        if self.depth_new is not None and bool(self.depth_new):
+            out = h + m * (out - h)
+        return out
+
+
+class FLM(nn.Module):
+    """Decoder-only LM. ``forward(tokens) -> logits`` (float32 logits over the padded vocabulary).
+
+    For pipeline parallelism, ``tok_emb`` or ``ln_f`` may be set to None: the forward then takes hidden
+    states in and/or gives hidden states out, and ``blocks`` (a ModuleDict keyed "0".."L-1") may be a subset.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb: nn.Embedding | None = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.n_layers)})
+        self.ln_f: LayerNorm | None = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.rotary = Rotary(cfg)
+        self.register_buffer("grow_m", torch.zeros(()), persistent=False)
+        self.register_buffer("hidden_new", None)
+        # muP readout multiplier of the width we are growing from; None when no growth is running.
+        self.readout_mult_from: float | None = None
+        self.init_weights()
+
+    # ----- parameterization -------------------------------------------------------------------------
+    @property
+    def readout_mult(self) -> float:
+        return self.cfg.output_mult / self.cfg.width_mult
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """N(0, std) weights, zero biases, unit LayerNorms. Hidden (matrix-like) weights use the muP
+        variance init_std^2 / width_mult; output projections are further divided by sqrt(2 * n_layers)."""
+        cfg = self.cfg
+        hidden_std = cfg.init_std / math.sqrt(cfg.width_mult)
+        out_std = hidden_std / math.sqrt(2 * cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.ndim == 1:  # the only 1-D weights are LayerNorm gains
+                nn.init.ones_(p) if name.endswith(".weight") else nn.init.zeros_(p)
+            elif name == "tok_emb.weight":
+                nn.init.normal_(p, 0.0, cfg.init_std, generator=generator)
+            elif name.endswith(("attn.o.weight", "mlp.down.weight")):
+                nn.init.normal_(p, 0.0, out_std, generator=generator)
+            else:
+                nn.init.normal_(p, 0.0, hidden_std, generator=generator)
+
+    # ----- growth masks ------------------------------------------------------------------------------
+    @property
+    def growing(self) -> bool:
+        return self.hidden_new is not None or self.readout_mult_from is not None or any(
+            b.depth_new is not None or b.attn.head_new is not None or b.mlp.ffn_new is not None
+            for b in self.blocks.values()
+        )
+
+    def set_mask_value(self, m: float) -> None:
+        self.grow_m.fill_(float(m))
+
+    def end_growth(self) -> None:
+        """Remove every mask: the forward pass is the plain one again."""
+        self.hidden_new = None
+        self.readout_mult_from = None
+        for b in self.blocks.values():
+            b.depth_new = None
+            b.attn.head_new = None
+            b.mlp.ffn_new = None
+
+    def growth_state(self) -> dict[str, Tensor]:
+        """Mask buffers and m, as tensors (empty when no growth is running)."""
+        if not self.growing:
+            return {}
+        out: dict[str, Tensor] = {"grow_m": self.grow_m.detach().clone()}
+        if self.readout_mult_from is not None:
+            out["readout_mult_from"] = torch.tensor(self.readout_mult_from, dtype=torch.float64)
+        if self.hidden_new is not None:
+            out["hidden_new"] = self.hidden_new
+        for i, b in self.blocks.items():
+            for key, t in (("depth_new", b.depth_new), ("head_new", b.attn.head_new), ("ffn_new", b.mlp.ffn_new)):
+                if t is not None:
+                    out[f"blocks.{i}.{key}"] = t
+        return out
+
+    def load_growth_state(self, state: dict[str, Tensor]) -> None:
+        self.end_growth()
+        dev = self.grow_m.device
+        for key, t in state.items():
+            if key == "grow_m":
+                self.grow_m.fill_(float(t))
+            elif key == "readout_mult_from":
+                self.readout_mult_from = float(t)
+            elif key == "hidden_new":
+                self.hidden_new = t.to(dev, torch.bool)
+            else:
+                _, i, name = key.split(".")
+                b = self.blocks[i]
+                owner = {"depth_new": b, "head_new": b.attn, "ffn_new": b.mlp}[name]
+                setattr(owner, name, t.to(dev, torch.bool))
+
+    # ----- forward ------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        m = self.grow_m
+        hidden_mask = _mask(self.hidden_new, m)
+        if self.tok_emb is not None:
+            h = self.tok_emb(tokens)
+            if self.cfg.input_mult != 1.0:
+                h = h * self.cfg.input_mult
+            if hidden_mask is not None:
+                h = h * hidden_mask
+            h = self.drop(h)
+        else:
+            h = tokens
+        for i, block in self.blocks.items():
+            h = block(h, self.rotary, m, hidden_mask, cache, int(i))
+        if cache is not None:
+            cache.pos += h.shape[1]
+        if self.ln_f is None:
+            return h
+        h = self.ln_f(h, hidden_mask)
+        return self.logits(h)
+
+    def logits(self, h: Tensor) -> Tensor:
+        mult = self.readout_mult
+        if self.readout_mult_from is not None:
+            mult = self.readout_mult_from + float(self.grow_m) * (mult - self.readout_mult_from)
+        assert self.tok_emb is not None, "tied readout needs the embedding (first and last pipeline stage)"
+        return F.linear(h * mult, self.tok_emb.weight)
+
+    def new_cache(self, batch: int) -> KVCache:
+        p = next(self.parameters())
+        return KVCache.empty(self.cfg, len(self.blocks), batch, p.device, p.dtype)
