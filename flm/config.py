@@ -102,19 +102,26 @@ class ModelConfig(_Strict):
 
 
 class GrowthConfig(_Strict):
-    """How one stage grows out of the previous one (MSG). Unset dimensions stay as they are."""
+    """How one stage grows out of the previous one (MSG). Unset dimensions stay as they are, except
+    n_heads: head_dim is fixed by growth, so when the attention width equals d_model and only d_model is
+    given, the heads follow the width (n_heads = d_model / head_dim), as in FLM-101B."""
 
     d_model: int | None = Field(None, gt=0)
     d_ff: int | None = Field(None, gt=0)
-    n_heads: int | None = Field(None, gt=0)
+    n_heads: int | None = Field(None, gt=0, description="new heads have the current head_dim")
     n_layers: int | None = Field(None, gt=0)
     ramp_steps: int = Field(100, ge=0, description="optimizer steps over which the masks go 0 -> 1")
-    depth_position: Literal["top", "interleave"] | list[int] = "top"
+    depth_position: Literal["top", "interleave"] | list[int] = Field(
+        "top", description="new blocks: on top, spread between old ones, or at these indices of the new model"
+    )
     depth_init: Literal["copy", "random"] = "copy"
+    depth_copy_from: int | None = Field(
+        None, ge=0, description="old layer every new block copies (default: the old block just below it)"
+    )
     reset_optimizer: bool = False
 
     def apply(self, model: ModelConfig, where: str = "grow") -> ModelConfig:
-        """The grown shape; refuses to shrink any dimension."""
+        """The grown shape; refuses to shrink any dimension; keeps head_dim."""
         update: dict[str, Any] = {}
         for key in ("d_model", "d_ff", "n_heads", "n_layers"):
             new = getattr(self, key)
@@ -127,6 +134,16 @@ class GrowthConfig(_Strict):
                     f"dimension; set {where}.{key} >= {old}"
                 )
             update[key] = new
+        hd = model.head_dim
+        assert hd is not None
+        if self.d_model is not None and self.n_heads is None and model.attn_dim == model.d_model:
+            if self.d_model % hd:
+                raise FlmError(
+                    f"{where}.d_model = {self.d_model} is not a multiple of head_dim {hd}: growth keeps "
+                    f"head_dim and adds heads with the width; pick d_model as a multiple of {hd}, or set "
+                    f"{where}.n_heads to keep the attention width apart from d_model"
+                )
+            update["n_heads"] = self.d_model // hd
         data = model.model_dump()
         data.update(update)
         return _validated(ModelConfig, data, where=f"{where} result")
@@ -198,7 +215,10 @@ class StageConfig(_Strict):
     warmup_steps: int | None = Field(None, ge=0)
     batch_size: int | None = Field(None, gt=0)
     parallel: ParallelConfig | None = None
-    tflops_per_gpu: float | None = Field(None, gt=0, description="measured throughput, for flm cost")
+    tflops_per_gpu: float | None = Field(
+        None, gt=0, description="measured TFLOP/s per GPU, for flm cost (counts recomputed forwards "
+        "when cost.recompute or cost.recompute_layers says training recomputes activations)"
+    )
 
     @model_validator(mode="after")
     def _steps_or_tokens(self) -> StageConfig:
@@ -208,13 +228,40 @@ class StageConfig(_Strict):
 
 
 class CostConfig(_Strict):
-    gpu: str = "A800"
-    n_gpus: int = Field(1, gt=0)
-    peak_tflops: float | None = Field(None, gt=0, description="override the known peak of `gpu`")
+    """Hardware and prices for `flm cost` (see flm/scaling/cost.py)."""
+
+    gpu: str = Field("A800", description="A100, A800, H100, H800, H200 (bf16 dense peak known) or cpu")
+    n_gpus: int = Field(1, gt=0, description="GPUs of a stage whose parallel layout leaves dp = -1")
+    peak_tflops: float | None = Field(
+        None, gt=0, description="peak TFLOP/s per GPU; overrides the known one (cpu: measured if unset)"
+    )
     mfu: float | None = Field(None, gt=0, le=1, description="used when a stage gives no tflops_per_gpu")
     price_per_gpu_hour: float = Field(1.0, description="US dollars")
-    tdp_watts: float | None = Field(None, gt=0)
-    recompute: bool = True
+    tdp_watts: float | None = Field(None, gt=0, description="overrides the known TDP of `gpu`")
+    pue: float = Field(1.0, ge=1, description="datacenter power usage effectiveness (FLM-101B Table 3: 1)")
+    carbon_kg_per_kwh: float = Field(
+        0.65, ge=0, description="grid intensity, kg CO2e per kWh; 0.65 is what FLM-101B Table 3 implies"
+    )
+    recompute: bool = Field(
+        False, description="training recomputes all activations (tflops_per_gpu counts the extra forward)"
+    )
+    recompute_layers: list[int] | None = Field(
+        None, description="per stage, how many blocks recompute their activations; overrides `recompute`"
+    )
+    formula: Literal["narayanan", "6n"] = Field(
+        "narayanan", description="FLOPs per token: Narayanan et al. 2021 (the paper's) or 6N + attention"
+    )
+
+    @model_validator(mode="after")
+    def _check_price(self) -> CostConfig:
+        if self.price_per_gpu_hour < 0:
+            raise ValueError(
+                f"price_per_gpu_hour is {self.price_per_gpu_hour}: a price cannot be negative; give "
+                "US dollars per GPU-hour, e.g. 1.0 (0 to leave dollars out)"
+            )
+        if self.recompute_layers is not None and any(n < 0 for n in self.recompute_layers):
+            raise ValueError("recompute_layers holds a negative count; give 0..n_layers per stage")
+        return self
 
 
 class RunConfig(_Strict):

@@ -2,7 +2,8 @@
 multipliers, and the growth masks of MSG (Masked Structural Growth).
 
 Nothing here knows about parallelism or training. Growth masks are module buffers that exist only while a
-growth ramp is running; without them the forward pass is the plain one.
+growth ramp is running; without them the forward pass is the plain one. They are non-persistent, so
+``state_dict()`` has the same keys mid-ramp; checkpoints carry them through ``growth_state()``.
 
 Masks (MSG, see design.md). One scalar ``m`` (buffer ``grow_m``) ramps 0 -> 1; boolean buffers mark the
 new units. For a marked unit the mask is ``m``, otherwise 1:
@@ -140,7 +141,7 @@ class Attention(nn.Module):
         self.o = nn.Linear(a, d)
         self.scale = 1.0 / (cfg.head_dim if cfg.attn_scale == "linear" else math.sqrt(cfg.head_dim))
         self.dropout = cfg.dropout
-        self.register_buffer("head_new", None)
+        self.register_buffer("head_new", None, persistent=False)
 
     def forward(
         self,
@@ -188,7 +189,7 @@ class MLP(nn.Module):
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.register_buffer("ffn_new", None)
+        self.register_buffer("ffn_new", None, persistent=False)
 
     def forward(self, x: Tensor, m: Tensor) -> Tensor:
         h = self.up(x)
@@ -206,7 +207,7 @@ class Block(nn.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.register_buffer("depth_new", None)  # a 0-dim bool: True while this block is ramping in
+        self.register_buffer("depth_new", None, persistent=False)  # 0-dim bool: True while ramping in
 
     def forward(
         self,
@@ -246,7 +247,7 @@ class FLM(nn.Module):
         self.ln_f: LayerNorm | None = LayerNorm(cfg.d_model, cfg.ln_eps)
         self.rotary = Rotary(cfg)
         self.register_buffer("grow_m", torch.zeros(()), persistent=False)
-        self.register_buffer("hidden_new", None)
+        self.register_buffer("hidden_new", None, persistent=False)
         # muP readout multiplier of the width we are growing from; None when no growth is running.
         self.readout_mult_from: float | None = None
         self.init_weights()
@@ -257,20 +258,12 @@ class FLM(nn.Module):
         return self.cfg.output_mult / self.cfg.width_mult
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """N(0, std) weights, zero biases, unit LayerNorms. Hidden (matrix-like) weights use the muP
-        variance init_std^2 / width_mult; output projections are further divided by sqrt(2 * n_layers)."""
-        cfg = self.cfg
-        hidden_std = cfg.init_std / math.sqrt(cfg.width_mult)
-        out_std = hidden_std / math.sqrt(2 * cfg.n_layers)
-        for name, p in self.named_parameters():
-            if p.ndim == 1:  # the only 1-D weights are LayerNorm gains
-                nn.init.ones_(p) if name.endswith(".weight") else nn.init.zeros_(p)
-            elif name == "tok_emb.weight":
-                nn.init.normal_(p, 0.0, cfg.init_std, generator=generator)
-            elif name.endswith(("attn.o.weight", "mlp.down.weight")):
-                nn.init.normal_(p, 0.0, out_std, generator=generator)
-            else:
-                nn.init.normal_(p, 0.0, hidden_std, generator=generator)
+        """N(0, std) weights, zero biases, unit LayerNorms, with the muP init scales of flm.mup: hidden
+        matrices have variance init_std^2 / (fan_in / base fan_in), output projections are further divided
+        by sqrt(2 * n_layers), the embedding keeps init_std."""
+        from flm.mup import init_weights
+
+        init_weights(self, generator)
 
     # ----- growth masks ------------------------------------------------------------------------------
     @property

@@ -1,0 +1,22 @@
+"""MSG growth (Masked Structural Growth): function-preserving width, FFN, heads and depth operators.
+
+- ``grow`` (ops.py): pure function on (model config, state dict, AdamW moments) -> bigger ones + masks.
+- ``grow_model`` / ``MaskRamp`` (ramp.py): the same on a live model, and the 0 -> 1 mask ramp.
+- ``grow_checkpoint`` (stream.py): streaming growth of a checkpoint folder (``flm grow``).
+"""
+
+from flm.growth.ops import GrowthResult, grow
+from flm.growth.plan import GrowthPlan, make_plan
+from flm.growth.ramp import GrownModel, MaskRamp, grow_model
+from flm.growth.spec import parse_growth_spec
+
+__all__ = [
+    "GrownModel",
+    "GrowthPlan",
+    "GrowthResult",
+    "MaskRamp",
+    "grow",
+    "grow_model",
+    "make_plan",
+    "parse_growth_spec",
+]

@@ -1,0 +1,242 @@
+"""Checkpoints: one folder per checkpoint, written atomically, readable without unpickling.
+
+Layout (every tensor file is safetensors, every other file JSON or TOML):
+    model.safetensors    full fp32 model state (tied embedding stored once)
+    optim.safetensors    AdamW moments: "exp_avg/<param>", "exp_avg_sq/<param>"
+    optim.json           optimizer step count and param-group hyperparameters
+    growth.safetensors   MSG mask state (only while a growth ramp runs)
+    rng.safetensors      RNG states (CPU and CUDA), so dropout resumes exactly
+    trainer.json         step, tokens, data-loader position, schedule/ramp state
+    config.toml          the run config, with `model` = this checkpoint's shape
+    tokenizer files      Tokenizer.save()
+    manifest.json        byte size and sha256 of every file above
+
+The folder is built under a temporary name and renamed into place, and ``manifest.json`` is verified on
+load, so a crash mid-write or a corrupted/truncated file is detected rather than half-loaded. Sharded
+(FSDP2) models are gathered with torch.distributed.checkpoint's state-dict API and written by rank 0, so a
+checkpoint written by N ranks loads into M ranks, or into one process, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from flm.config import RunConfig, atomic_write, config_from_dict, save_config, tomllib
+from flm.errors import FlmError
+
+CKPT_SUBDIR = "checkpoints"
+MANIFEST = "manifest.json"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+
+
+def verify_manifest(folder: Path, full: bool = True) -> None:
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise FlmError(f"{folder}: not a complete checkpoint (no {MANIFEST}); pick another checkpoint")
+    try:
+        files = json.loads(mpath.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise FlmError(f"{mpath}: corrupt manifest ({e}); pick another checkpoint") from None
+    for name, meta in files.items():
+        p = folder / name
+        if not p.is_file():
+            raise FlmError(f"checkpoint {folder}: {name} is missing; the checkpoint is incomplete")
+        if p.stat().st_size != meta["bytes"]:
+            raise FlmError(
+                f"checkpoint {folder}: {name} is {p.stat().st_size} bytes, manifest says {meta['bytes']} "
+                "(truncated or corrupt); resume from an earlier checkpoint"
+            )
+        if full and sha256_file(p) != meta["sha256"]:
+            raise FlmError(
+                f"checkpoint {folder}: {name} fails its sha256 check (corrupt); resume from an earlier checkpoint"
+            )
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise FlmError(f"{path}: cannot read tensors ({e}); the checkpoint is corrupt") from None
+
+
+@dataclass
+class CheckpointData:
+    """What a training loop saves and restores. Tensors are full (unsharded) and on CPU."""
+
+    model: dict[str, torch.Tensor]
+    optim_tensors: dict[str, torch.Tensor]
+    optim_meta: dict[str, Any]
+    trainer: dict[str, Any]
+    growth: dict[str, torch.Tensor]
+    rng: dict[str, torch.Tensor]
+
+
+def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenizer: Any | None) -> Path:
+    """Write ``data`` to ``folder`` atomically (temp folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _save_tensors(data.model, tmp / "model.safetensors")
+        if data.optim_tensors:
+            _save_tensors(data.optim_tensors, tmp / "optim.safetensors")
+        atomic_write(tmp / "optim.json", json.dumps(data.optim_meta, indent=1))
+        if data.growth:
+            _save_tensors(data.growth, tmp / "growth.safetensors")
+        if data.rng:
+            _save_tensors(data.rng, tmp / "rng.safetensors")
+        atomic_write(tmp / "trainer.json", json.dumps(data.trainer, indent=1))
+        save_config(cfg, tmp / "config.toml")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        write_manifest(tmp)
+        if folder.exists():
+            old = folder.parent / f".old-{folder.name}-{os.getpid()}"
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_checkpoint(folder: Path, verify: bool = True) -> tuple[CheckpointData, RunConfig]:
+    folder = Path(folder)
+    if verify:
+        verify_manifest(folder)
+    cfg = read_config(folder / "config.toml")
+
+    def opt(name: str) -> dict[str, torch.Tensor]:
+        p = folder / name
+        return _load_tensors(p) if p.is_file() else {}
+
+    data = CheckpointData(
+        model=_load_tensors(folder / "model.safetensors"),
+        optim_tensors=opt("optim.safetensors"),
+        optim_meta=json.loads((folder / "optim.json").read_text()),
+        trainer=json.loads((folder / "trainer.json").read_text()),
+        growth=opt("growth.safetensors"),
+        rng=opt("rng.safetensors"),
+    )
+    return data, cfg
+
+
+def read_config(path: Path) -> RunConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise FlmError(f"{path}: cannot read the checkpoint's config ({e})") from None
+    return config_from_dict(raw, where=str(path))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = [p for p in list_checkpoints(run_dir) if (p / MANIFEST).is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def mark_latest(run_dir: Path, folder: Path) -> None:
+    atomic_write(Path(run_dir) / CKPT_SUBDIR / "latest", folder.name + "\n")
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, protect: tuple[str, ...] = ()) -> None:
+    ckpts = list_checkpoints(run_dir)
+    for p in ckpts[:-keep_last] if keep_last > 0 else []:
+        if p.name not in protect:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder, or a run folder (-> its newest checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
+    if (p / "model.safetensors").is_file():
+        return p
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise FlmError(f"{p} holds no checkpoint (expected model.safetensors or {CKPT_SUBDIR}/step_*)")
+    return latest
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"):
+    """(FLM, RunConfig, Tokenizer) from a run folder or a checkpoint folder, in eval mode, masks restored."""
+    from flm.data.tokenizer import load_tokenizer
+    from flm.model import FLM
+
+    folder = resolve_checkpoint(path)
+    verify_manifest(folder, full=False)
+    cfg = read_config(folder / "config.toml")
+    model = FLM(cfg.model)
+    state = _load_tensors(folder / "model.safetensors")
+    check_state_shapes(model, state, folder)
+    model.load_state_dict(state, strict=True)
+    growth = folder / "growth.safetensors"
+    if growth.is_file():
+        model.load_growth_state(_load_tensors(growth))
+    model.to(device).eval()
+    return model, cfg, load_tokenizer(folder)
+
+
+def check_state_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    """One clear line when a state dict does not fit the model built from the config."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise FlmError(
+            f"{where}: tensors do not match the model shape in its config (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}); the config and weights come from different models"
+        )
+    for k, t in expected.items():
+        if tuple(state[k].shape) != tuple(t.shape):
+            raise FlmError(
+                f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the config's model needs "
+                f"{tuple(t.shape)}; the config and weights come from different models (or --resume with a "
+                "different model shape)"
+            )

@@ -1,0 +1,110 @@
+"""`flm data prepare` (text -> tokenizer + token shards, cached by content hash) and `flm data stats`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from flm.errors import FlmError
+
+
+def _shown(p: Path) -> str:
+    try:
+        return os.path.relpath(p)
+    except ValueError:
+        return str(p)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from flm.config import RunConfig, config_from_dict, load_config
+    from flm.data.prepare import prepare_data
+    from flm.data.tokenizer import check_vocab
+
+    cfg = load_config(args.config, args.set) if args.config else (
+        config_from_dict({}, "defaults", args.set) if args.set else RunConfig()
+    )
+    t0 = time.time()
+    prepared = prepare_data(cfg.data, progress=not args.quiet, model=cfg.model)
+    check_vocab(prepared.tokenizer, cfg.model)
+    how = "reused cached" if prepared.reused else f"built in {time.time() - t0:.1f} s:"
+    print(f"{how} {_shown(prepared.dir)}")
+    print(f"  tokenizer: {prepared.tokenizer.describe()}, shards {prepared.dtype.name}")
+    for split, info in prepared.index["splits"].items():
+        if not info["sources"]:
+            continue
+        docs = sum(s["documents"] for s in info["sources"])
+        shards = sum(len(s["shards"]) for s in info["sources"])
+        print(f"  {split}: {info['tokens']:,} tokens, {docs:,} documents, {shards} shard(s)")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from flm.data.prepare import INDEX_FILE, load_prepared
+
+    d = Path(args.dir)
+    if not d.is_dir():
+        raise FlmError(f"flm data stats: no such folder: {d}; give a prepared data folder (data/prepared/<hash>)")
+    folders = [d] if (d / INDEX_FILE).is_file() else sorted(p.parent for p in d.glob(f"*/{INDEX_FILE}"))
+    if not folders:
+        raise FlmError(f"{d} holds no prepared data ({INDEX_FILE} missing); run `flm data prepare` first")
+    for folder in folders:
+        prepared = load_prepared(folder)
+        idx = prepared.index
+        if args.json:
+            print(json.dumps({k: v for k, v in idx.items() if k != "files"}))
+            continue
+        print(f"{_shown(folder)}  ({prepared.tokenizer.describe()}, {idx['dtype']}, prepared in {idx['seconds']} s)")
+        for split, info in idx["splits"].items():
+            for s in info["sources"]:
+                chars_per_tok = s["characters"] / max(s["tokens"], 1)
+                masked = sum(1 for sh in s["shards"] if sh.get("mask"))
+                print(
+                    f"  {split:5s} {s['path']}  weight {s['weight']:g}: {s['tokens']:,} tokens, "
+                    f"{s['documents']:,} documents, {s['characters']:,} chars ({chars_per_tok:.2f} chars/token), "
+                    f"{len(s['shards'])} shard(s){f', {masked} with a loss mask' if masked else ''}"
+                )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data", help="prepare token shards from text", description="Corpus -> tokenizer + token shards."
+    )
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize the config's data sources into cached token shards",
+        description="Train or load the tokenizer named by [data.tokenizer], tokenize the [[data.train]] and "
+        "[[data.valid]] sources (.txt, .md, .jsonl with a \"text\" field or \"prompt\"/\"completion\", each "
+        "optionally .gz; globs allowed) in worker processes, and write uint16/uint32 token shards plus an "
+        "index to data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are "
+        "relative to the current directory.",
+    )
+    prep.add_argument(
+        "config", nargs="?", help="run config (TOML); default: the built-in defaults (data/pd-english)"
+    )
+    prep.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.tokenizer.vocab_size=4096 (repeatable)",
+    )
+    prep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_prepare)
+
+    stats = sub.add_parser(
+        "stats",
+        help="show what a prepared data folder holds",
+        description="Token, document and character counts per split and source of a prepared data folder "
+        "(or of every prepared folder under DIR).",
+    )
+    stats.add_argument("dir", help="a prepared folder (data/prepared/<hash>) or the folder holding them")
+    stats.add_argument("--json", action="store_true", help="print each index as one JSON line")
+    stats.set_defaults(func=_stats)
+
+    def _help(args: argparse.Namespace) -> int:
+        data.print_help()
+        return 2
+
+    data.set_defaults(func=_help)

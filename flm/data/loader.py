@@ -1,0 +1,241 @@
+"""A deterministic, resumable loader over prepared token shards.
+
+Each source's token stream (documents ended by EOS, packed GPT-style across document boundaries) is cut into
+windows of ``seq_len + 1`` tokens at stride ``seq_len``: window w gives inputs ``t[wT : wT+T]`` and targets
+``t[wT+1 : wT+T+1]``. The loss mask of a target is the mask of that token (1 everywhere for plain text).
+
+Train: global sample number k (counting rows of global batches from the start of training) is drawn from a
+source chosen by a counter-based hash of (seed, k) with the sources' weights, and takes that source's next
+window in a per-epoch permutation seeded by (seed, source, epoch). Everything is a function of k and the
+per-source counters, so:
+
+- the global batch of a step does not depend on the number of ranks: rank r of W takes rows
+  ``r*B : (r+1)*B`` of the ``W*B`` rows (2 ranks x B see exactly what 1 rank x 2B sees);
+- ``state_dict`` is a few integers, the same on every rank; a resumed loader yields exactly the batches an
+  uninterrupted one would, even if batch size or world size change in between.
+
+Valid: every window of every source in order, cyclically; ``valid_batches(n)`` is the same n batches every
+time it is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from flm.data.prepare import PreparedData, SourceInfo
+from flm.errors import FlmError
+
+STATE_FORMAT = 1
+_U64 = np.uint64
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x.astype(_U64) + _U64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return z ^ (z >> _U64(31))
+
+
+def uniform_hash(seed: int, k: np.ndarray) -> np.ndarray:
+    """Uniform floats in [0, 1), a pure function of (seed, k): the same on every rank and after resume."""
+    key = _splitmix64(np.array([seed % (1 << 64)], dtype=_U64))
+    with np.errstate(over="ignore"):
+        h = _splitmix64(k.astype(_U64) + key)
+    return (h >> _U64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+class _Stream:
+    """One source's shards as one token stream."""
+
+    def __init__(self, info: SourceInfo, dtype: np.dtype) -> None:
+        self.info = info
+        opened = [s.open(dtype) for s in info.shards]
+        self.tokens = [t for t, _ in opened]
+        self.masks = [m for _, m in opened]
+        self.has_mask = any(m is not None for m in self.masks)
+        self.offsets = np.cumsum([0] + [len(t) for t in self.tokens])
+        self.n = int(self.offsets[-1])
+
+    def read(self, start: int, n: int, out_tok: np.ndarray, out_mask: np.ndarray) -> None:
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pos, filled = start - int(self.offsets[i]), 0
+        while filled < n:  # usually one pass; more only when a window spans shards
+            take = min(n - filled, len(self.tokens[i]) - pos)
+            out_tok[filled : filled + take] = self.tokens[i][pos : pos + take]
+            mask = self.masks[i]
+            out_mask[filled : filled + take] = 1.0 if mask is None else mask[pos : pos + take]
+            filled += take
+            i, pos = i + 1, 0
+
+
+class TokenLoader:
+    """Yields ``(inputs int64 [B,T], targets int64 [B,T], loss_mask float32 [B,T])`` batches for one rank.
+
+    ``batch_size`` is the per-rank micro batch B; one call consumes a global batch of ``B * world_size``
+    sequences of which this rank gets rows ``rank*B : (rank+1)*B``.
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedData,
+        split: str = "train",
+        seq_len: int = 256,
+        batch_size: int = 8,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool | None = None,
+    ) -> None:
+        if seq_len <= 0 or batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"bad loader shape: seq_len={seq_len} batch_size={batch_size} rank={rank}/{world_size}")
+        self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle = (split == "train") if shuffle is None else shuffle
+        self.data_hash = prepared.hash
+        infos = prepared.sources(split)
+        if not infos:
+            raise FlmError(
+                f"no {split} data: the config lists no data.{split} sources; add [[data.{split}]] path = \"...\""
+            )
+        self.streams = [_Stream(info, prepared.dtype) for info in infos]
+        self.windows = np.array([(s.n - 1) // seq_len for s in self.streams], dtype=np.int64)
+        for s, w in zip(self.streams, self.windows):
+            if w == 0:
+                raise FlmError(
+                    f"data.{split} source {s.info.path!r} has {s.n} tokens, fewer than seq_len + 1 = "
+                    f"{seq_len + 1}: add text to it or lower train.seq_len"
+                )
+        weights = np.array([info.weight for info in infos], dtype=np.float64)
+        self._cdf = np.cumsum(weights / weights.sum())
+        self._cum_windows = np.cumsum(self.windows)
+        self._samples = 0
+        self._counts = np.zeros(len(self.streams), dtype=np.int64)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    # -------------------------------------------------------------------------------------- iteration
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Tokens in one rank's batch (the global batch has ``world_size`` times as many)."""
+        return self.batch_size * self.seq_len
+
+    def epochs(self) -> list[float]:
+        """Passes made over each source so far."""
+        if self.split == "train":
+            return [float(c / w) for c, w in zip(self._counts, self.windows)]
+        return [self._samples / float(self._cum_windows[-1])] * len(self.streams)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.next_batch()
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = self.global_batch
+        if self.split == "train":
+            src, win = self._train_rows(self._samples, g, self._counts)
+        else:
+            src, win = self._sequential_rows(self._samples, g)
+        self._samples += g
+        return self._gather(src, win)
+
+    def valid_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The first ``n`` batches of the sequential (unshuffled) stream, the same on every call."""
+        for i in range(n):
+            yield self._gather(*self._sequential_rows(i * self.global_batch, self.global_batch))
+
+    def _train_rows(self, start: int, g: int, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Source and window of global rows start..start+g-1; advances ``counts`` in place."""
+        k = np.arange(start, start + g, dtype=np.int64)
+        if len(self.streams) == 1:
+            src = np.zeros(g, dtype=np.int64)
+        else:
+            src = np.minimum(np.searchsorted(self._cdf, uniform_hash(self.seed, k), side="right"),
+                             len(self.streams) - 1)
+        ordinal = np.empty(g, dtype=np.int64)
+        for s in range(len(self.streams)):
+            rows = np.flatnonzero(src == s)
+            ordinal[rows] = counts[s] + np.arange(len(rows))
+            counts[s] += len(rows)
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        src, ordinal = src[mine], ordinal[mine]
+        win = np.array([self._window(int(s), int(o)) for s, o in zip(src, ordinal)], dtype=np.int64)
+        return src, win
+
+    def _sequential_rows(self, start: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = start + self.rank * self.batch_size
+        flat = np.arange(lo, lo + self.batch_size, dtype=np.int64) % self._cum_windows[-1]
+        src = np.searchsorted(self._cum_windows, flat, side="right")
+        return src, flat - (self._cum_windows[src] - self.windows[src])
+
+    def _window(self, s: int, ordinal: int) -> int:
+        n = int(self.windows[s])
+        epoch, pos = divmod(ordinal, n)
+        if not self.shuffle:
+            return pos
+        perm = self._perms.get((s, epoch))
+        if perm is None:
+            for key in [k for k in self._perms if k[0] == s and k[1] < epoch]:
+                del self._perms[key]  # keep one epoch per source in memory
+            rng = np.random.default_rng([self.seed % (1 << 64), s, epoch, 0x10ADE7])
+            perm = rng.permutation(n).astype(np.int32 if n < 1 << 31 else np.int64)
+            self._perms[(s, epoch)] = perm
+        return int(perm[pos])
+
+    def _gather(self, src: np.ndarray, win: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = self.seq_len
+        tok = np.empty((len(src), t + 1), dtype=np.int64)
+        mask = np.empty((len(src), t + 1), dtype=np.float32)
+        for row, (s, w) in enumerate(zip(src, win)):
+            self.streams[int(s)].read(int(w) * t, t + 1, tok[row], mask[row])
+        return (
+            torch.from_numpy(np.ascontiguousarray(tok[:, :-1])),
+            torch.from_numpy(np.ascontiguousarray(tok[:, 1:])),
+            torch.from_numpy(np.ascontiguousarray(mask[:, 1:])),
+        )
+
+    # -------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Global position (identical on every rank): enough to continue exactly where this loader is."""
+        return {
+            "format": STATE_FORMAT,
+            "split": self.split,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "samples": int(self._samples),
+            "counts": [int(c) for c in self._counts],
+            "windows": [int(w) for w in self.windows],
+            "data_hash": self.data_hash,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            samples, counts = int(state["samples"]), [int(c) for c in state["counts"]]
+            seq_len, split = int(state["seq_len"]), state["split"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise FlmError(f"loader state is malformed ({e!r}); the checkpoint is damaged") from None
+        if split != self.split:
+            raise FlmError(f"loader state is for the {split!r} split, this loader reads {self.split!r}")
+        if seq_len != self.seq_len:
+            raise FlmError(
+                f"loader state was saved with seq_len {seq_len}, this run uses {self.seq_len}: keep train.seq_len "
+                "unchanged when resuming"
+            )
+        if len(counts) != len(self.streams):
+            raise FlmError(
+                f"loader state has {len(counts)} data sources, the config has {len(self.streams)}: resume with "
+                "the same data sources"
+            )
+        self._samples = samples
+        self._counts = np.array(counts, dtype=np.int64)

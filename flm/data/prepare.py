@@ -1,0 +1,648 @@
+"""Corpus -> token shards: ``prepare_data(data_cfg)`` reads text sources, builds (or trains) the tokenizer,
+tokenizes in worker processes and writes flat token files that the loader memory-maps.
+
+Layout of ``<prepared_dir>/<hash>/`` (the hash covers the source files' contents, the weights, the tokenizer
+config and max_chars, so an unchanged config reuses the folder and a changed one never sees stale tokens)::
+
+    index.json          shards, token/document/character counts per source, dtype, weights, hash
+    tokenizer/          Tokenizer.save()
+    train_000.bin ...   token ids (uint16 when the vocabulary fits, else uint32), documents ended by EOS
+    train_000.mask      only where some token is unsupervised: one uint8 per token (1 = take the loss)
+
+Every shard holds tokens of one source, so the loader can mix sources by weight. The folder is built under
+a temporary name and renamed when complete: a crash or Ctrl-C never leaves a half-written cache behind.
+
+Input: .txt/.md (one document per file), .jsonl (one document per line, ``{"text": ...}``, or
+``{"prompt": ..., "completion": ...}`` which is supervised only on the completion and its EOS: the shape of
+instruction data and of the unified objective's teacher-signal samples). Any of them may be gzipped (.gz).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from flm.config import DataConfig, DataSource, ModelConfig, atomic_write
+from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
+from flm.errors import FlmError
+
+FORMAT = 1
+SPLITS = ("train", "valid")
+SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB at uint16)
+CHUNK_CHARS = 1 << 20  # characters per work item sent to a worker
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TOKENIZER_DIR = "tokenizer"
+INDEX_FILE = "index.json"
+
+
+class Piece(NamedTuple):
+    """A stretch of one document: the unit a worker encodes. EOS follows the document's last piece."""
+
+    text: str
+    supervised: bool = True
+    allow_special: bool = False
+    eos: bool = True
+
+
+@dataclass
+class SourceShard:
+    path: Path
+    tokens: int
+    mask: Path | None
+
+    def open(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        toks = np.memmap(self.path, dtype=dtype, mode="r", shape=(self.tokens,))
+        mask = None if self.mask is None else np.memmap(self.mask, dtype=np.uint8, mode="r", shape=(self.tokens,))
+        return toks, mask
+
+
+@dataclass
+class SourceInfo:
+    path: str
+    weight: float
+    tokens: int
+    documents: int
+    shards: list[SourceShard] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    """A prepared (tokenized, sharded) corpus: what the loader and the trainer consume."""
+
+    dir: Path
+    index: dict[str, Any]
+    tokenizer: Tokenizer
+    reused: bool = False
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def hash(self) -> str:
+        return self.index["hash"]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.index["dtype"])
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {split: info["tokens"] for split, info in self.index["splits"].items()}
+
+    @property
+    def train_tokens(self) -> int:
+        return self.tokens.get("train", 0)
+
+    @property
+    def valid_tokens(self) -> int:
+        return self.tokens.get("valid", 0)
+
+    def sources(self, split: str) -> list[SourceInfo]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        out = []
+        for src in self.index["splits"].get(split, {}).get("sources", []):
+            shards = [
+                SourceShard(self.dir / s["file"], s["tokens"], self.dir / s["mask"] if s.get("mask") else None)
+                for s in src["shards"]
+            ]
+            out.append(SourceInfo(src["path"], src["weight"], src["tokens"], src["documents"], shards))
+        return out
+
+
+def load_prepared(directory: str | os.PathLike[str]) -> PreparedData:
+    """Open a folder that ``prepare_data`` wrote."""
+    d = Path(directory)
+    try:
+        index = json.loads((d / INDEX_FILE).read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(f"format {index.get('format')}, expected {FORMAT}")
+    except FileNotFoundError:
+        raise FlmError(f"{d} is not a prepared data folder (no {INDEX_FILE}); run `flm data prepare`") from None
+    except (OSError, ValueError) as e:
+        raise FlmError(f"{d / INDEX_FILE}: unreadable ({e}); delete the folder and prepare again") from None
+    return PreparedData(d, index, load_tokenizer(d / TOKENIZER_DIR))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    where: str  # "data.train[0]", for error messages
+    path: str
+    weight: float
+    files: list[Path]
+
+
+def _file_kind(p: Path) -> str | None:
+    name = p.name.lower().removesuffix(".gz")
+    if name.endswith(TEXT_SUFFIXES):
+        return "text"
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return None
+
+
+def _resolve(src: DataSource, where: str, root: Path) -> _Source:
+    pattern = src.path if os.path.isabs(src.path) else str(root / src.path)
+    if glob.has_magic(pattern):
+        matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
+        if not matches:
+            raise FlmError(
+                f"{where}.path: {src.path!r} matches no files (looked from {root.resolve()}); "
+                "fix the glob (paths are relative to the current directory)"
+            )
+    else:
+        p = Path(pattern)
+        if p.is_dir():
+            matches = sorted(f for f in p.rglob("*") if f.is_file() and _file_kind(f))
+            if not matches:
+                raise FlmError(f"{where}.path: folder {p} has no .txt, .md or .jsonl(.gz) files; point it at text")
+        elif p.is_file():
+            matches = [p]
+        else:
+            raise FlmError(
+                f"{where}.path: file not found: {p} (looked from {root.resolve()}); fix the path "
+                "(paths are relative to the current directory)"
+            )
+    for m in matches:
+        if _file_kind(m) is None:
+            raise FlmError(
+                f"{where}.path: {m}: unsupported file type; use .txt, .md or .jsonl (each optionally .gz)"
+            )
+    return _Source(where, src.path, src.weight, matches)
+
+
+def _resolve_all(data_cfg: DataConfig, root: Path) -> dict[str, list[_Source]]:
+    if not data_cfg.train:
+        raise FlmError("data.train lists no sources; add [[data.train]] with path = \"...\"")
+    return {
+        split: [_resolve(s, f"data.{split}[{i}]", root) for i, s in enumerate(getattr(data_cfg, split))]
+        for split in SPLITS
+    }
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _split_lines(lines: Iterable[str], limit: int) -> Iterator[str]:
+    """Join lines into pieces of about ``limit`` characters, cutting only before a line that starts with a
+    non-space character: the GPT-2 and cl100k split patterns never join across such a cut, so the pieces
+    tokenize exactly like the whole."""
+    buf: list[str] = []
+    size = 0
+    for line in lines:
+        if size >= limit and line[:1] and not line[:1].isspace():
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line)
+        size += len(line)
+    if buf:
+        yield "".join(buf)
+
+
+def _text_pieces(text: str, limit: int) -> Iterator[Piece]:
+    if len(text) <= limit:
+        yield Piece(text)
+        return
+    parts = list(_split_lines(text.splitlines(keepends=True), limit))
+    for i, part in enumerate(parts):
+        yield Piece(part, eos=i == len(parts) - 1)
+
+
+def _jsonl_document(obj: Any, path: Path, lineno: int, where: str) -> list[Piece]:
+    loc = f"{where}: {path}:{lineno}"
+    if not isinstance(obj, dict):
+        raise FlmError(f"{loc}: expected a JSON object like {{\"text\": \"...\"}}, got {type(obj).__name__}")
+    if "text" in obj:
+        if not isinstance(obj["text"], str):
+            raise FlmError(f"{loc}: \"text\" must be a string, got {type(obj['text']).__name__}")
+        return list(_text_pieces(obj["text"], CHUNK_CHARS)) if obj["text"] else []
+    if "prompt" in obj and "completion" in obj:
+        prompt, completion = obj["prompt"], obj["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
+            raise FlmError(f"{loc}: \"prompt\" and \"completion\" must be strings, the completion non-empty")
+        pieces = [Piece(prompt, supervised=False, allow_special=True, eos=False)] if prompt else []
+        return pieces + [Piece(completion, supervised=True, allow_special=True, eos=True)]
+    raise FlmError(
+        f"{loc}: no \"text\" field; each line needs {{\"text\": \"...\"}} "
+        "(or \"prompt\" and \"completion\" for supervised samples)"
+    )
+
+
+def iter_pieces(path: Path, where: str) -> Iterator[Piece]:
+    """The pieces of every document in one file, in order."""
+    kind = _file_kind(path)
+    try:
+        with _open_text(path) as f:
+            if kind == "text":
+                parts = [p for p in _split_lines(f, CHUNK_CHARS) if p]
+                for i, part in enumerate(parts):
+                    yield Piece(part, eos=i == len(parts) - 1)
+                return
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise FlmError(f"{where}: {path}:{lineno}: not valid JSON ({e}); fix or remove the line") from None
+                yield from _jsonl_document(obj, path, lineno, where)
+    except FileNotFoundError:
+        raise FlmError(f"{where}: file not found: {path} (it vanished while reading)") from None
+    except (OSError, EOFError) as e:
+        raise FlmError(f"{where}: cannot read {path}: {e}; check the file (a truncated .gz?)") from None
+
+
+def _capped(pieces: Iterable[Piece], max_chars: int | None) -> Iterator[Piece]:
+    """Stop after about ``max_chars`` characters: plain text is cut there (and still ends with EOS); a
+    prompt/completion document is never cut in half."""
+    if max_chars is None:
+        yield from pieces
+        return
+    left, in_doc = max_chars, False
+    for p in pieces:
+        plain = p.supervised and not p.allow_special
+        if left <= 0:
+            if not in_doc:
+                return
+            if plain:  # end the document that the previous piece left open
+                yield Piece("", eos=True)
+                return
+        elif plain and len(p.text) > left:
+            yield Piece(p.text[:left], eos=True)
+            return
+        yield p
+        left -= len(p.text)
+        in_doc = not p.eos
+
+
+def source_pieces(src: _Source, max_chars: int | None = None) -> Iterator[Piece]:
+    return _capped((p for f in src.files for p in iter_pieces(f, src.where)), max_chars)
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _content_hash(data_cfg: DataConfig, sources: dict[str, list[_Source]], root: Path) -> tuple[str, dict]:
+    """Hash of everything that decides the shards' bytes (not the worker count: output is independent)."""
+    files: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        for s in sources[split]:
+            for f in s.files:
+                files.setdefault(str(f), {"bytes": f.stat().st_size, "sha256": _file_sha256(f)})
+    tok = data_cfg.tokenizer.model_dump(mode="json")
+    if data_cfg.tokenizer.path:
+        tp = root / data_cfg.tokenizer.path
+        tfiles = sorted(x for x in tp.rglob("*") if x.is_file()) if tp.is_dir() else [tp] if tp.is_file() else []
+        tok["files"] = {x.name: _file_sha256(x) for x in tfiles}
+    key = {
+        "format": FORMAT,
+        "shard_tokens": SHARD_TOKENS,
+        "chunk_chars": CHUNK_CHARS,
+        "tokenizer": tok,
+        "max_chars": data_cfg.max_chars,
+        "splits": {
+            split: [
+                {"path": s.path, "weight": s.weight, "files": [files[str(f)]["sha256"] for f in s.files]}
+                for s in sources[split]
+            ]
+            for split in SPLITS
+        },
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return digest, files
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process: no oversubscription
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = load_tokenizer(tokenizer_dir)
+
+
+def encode_pieces(
+    pieces: list[Piece], tokenizer: Tokenizer | None = None, dtype: str = "uint32"
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Token ids of ``pieces`` (EOS after each document), their loss mask (None = all supervised), chars."""
+    tok = tokenizer or _WORKER_TOKENIZER
+    assert tok is not None, "worker not initialised"
+    ids: list[list[int] | None] = [None] * len(pieces)
+    for allow in (False, True):
+        picked = [i for i, p in enumerate(pieces) if p.allow_special == allow]
+        if picked:
+            for i, enc in zip(picked, tok.encode_batch([pieces[i].text for i in picked], allow_special=allow)):
+                ids[i] = enc
+    flat: list[int] = []
+    masks: list[tuple[int, bool]] = []
+    for p, seq in zip(pieces, ids):
+        assert seq is not None
+        flat.extend(seq)
+        if p.eos:
+            flat.append(tok.eos_id)
+        masks.append((len(seq) + p.eos, p.supervised))
+    tokens = np.asarray(flat, dtype=dtype)
+    mask = None
+    if not all(sup for _, sup in masks):
+        mask = np.repeat(np.array([sup for _, sup in masks], np.uint8), [n for n, _ in masks])
+    return tokens, mask, sum(len(p.text) for p in pieces)
+
+
+def _work_items(pieces: Iterable[Piece], limit: int = CHUNK_CHARS) -> Iterator[list[Piece]]:
+    batch: list[Piece] = []
+    size = 0
+    for p in pieces:
+        batch.append(p)
+        size += len(p.text)
+        if size >= limit:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class _ShardWriter:
+    """Appends tokens to <split>_NNN.bin files (and .mask files where needed), a new shard per source."""
+
+    def __init__(self, out: Path, split: str, dtype: np.dtype) -> None:
+        self.out, self.split, self.dtype = out, split, dtype
+        self.shards: list[dict[str, Any]] = []
+        self._tok: io.BufferedWriter | None = None
+        self._mask: io.BufferedWriter | None = None
+        self._n = 0
+
+    def new_source(self) -> list[dict[str, Any]]:
+        self.close()
+        return self.shards
+
+    def _open(self) -> None:
+        self.close()
+        name = f"{self.split}_{len(self.shards):03d}"
+        self.shards.append({"file": f"{name}.bin", "tokens": 0, "mask": None})
+        self._tok = open(self.out / f"{name}.bin", "wb")
+        self._n = 0
+
+    def write(self, tokens: np.ndarray, mask: np.ndarray | None) -> None:
+        pos = 0
+        while pos < len(tokens):
+            if self._tok is None or self._n >= SHARD_TOKENS:
+                self._open()
+            take = min(len(tokens) - pos, SHARD_TOKENS - self._n)
+            assert self._tok is not None
+            tokens[pos : pos + take].astype(self.dtype, copy=False).tofile(self._tok)
+            if mask is not None and self._mask is None:  # first unsupervised token in this shard
+                name = self.shards[-1]["file"].replace(".bin", ".mask")
+                self.shards[-1]["mask"] = name
+                self._mask = open(self.out / name, "wb")
+                np.ones(self._n, np.uint8).tofile(self._mask)
+            if self._mask is not None:
+                part = np.ones(take, np.uint8) if mask is None else mask[pos : pos + take]
+                part.tofile(self._mask)
+            self._n += take
+            self.shards[-1]["tokens"] = self._n
+            pos += take
+
+    def close(self) -> None:
+        for f in (self._tok, self._mask):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        self._tok = self._mask = None
+
+
+def _ordered_results(
+    fn: Callable[[list[Piece]], Any], items: Iterable[list[Piece]], pool: ProcessPoolExecutor | None, inflight: int
+) -> Iterator[Any]:
+    """``map(fn, items)`` in order, with at most ``inflight`` items queued in the workers (bounded memory)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= inflight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def task(self, description: str, total: float | None) -> int:
+        return self.bar.add_task(description, total=total, info="") if self.bar is not None else 0
+
+    def update(self, task: int, **kw: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(task, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def _count(src: _Source, max_chars: int | None) -> tuple[int, int]:
+    """(documents, characters) of a source; an empty source is a user error."""
+    docs = chars = 0
+    for p in source_pieces(src, max_chars):
+        docs += p.eos
+        chars += len(p.text)
+    if chars == 0:
+        names = ", ".join(str(f) for f in src.files[:3]) + (" ..." if len(src.files) > 3 else "")
+        raise FlmError(f"{src.where}: no text in {names}: the corpus is empty; point {src.where}.path at text")
+    return docs, chars
+
+
+def prepare_data(
+    data_cfg: DataConfig,
+    *,
+    root: Path = Path("."),
+    progress: bool = True,
+    model: ModelConfig | None = None,
+) -> PreparedData:
+    """Tokenize ``data_cfg``'s sources into ``data_cfg.prepared_dir/<hash>/`` or reuse that folder.
+
+    ``model``: when given, a tokenizer larger than ``model.vocab_size`` is refused before any tokenizing.
+    """
+    root = Path(root)
+    sources = _resolve_all(data_cfg, root)
+    digest, file_info = _content_hash(data_cfg, sources, root)
+    base = Path(data_cfg.prepared_dir)
+    base = base if base.is_absolute() else root / base
+    final = base / digest
+    if (final / INDEX_FILE).is_file():
+        prepared = load_prepared(final)
+        prepared.reused = True
+        return prepared
+
+    tok_cfg = data_cfg.tokenizer
+    if model is not None and tok_cfg.kind == "bpe" and tok_cfg.vocab_size > model.vocab_size:
+        raise vocab_error(tok_cfg.vocab_size, model.vocab_size)
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{digest}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    t0 = time.time()
+    try:
+        counts = {split: [_count(s, data_cfg.max_chars if split == "train" else None) for s in sources[split]]
+                  for split in SPLITS}
+        with _Progress(progress) as bar:
+            if tok_cfg.kind == "bpe":
+                task = bar.task(f"training BPE ({tok_cfg.vocab_size} tokens)", None)
+                texts = (p.text for s in sources["train"] for p in source_pieces(s, data_cfg.max_chars))
+                tokenizer = build_tokenizer(tok_cfg, texts, root=root)
+                bar.update(task, total=1, completed=1)
+            else:
+                tokenizer = build_tokenizer(tok_cfg, root=root)
+            if model is not None and tokenizer.vocab_size > model.vocab_size:
+                raise vocab_error(tokenizer.vocab_size, model.vocab_size)
+            tokenizer.save(tmp / TOKENIZER_DIR)
+            dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+            total_chars = sum(c for split in SPLITS for _, c in counts[split])
+            task = bar.task("tokenizing", total_chars)
+            splits = _tokenize_all(data_cfg, sources, counts, tokenizer, tmp, dtype, bar, task)
+        index = {
+            "format": FORMAT,
+            "hash": digest,
+            "dtype": dtype.name,
+            "vocab_size": tokenizer.vocab_size,
+            "special": tokenizer.special,
+            "tokenizer": tok_cfg.model_dump(mode="json") | {"describe": tokenizer.describe()},
+            "max_chars": data_cfg.max_chars,
+            "splits": splits,
+            "files": file_info,
+            "seconds": round(time.time() - t0, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write(tmp / INDEX_FILE, json.dumps(index, indent=1))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same folder first: theirs is identical
+            if not (final / INDEX_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_prepared(final)
+
+
+def _tokenize_all(
+    data_cfg: DataConfig,
+    sources: dict[str, list[_Source]],
+    counts: dict[str, list[tuple[int, int]]],
+    tokenizer: Tokenizer,
+    out: Path,
+    dtype: np.dtype,
+    bar: _Progress,
+    task: int,
+) -> dict[str, Any]:
+    workers = data_cfg.workers
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_worker,
+            initargs=(str(out / TOKENIZER_DIR),),
+        )
+        fn: Callable[[list[Piece]], Any] = encode_pieces
+    else:
+        def fn(item: list[Piece]) -> Any:
+            return encode_pieces(item, tokenizer)
+    done = 0
+    splits: dict[str, Any] = {}
+    try:
+        for split in SPLITS:
+            writer = _ShardWriter(out, split, dtype)
+            infos = []
+            for src, (docs, chars) in zip(sources[split], counts[split]):
+                first = len(writer.new_source())
+                n_tokens = 0
+                max_chars = data_cfg.max_chars if split == "train" else None
+                items = _work_items(source_pieces(src, max_chars))
+                for tokens, mask, n_chars in _ordered_results(fn, items, pool, 2 * workers + 2):
+                    writer.write(tokens, mask)
+                    n_tokens += len(tokens)
+                    done += n_chars
+                    bar.update(task, completed=done, info=f"{split} {n_tokens / 1e6:.2f}M tokens")
+                infos.append({
+                    "path": src.path,
+                    "weight": src.weight,
+                    "files": [str(f) for f in src.files],
+                    "documents": docs,
+                    "characters": chars,
+                    "tokens": n_tokens,
+                    "shards": writer.new_source()[first:],
+                })
+            writer.close()
+            splits[split] = {"tokens": sum(i["tokens"] for i in infos), "sources": infos}
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return splits

@@ -1,0 +1,121 @@
+"""Run the IQ suite on a scorer: passing rate per subtask, per family, and overall."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flm.errors import FlmError
+from flm.eval.iq.items import FAMILIES, SUBTASKS, Item, generate_items, normalize
+from flm.eval.iq.symbolic import parse_sources
+from flm.eval.report import print_table, progress_bar
+from flm.eval.scorer import GenRequest, Scorer
+
+STOP = ["\n"]
+EXTRA_TOKENS = 8  # generation budget beyond the answer's byte count (tokens <= bytes for byte-level BPEs)
+
+
+def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], None] | None = None):
+    """(outputs, passed) per item: the greedy generation, or the chosen symbol for choice items."""
+    outputs: list[str] = [""] * len(items)
+    passed: list[bool] = [False] * len(items)
+    choice = [i for i, it in enumerate(items) if it.is_choice]
+    gen = [i for i, it in enumerate(items) if not it.is_choice]
+    if choice:
+        pairs, owner = [], []
+        for i in choice:
+            for c in items[i].choices:
+                pairs.append((items[i].prompt, " " + c))
+                owner.append(i)
+        lls = scorer.loglikelihood(pairs)
+        best: dict[int, tuple[float, str]] = {}
+        for i, (lp, _), (_, cont) in zip(owner, lls, pairs):
+            if i not in best or lp > best[i][0]:
+                best[i] = (lp, cont[1:])
+        for i in choice:
+            outputs[i] = best[i][1]
+            passed[i] = outputs[i] == items[i].answer
+        if advance:
+            advance(len(choice))
+    if gen:
+        reqs = [GenRequest(items[i].prompt, STOP, len(items[i].answer.encode()) + EXTRA_TOKENS) for i in gen]
+        for i, out in zip(gen, scorer.generate_until(reqs, advance)):
+            outputs[i] = out
+            passed[i] = normalize(out) == normalize(items[i].answer)
+    return outputs, passed
+
+
+def run_iq(
+    scorer: Scorer,
+    subtasks: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    limit: int = 100,
+    shots: int | None = None,
+    sources: str | None = None,
+    progress: bool = True,
+    samples: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Generate every subtask's items from ``seed`` and score them; returns the JSON-able report.
+
+    ``shots`` overrides every subtask's default number of demonstrations; ``sources`` picks the symbol
+    mapping sources (comma list; default: all available). Per-item records go to ``samples`` if given.
+    """
+    names = list(subtasks or SUBTASKS)
+    if limit <= 0:
+        raise FlmError(f"--limit {limit}: give a positive number of items per subtask")
+    src = parse_sources(sources)
+    t_all = time.perf_counter()
+    all_items = {
+        name: generate_items(name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {}))
+        for name in names
+    }
+    report: dict[str, Any] = {
+        "model": scorer.name, "seed": seed, "limit": limit, "shots": shots, "symbol_sources": src,
+        "max_length": scorer.max_length, "subtasks": {}, "families": {},
+    }
+    total = sum(len(v) for v in all_items.values())
+    with progress_bar(total, "iq", progress) as advance:
+        for name, items in all_items.items():
+            t0 = time.perf_counter()
+            outputs, passed = score_items(scorer, items, advance)
+            st = SUBTASKS[name]
+            entry: dict[str, Any] = {
+                "family": st.family, "n": len(items), "correct": sum(passed),
+                "score": 100.0 * sum(passed) / len(items), "shots": st.shots if shots is None else shots,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            if name == "symbol_mapping":
+                by: dict[str, list[bool]] = {}
+                for it, ok in zip(items, passed):
+                    by.setdefault(it.source, []).append(ok)
+                entry["by_source"] = {s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()}
+            report["subtasks"][name] = entry
+            if samples is not None:
+                samples += [
+                    {"subtask": name, "index": it.index, "prompt": it.prompt, "answer": it.answer,
+                     "output": out, "passed": ok}
+                    for it, out, ok in zip(items, outputs, passed)
+                ]
+    for fam in FAMILIES:
+        subs = [n for n in names if SUBTASKS[n].family == fam]
+        if subs:
+            scores = [report["subtasks"][n]["score"] for n in subs]
+            report["families"][fam] = {"score": sum(scores) / len(scores), "subtasks": subs}
+    fam_scores = [f["score"] for f in report["families"].values()]
+    report["average"] = sum(fam_scores) / len(fam_scores)
+    report["seconds"] = round(time.perf_counter() - t_all, 3)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    rows: list[list[Any]] = []
+    for fam, f in report["families"].items():
+        for name in f["subtasks"]:
+            s = report["subtasks"][name]
+            rows.append([fam, name, s["shots"], s["n"], f"{s['score']:.1f}"])
+        rows.append([fam, "[b]family average[/b]", "", "", f"[b]{f['score']:.1f}[/b]"])
+    rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", f"[b]{report['average']:.1f}[/b]"])
+    print_table(f"IQ suite: {report['model']} (seed {report['seed']}, passing rate %)",
+                ["family", "subtask", "shots", "items", "pass %"], rows)

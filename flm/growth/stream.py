@@ -1,0 +1,238 @@
+"""Offline growth of a saved checkpoint, streamed tensor by tensor (what ``flm grow`` runs).
+
+Reads one old tensor, builds the grown one (ops.build_tensor), writes it to the new safetensors file and
+drops both, so peak memory is about one old plus one new tensor, not the model: a checkpoint larger than
+RAM can be grown. The output is a complete checkpoint folder (checkpoint.py's layout) with the growth masks
+at m = 0 in growth.safetensors and the ramp in trainer.json, built under a temporary name and renamed into
+place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from flm import checkpoint as ck
+from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict, save_config
+from flm.errors import FlmError
+from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
+from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
+from flm.growth.tensorio import SafetensorsWriter, TensorSource, open_tensors
+
+# Files this module writes itself; every other file of the checkpoint (tokenizer, rng, ...) is copied.
+_HANDLED = {"model.safetensors", "model", "optim.safetensors", "optim", "optim.json", "growth.safetensors",
+            "trainer.json", "config.toml", ck.MANIFEST}  # fmt: skip
+
+Progress = Callable[[int], None]  # called with the bytes just written
+
+
+@dataclass
+class GrowReport:
+    out: Path
+    old: dict[str, int]
+    new: dict[str, int]
+    bytes_written: int
+    seconds: float
+    largest_tensor_bytes: int
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder (model.safetensors or a DCP model/ folder), or a run folder -> its newest."""
+    p = Path(path)
+    if not p.exists():
+        raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
+    if (p / "model.safetensors").is_file() or (p / "model" / ".metadata").is_file():
+        return p
+    latest = ck.latest_checkpoint(p)
+    if latest is None:
+        raise FlmError(f"{p} holds no checkpoint (expected model.safetensors or {ck.CKPT_SUBDIR}/step_*)")
+    return latest
+
+
+def _stream_file(
+    path: Path,
+    plans: list[TensorPlan],
+    src: TensorSource | None,
+    seed: int,
+    default_dtype: torch.dtype,
+    progress: Progress | None,
+) -> tuple[str, int, int]:
+    """Write the tensors of ``plans`` to ``path``; returns (sha256, bytes, largest tensor bytes)."""
+
+    def dtype_of(tp: TensorPlan) -> torch.dtype:
+        return src.dtype(tp.source) if src is not None and tp.source is not None else default_dtype
+
+    entries = [(tp.name, dtype_of(tp), tp.shape) for tp in plans]
+    writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
+    largest = 0
+    try:
+        for tp, (_, dtype, _) in zip(plans, entries):
+            old = src.read(tp.source) if src is not None and tp.source is not None else None
+            t = build_tensor(tp, old, seed, dtype)
+            nbytes = t.numel() * t.element_size()
+            largest = max(largest, nbytes)
+            writer.write(tp.name, t)
+            del old, t
+            if progress is not None:
+                progress(nbytes)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(), writer.nbytes, largest
+
+
+def _moment_plans(plan: GrowthPlan, src: TensorSource) -> list[TensorPlan]:
+    out = []
+    for tp in plan.tensors:
+        for kind in MOMENTS:
+            mp = moment_plan(tp, kind)
+            if mp.source is not None and mp.source not in src.shapes:  # never had a gradient: zeros
+                mp = TensorPlan(mp.name, mp.shape, None, mp.init, mp.new_param)
+            out.append(mp)
+    return out
+
+
+def _grown_run_config(cfg: RunConfig, plan: GrowthPlan) -> RunConfig:
+    data = config_to_dict(cfg)
+    data["model"] = config_to_dict(plan.new)
+    try:
+        return config_from_dict(data, where="grown config")
+    except FlmError:  # the stage plan no longer fits the grown shape: keep the run, drop the plan
+        data.pop("stages", None)
+        return config_from_dict(data, where="grown config")
+
+
+def grow_checkpoint(
+    src_path: str | os.PathLike[str],
+    growth: GrowthConfig,
+    out: str | os.PathLike[str],
+    seed: int = 0,
+    progress: Callable[[int], Progress] | None = None,
+) -> GrowReport:
+    """Grow the checkpoint at ``src_path`` into the new folder ``out``. ``progress(total_bytes)`` may
+    return a callback that receives the bytes written as they go."""
+    t0 = time.perf_counter()
+    folder = find_checkpoint(src_path)
+    out = Path(out)
+    if out.exists():
+        raise FlmError(f"--out {out} already exists; growth never overwrites, pick a new folder")
+    if (folder / ck.MANIFEST).is_file():
+        ck.verify_manifest(folder, full=False)
+    cfg = ck.read_config(folder / "config.toml")
+    if (folder / "growth.safetensors").is_file():
+        raise FlmError(
+            f"{folder} is in the middle of a growth ramp (growth.safetensors); train until the ramp ends, "
+            "then grow that checkpoint (one growth at a time)"
+        )
+    plan = make_plan(cfg.model, growth)
+    model_src = open_tensors(folder, "model")
+    if model_src is None:
+        raise FlmError(f"{folder}: no model.safetensors (or DCP model/ folder); not a checkpoint")
+    check_shapes(cfg.model, model_src.shapes, f"{folder / 'model.safetensors'}")
+    optim_src = None if growth.reset_optimizer else open_tensors(folder, "optim")
+    if optim_src is not None:
+        check_shapes(cfg.model, optim_src.shapes, f"{folder / 'optim.safetensors'}", moments=True)
+    model_dtype = model_src.dtype("tok_emb.weight")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files: dict[str, dict[str, object]] = {}
+    try:
+        moment_plans = _moment_plans(plan, optim_src) if optim_src is not None else []
+        total = sum(torch.Size(tp.shape).numel() * 4 for tp in plan.tensors + moment_plans)
+        tick = progress(total) if progress is not None else None
+        sha, nbytes, largest = _stream_file(
+            tmp / "model.safetensors", plan.tensors, model_src, seed, model_dtype, tick
+        )
+        files["model.safetensors"] = {"bytes": nbytes, "sha256": sha}
+        written = nbytes
+        if optim_src is not None:
+            sha, nbytes, big = _stream_file(
+                tmp / "optim.safetensors", moment_plans, optim_src, seed, model_dtype, tick
+            )
+            files["optim.safetensors"] = {"bytes": nbytes, "sha256": sha}
+            written, largest = written + nbytes, max(largest, big)
+        _write_small_files(folder, tmp, cfg, plan, growth)
+        for p in sorted(tmp.iterdir()):
+            if p.is_file() and p.name not in files:
+                files[p.name] = {"bytes": p.stat().st_size, "sha256": ck.sha256_file(p)}
+        (tmp / ck.MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+        _fsync_dir(tmp)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        model_src.close()
+        if optim_src is not None:
+            optim_src.close()
+    return GrowReport(out, cfg.model.shape(), plan.new.shape(), written, time.perf_counter() - t0, largest)
+
+
+def _write_small_files(
+    folder: Path, tmp: Path, cfg: RunConfig, plan: GrowthPlan, growth: GrowthConfig
+) -> None:
+    masks = plan.mask_state()
+    ramping = growth.ramp_steps > 0 and len(masks) > 1  # more than grow_m: something grew
+    if ramping:
+        save_file({k: v.contiguous() for k, v in masks.items()}, str(tmp / "growth.safetensors"))
+    if (folder / "optim.json").is_file():
+        meta = json.loads((folder / "optim.json").read_text())
+        if growth.reset_optimizer:
+            meta["step"] = 0
+        (tmp / "optim.json").write_text(json.dumps(meta, indent=1))
+    if (folder / "trainer.json").is_file():
+        trainer = json.loads((folder / "trainer.json").read_text())
+        trainer["ramp"] = {"step": 0, "total": growth.ramp_steps} if ramping else None
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
+    save_config(_grown_run_config(cfg, plan), tmp / "config.toml")
+    for p in folder.iterdir():
+        if p.name in _HANDLED or p.name.startswith("."):
+            continue
+        if p.is_dir():
+            shutil.copytree(p, tmp / p.name)
+        else:
+            shutil.copy2(p, tmp / p.name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+@torch.no_grad()
+def max_logit_delta(old_dir: Path, new_dir: Path, batch: int = 2, seq: int = 32, seed: int = 0) -> float:
+    """Largest |logit difference| between two checkpoints on one batch of random tokens (masks applied)."""
+    from flm.model import FLM
+
+    def logits(folder: Path, tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = ck.read_config(folder / "config.toml").model
+        src = open_tensors(folder, "model")
+        assert src is not None
+        model = FLM(cfg)
+        model.load_state_dict({k: src.read(k) for k in src.shapes}, strict=True)
+        src.close()
+        gsrc = open_tensors(folder, "growth")
+        if gsrc is not None:
+            model.load_growth_state({k: gsrc.read(k) for k in gsrc.shapes})
+        model.eval()
+        if tokens is None:
+            gen = torch.Generator().manual_seed(seed)
+            tokens = torch.randint(0, cfg.vocab_size, (batch, min(seq, cfg.max_seq_len)), generator=gen)
+        return model(tokens), tokens
+
+    ref, tokens = logits(find_checkpoint(old_dir), None)
+    new, _ = logits(Path(new_dir), tokens)
+    return (new - ref).abs().max().item()

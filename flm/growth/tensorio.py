@@ -1,0 +1,194 @@
+"""Tensor files read and written one tensor at a time, so memory holds one tensor, not the model.
+
+- ``SafetensorsReader``: parses the header and reads each tensor with ``readinto`` (no mmap, so the file
+  never piles up in the process's resident memory).
+- ``DcpReader``: one tensor at a time from a torch.distributed.checkpoint folder (partial loads).
+- ``SafetensorsWriter``: the safetensors format (8-byte little-endian header length, JSON header padded
+  with spaces to 8 bytes, raw little-endian tensor bytes), with the header written first from the known
+  shapes and each tensor streamed after it; sha256 is computed on the way. ``safetensors.safe_open``
+  reads the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from flm.errors import FlmError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+CODES = {v: k for k, v in DTYPES.items()}
+
+
+class TensorSource(Protocol):
+    shapes: dict[str, tuple[int, ...]]
+
+    def dtype(self, name: str) -> torch.dtype: ...
+
+    def read(self, name: str) -> Tensor: ...
+
+    def close(self) -> None: ...
+
+
+class SafetensorsReader:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "rb")
+        try:
+            (n,) = struct.unpack("<Q", self._f.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(self._f.read(n))
+            self._data_start = 8 + n
+            self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            self.shapes = {k: tuple(v["shape"]) for k, v in self._entries.items()}
+            for k, v in self._entries.items():
+                if v["dtype"] not in DTYPES:
+                    raise ValueError(f"tensor {k} has unsupported dtype {v['dtype']}")
+        except (struct.error, ValueError, KeyError, TypeError) as e:
+            self._f.close()
+            raise FlmError(
+                f"{self.path}: not a readable safetensors file ({e}); the checkpoint is corrupt"
+            ) from None
+
+    def dtype(self, name: str) -> torch.dtype:
+        return DTYPES[self._entries[name]["dtype"]]
+
+    def read(self, name: str) -> Tensor:
+        e = self._entries[name]
+        start, end = e["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        self._f.seek(self._data_start + start)
+        got = 0
+        while got < len(view):
+            n = self._f.readinto(view[got:])
+            if not n:
+                raise FlmError(f"{self.path}: tensor {name} is truncated; the checkpoint is corrupt")
+            got += n
+        return buf.view(DTYPES[e["dtype"]]).reshape(e["shape"])
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class DcpReader:
+    """A torch.distributed.checkpoint folder (one ``.metadata`` + shard files), read tensor by tensor."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        self.path = Path(path)
+        try:
+            md = FileSystemReader(str(self.path)).read_metadata()
+        except Exception as e:  # noqa: BLE001 - any failure here means an unreadable folder
+            raise FlmError(f"{self.path}: not a readable DCP checkpoint ({e})") from None
+        self._meta = {k: v for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+        self.shapes = {k: tuple(v.size) for k, v in self._meta.items()}
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._meta[name].properties.dtype
+
+    def read(self, name: str) -> Tensor:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+        out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name))}
+        dcp.load(
+            out,
+            storage_reader=dcp.FileSystemReader(str(self.path)),
+            planner=DefaultLoadPlanner(allow_partial_load=True),
+            no_dist=True,
+        )
+        return out[name]
+
+    def close(self) -> None:
+        pass
+
+
+def open_tensors(folder: Path, stem: str) -> TensorSource | None:
+    """``folder/stem.safetensors`` or the DCP folder ``folder/stem/``; None when neither exists."""
+    st = folder / f"{stem}.safetensors"
+    if st.is_file():
+        return SafetensorsReader(st)
+    if (folder / stem / ".metadata").is_file():
+        return DcpReader(folder / stem)
+    return None
+
+
+class SafetensorsWriter:
+    """Streams tensors into a safetensors file in the order of ``entries`` (name, dtype, shape)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = metadata
+        offset = 0
+        self._expect: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+        for name, dtype, shape in entries:
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[name] = {
+                "dtype": CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            self._expect.append((name, dtype, tuple(shape), nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.path = Path(path)
+        self.nbytes = 8 + len(raw) + offset
+        self.sha = hashlib.sha256()
+        self._f = open(self.path, "wb")
+        self._next = 0
+        self._put(struct.pack("<Q", len(raw)) + raw)
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self._f.write(data)
+        self.sha.update(data)
+
+    def write(self, name: str, t: Tensor) -> None:
+        want, dtype, shape, nbytes = self._expect[self._next]
+        if name != want or t.dtype != dtype or tuple(t.shape) != shape:
+            raise ValueError(f"expected {want} {dtype} {shape}, got {name} {t.dtype} {tuple(t.shape)}")
+        flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        assert flat.numel() == nbytes
+        self._put(memoryview(flat.numpy()))
+        self._next += 1
+
+    def close(self) -> str:
+        """Flush, fsync and close; returns the sha256 of the file."""
+        if self._next != len(self._expect):
+            self._f.close()
+            raise ValueError(f"{self.path}: {len(self._expect) - self._next} tensors not written")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self.sha.hexdigest()
+
+    def abort(self) -> None:
+        self._f.close()

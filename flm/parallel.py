@@ -1,0 +1,94 @@
+"""Parallelism applied to the model from outside (torchtitan's pattern): the device mesh and FSDP2.
+
+Single process: nothing is wrapped. Under torchrun (WORLD_SIZE > 1): a 1-D data-parallel mesh, every block
+and then the root sharded with ``fully_shard``; gloo on CPU, NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from flm.config import ParallelConfig, TrainConfig
+from flm.errors import FlmError
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: object | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(train: TrainConfig, local_rank: int = 0) -> torch.device:
+    if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise FlmError("train.device = 'cuda' but no CUDA device is visible; set train.device = 'cpu'")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(train, local_rank)
+    if parallel.tp != 1 or parallel.pp != 1:
+        raise FlmError(
+            f"parallel.tp = {parallel.tp}, parallel.pp = {parallel.pp}: only data parallelism (FSDP2) is "
+            "available in this version; set tp = 1 and pp = 1"
+        )
+    if parallel.dp not in (-1, world):
+        raise FlmError(f"parallel.dp = {parallel.dp} but {world} processes were started; set dp = -1 or {world}")
+    env = DistEnv(rank, world, local_rank, device)
+    if world > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        env.mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+    return env
+
+
+def apply_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
+    """Shard each block, then the root (embedding, final norm), over the data-parallel mesh."""
+    if not env.distributed:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks.values():  # type: ignore[attr-defined]
+        fully_shard(block, mesh=env.mesh)
+    fully_shard(model, mesh=env.mesh)
+    return model
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,282 @@
+"""μScaling loss prediction: train a series of μP widths with the same hyperparameters, fit
+L(N) = a·N^b + c to the losses of the smaller ones at one fixed step, and predict the larger ones.
+
+Method of Yao & Wang (arXiv 2304.06875, cofe-ai/Mu-scaling), used for FLM-101B. Under μP the same
+hyperparameters are (near) optimal at every width, so the loss at a fixed step is a smooth function of the
+model size alone. N is the non-embedding parameter count by default (Kaplan et al.), or the total.
+
+The fit profiles out the linear parameters: for each exponent b on a grid, (a, c) is a linear least-squares
+problem; the best b seeds scipy's ``curve_fit`` on all three. This finds the global optimum where a plain
+``curve_fit`` from μScaling's p0 = [1, -1, 3] can stall, and needs no guess of the loss scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flm.config import ModelConfig, RunConfig, atomic_write
+from flm.errors import FlmError
+
+N_UNIT = 1e6  # the fit works on N in millions (as μScaling's data), which keeps a near 1
+
+
+def power_law(n: np.ndarray | float, a: float, b: float, c: float) -> np.ndarray | float:
+    return a * np.power(n, b) + c
+
+
+@dataclass
+class PowerLawFit:
+    """L(N) = a·(N / 1e6)^b + c."""
+
+    a: float
+    b: float
+    c: float
+    rmse: float
+
+    def __call__(self, n: float | np.ndarray) -> Any:
+        return power_law(np.asarray(n, dtype=np.float64) / N_UNIT, self.a, self.b, self.c)
+
+
+def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLawFit:
+    """Least-squares fit of L = a·(N/1e6)^b + c with a > 0 and b < 0 (loss falls with size)."""
+    from scipy.optimize import curve_fit
+
+    x = np.asarray(n_params, dtype=np.float64) / N_UNIT
+    y = np.asarray(losses, dtype=np.float64)
+    if len(x) < 3:
+        raise FlmError(f"a power law a·N^b + c has 3 parameters: fit it on at least 3 models (got {len(x)})")
+    if len(set(x.tolist())) < len(x):
+        raise FlmError("two runs of the fit have the same parameter count: give distinct widths")
+    if not np.all(np.isfinite(y)):
+        raise FlmError(f"non-finite loss among the fitted runs: {y.tolist()}")
+
+    def sse(p: np.ndarray) -> float:
+        return float(np.sum((power_law(x, *p) - y) ** 2))
+
+    best: np.ndarray | None = None
+    for b in -np.geomspace(1e-3, 3.0, 400):
+        design = np.stack([np.power(x, b), np.ones_like(x)], axis=1)
+        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+        if a > 0 and (best is None or sse(np.array([a, b, c])) < sse(best)):
+            best = np.array([a, b, c])
+    if best is None:  # loss does not fall with size: no decreasing power law fits
+        raise FlmError(
+            f"the losses {np.round(y, 4).tolist()} do not decrease with model size; a power law cannot be "
+            "fitted (train longer, or check that the runs share the same hyperparameters and data)"
+        )
+    try:
+        popt, _ = curve_fit(power_law, x, y, p0=best, maxfev=20000)
+        if popt[0] > 0 and popt[1] < 0 and sse(popt) <= sse(best):
+            best = popt
+    except (RuntimeError, ValueError):  # the profiled optimum stands
+        pass
+    a, b, c = (float(v) for v in best)
+    return PowerLawFit(a, b, c, rmse=math.sqrt(sse(best) / len(x)))
+
+
+# ----- runs of a width series -----------------------------------------------------------------------
+
+
+def n_params(model: ModelConfig, count: str = "non-embedding") -> int:
+    if count not in ("non-embedding", "total"):
+        raise FlmError(f"parameter count '{count}': use 'non-embedding' or 'total'")
+    return model.num_params(embeddings=count == "total")
+
+
+def width_run_config(cfg: RunConfig, width: int) -> RunConfig:
+    """The config's first-stage model at d_model = ``width`` (μP, same hyperparameters), trained alone."""
+    from flm.mup import with_width
+
+    if not cfg.model.mup_base_width:
+        raise FlmError(
+            "loss prediction needs μP (the same hyperparameters must suit every width): set "
+            "model.mup_base_width, e.g. to the width the hyperparameters were tuned at"
+        )
+    data = cfg.model_dump()
+    data.update(name=f"{cfg.name}-w{width}", model=with_width(cfg.model, width).model_dump(), stages=[])
+    data["train"]["progress"] = False
+    return RunConfig.model_validate(data)
+
+
+def loss_at_step(
+    records: list[dict[str, Any]], step: int, metric: str = "val_loss", window: int = 1
+) -> float:
+    """Mean of ``metric`` over the logged records with step in (step - window, step]."""
+    hits = [r[metric] for r in records if metric in r and step - window < r["step"] <= step]
+    if not hits:
+        logged = sorted({r["step"] for r in records if metric in r})
+        raise FlmError(
+            f"no '{metric}' logged at step {step} (logged at steps {logged[-5:] or 'none'}); pick --step "
+            "from those, widen --window, or set train.eval_every so that it divides the step"
+        )
+    return float(np.mean(hits))
+
+
+@dataclass
+class RunPoint:
+    width: int
+    n_params: int
+    loss: float
+    role: str  # "fit" or "predict"
+    run_dir: str
+    predicted: float | None = None
+
+    @property
+    def rel_error(self) -> float | None:
+        return None if self.predicted is None else (self.predicted - self.loss) / self.loss
+
+
+@dataclass
+class Prediction:
+    fit: PowerLawFit
+    points: list[RunPoint]
+    step: int
+    metric: str
+    count: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fit": asdict(self.fit) | {"formula": "L = a * (N / 1e6)^b + c"},
+            "step": self.step,
+            "metric": self.metric,
+            "param_count": self.count,
+            "points": [asdict(p) | {"rel_error": p.rel_error} for p in self.points],
+            **self.extra,
+        }
+
+
+def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple[ModelConfig, int, float]:
+    """(model config, step used, loss) of a finished run folder (config.toml + metrics.jsonl)."""
+    from flm.checkpoint import read_config
+    from flm.train.metrics import read_metrics
+
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise FlmError(f"{run_dir} is not a run folder (no config.toml); pass folders that `flm train` wrote")
+    model = read_config(cfg_path).model
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if not records:
+        raise FlmError(f"{run_dir} has no metrics.jsonl records; the run has not logged yet")
+    at = step if step is not None else max(r["step"] for r in records)
+    return model, at, loss_at_step(records, at, metric, window)
+
+
+def _finished(run_dir: Path, step: int, metric: str) -> bool:
+    from flm.train.metrics import read_metrics
+
+    return any(r.get("step") == step and metric in r for r in read_metrics(run_dir / "metrics.jsonl"))
+
+
+def train_series(
+    cfg: RunConfig,
+    widths: Sequence[int],
+    out_dir: Path,
+    *,
+    metric: str = "val_loss",
+    train_fn: Callable[..., Any] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> dict[int, Path]:
+    """Train ``cfg`` at each width into out_dir/w<width> with the normal trainer; finished runs are read,
+    not retrained, and interrupted ones resumed."""
+    if train_fn is None:
+        from flm.train.loop import train_stage as train_fn
+    dirs = {}
+    for width in widths:
+        wcfg = width_run_config(cfg, width)
+        run_dir = out_dir / f"w{width}"
+        dirs[width] = run_dir
+        if not _finished(run_dir, wcfg.train.steps, metric):
+            from flm.checkpoint import latest_checkpoint
+
+            resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
+            if (run_dir / "config.toml").is_file() and not resume:  # started but never checkpointed
+                for leftover in ("config.toml", "metrics.jsonl"):
+                    (run_dir / leftover).unlink(missing_ok=True)
+            train_fn(wcfg, run_dir, resume=resume)
+        if on_done is not None:
+            on_done(width)
+    return dirs
+
+
+def predict_from_runs(
+    runs: dict[int, Path],
+    fit_widths: Sequence[int],
+    *,
+    step: int | None = None,
+    metric: str = "val_loss",
+    window: int = 1,
+    count: str = "non-embedding",
+) -> Prediction:
+    """Fit on the runs of ``fit_widths``, predict the rest."""
+    points, steps = [], set()
+    for width, run_dir in sorted(runs.items()):
+        model, at, loss = read_run(Path(run_dir), step, metric, window)
+        steps.add(at)
+        role = "fit" if width in fit_widths else "predict"
+        points.append(RunPoint(width, n_params(model, count), loss, role, str(run_dir)))
+    if len(steps) > 1:
+        raise FlmError(f"the runs ended at different steps {sorted(steps)}; pass --step to compare one step")
+    fitted = [p for p in points if p.role == "fit"]
+    fit = fit_power_law([p.n_params for p in fitted], [p.loss for p in fitted])
+    for p in points:
+        p.predicted = float(fit(p.n_params))
+    return Prediction(fit, points, steps.pop(), metric, count)
+
+
+def save_prediction(pred: Prediction, out_dir: Path) -> tuple[Path, Path]:
+    """prediction.json and prediction.png (loss vs N, log x, fitted curve extended to the largest run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "prediction.json", out_dir / "prediction.png"
+    atomic_write(json_path, json.dumps(pred.to_json(), indent=2))
+    ns = np.array([p.n_params for p in pred.points], dtype=np.float64)
+    grid = np.geomspace(ns.min() / 1.5, ns.max() * 1.5, 200)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    f = pred.fit
+    ax.plot(grid, f(grid), "-", color="0.4", label=f"fit: {f.a:.3g}·(N/1e6)^{f.b:.3g} + {f.c:.3g}")
+    for role, style, label in (("fit", "o", "fitted runs"), ("predict", "s", "held-out runs (actual)")):
+        sel = [p for p in pred.points if p.role == role]
+        if sel:
+            ax.plot(
+                [p.n_params for p in sel],
+                [p.loss for p in sel],
+                style,
+                label=label,
+                mfc="none" if role == "predict" else None,
+                ms=8,
+            )
+    for p in pred.points:
+        if p.role == "predict":
+            ax.annotate(
+                f"w{p.width}: {100 * p.rel_error:+.2f}%",
+                (p.n_params, p.loss),
+                textcoords="offset points",
+                xytext=(-10, 10),
+                ha="right",
+                fontsize=8,
+            )
+        else:
+            ax.annotate(
+                f"w{p.width}", (p.n_params, p.loss), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"parameters ({pred.count})")
+    ax.set_ylabel(f"{pred.metric} at step {pred.step}")
+    ax.set_title("μScaling loss prediction")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return json_path, png_path

@@ -1,0 +1,440 @@
+"""The training loop for one stage: AdamW, warmup + cosine, gradient accumulation, masked LM loss,
+periodic validation, metrics, atomic checkpoints, exact resume, single process or torchrun + FSDP2.
+
+``train_stage`` is what ``flm train`` runs; ``flm run`` calls it once per stage with the grown model's
+state in ``init`` and a schedule shared across stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flm import checkpoint as ck
+from flm.config import RunConfig, save_config
+from flm.errors import FlmError
+from flm.model import FLM
+from flm.mup import param_groups
+from flm.parallel import DistEnv, all_reduce_sum, apply_fsdp, barrier, init_distributed
+from flm.train.metrics import MetricsLog, measure_matmul_peak
+from flm.train.schedule import CosineSchedule
+
+
+@dataclass
+class StageResult:
+    steps: int
+    tokens: int
+    flops: float
+    seconds: float
+    train_loss: float
+    val_loss: float | None
+    checkpoint: Path | None
+    model_state: dict[str, Tensor] | None = None  # full state, when asked for (stage chaining)
+    optim_tensors: dict[str, Tensor] | None = None
+    optim_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def masked_lm_loss(logits: Tensor, targets: Tensor, mask: Tensor, denom: float | Tensor) -> Tensor:
+    """Sum of per-token cross-entropy where ``mask`` is set, divided by ``denom`` (the token count of the
+    whole global batch, so that accumulation and data parallelism give the single-process gradient)."""
+    ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1), reduction="none")
+    return (ce * mask.view(-1)).sum() / denom
+
+
+def _rng_state() -> dict[str, Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def full_model_state(model: torch.nn.Module, env: DistEnv) -> dict[str, Tensor]:
+    if not env.distributed:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optim_state(model, optimizer, env: DistEnv) -> tuple[dict[str, Tensor], int]:
+    """AdamW moments keyed "exp_avg/<param>" and the step count, gathered to full tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=env.distributed)
+    )
+    tensors: dict[str, Tensor] = {}
+    step = 0
+    for name, st in osd.get("state", {}).items():  # empty on ranks > 0 when gathered to rank 0
+        step = int(st["step"])
+        tensors[f"exp_avg/{name}"] = st["exp_avg"].detach().cpu().clone()
+        tensors[f"exp_avg_sq/{name}"] = st["exp_avg_sq"].detach().cpu().clone()
+    return tensors, step
+
+
+def load_optim_state(model, optimizer, tensors: dict[str, Tensor], step: int, env: DistEnv) -> None:
+    if not tensors:
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = {n.split("/", 1)[1] for n in tensors}
+    state = {
+        n: {
+            "step": torch.tensor(float(step)),
+            "exp_avg": tensors[f"exp_avg/{n}"],
+            "exp_avg_sq": tensors[f"exp_avg_sq/{n}"],
+        }
+        for n in names
+    }
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"params": list(g["names"])} for g in optimizer.param_groups
+    ]
+    set_optimizer_state_dict(
+        model, optimizer, {"state": state, "param_groups": groups}, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def load_model_state(model, state: dict[str, Tensor], env: DistEnv) -> None:
+    if not env.distributed:
+        model.load_state_dict(state, strict=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Refuse to write into a folder that holds another run; never overwrite finished work."""
+    existing = out_dir / "config.toml"
+    if not existing.is_file():
+        if resume:
+            raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
+        return
+    old = ck.read_config(existing)
+    if resume:
+        if old.model != cfg.model:
+            raise FlmError(
+                f"--resume: the run in {out_dir} has model {old.model.shape()}, the config asks for "
+                f"{cfg.model.shape()}; resume with the run's own config or train into a new --out"
+            )
+        return
+    what = "a different run" if old.model_dump() != cfg.model_dump() else "a run"
+    raise FlmError(
+        f"{out_dir} already holds {what} (config.toml exists); pass --resume to continue it or choose another --out"
+    )
+
+
+class _Ramp:
+    """The MSG mask ramp: m = step / total after each optimizer step; masks removed when m reaches 1."""
+
+    def __init__(self, state: dict[str, int] | None) -> None:
+        self.step = int(state["step"]) if state else 0
+        self.total = int(state["total"]) if state else 0
+
+    @property
+    def active(self) -> bool:
+        return self.total > 0 and self.step < self.total
+
+    def advance(self, model: FLM) -> None:
+        if not self.active:
+            return
+        self.step += 1
+        if self.step >= self.total:
+            model.end_growth()
+        else:
+            model.set_mask_value(self.step / self.total)
+
+    def state(self) -> dict[str, int] | None:
+        return {"step": self.step, "total": self.total} if self.total else None
+
+
+@dataclass
+class StageInit:
+    """Where a stage starts when it does not start from scratch (a grown model, in ``flm run``)."""
+
+    model_state: dict[str, Tensor]
+    optim_tensors: dict[str, Tensor] = field(default_factory=dict)
+    optim_step: int = 0
+    growth_state: dict[str, Tensor] = field(default_factory=dict)
+    ramp: dict[str, int] | None = None
+    tokens: int = 0
+    flops: float = 0.0
+    loader_state: dict[str, Any] | None = None
+
+
+def train_stage(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    env: DistEnv | None = None,
+    stage: int = 0,
+    init: StageInit | None = None,
+    schedule: Callable[[int], float] | None = None,
+    ckpt_dir: Path | None = None,
+    save_config_file: bool = True,
+    return_state: bool = False,
+    stop_after: int | None = None,
+) -> StageResult:
+    """Train ``cfg.model`` for ``cfg.train.steps`` optimizer steps. See module docstring."""
+    out_dir = Path(out_dir)
+    env = env or init_distributed(cfg.train, cfg.parallel)
+    tc, oc = cfg.train, cfg.optim
+    ckpt_dir = ckpt_dir or out_dir
+    if save_config_file and env.is_main:
+        check_out_dir(out_dir, cfg, resume)
+    barrier(env)
+
+    from flm.data.loader import TokenLoader
+    from flm.data.prepare import prepare_data
+    from flm.data.tokenizer import check_vocab
+
+    if env.is_main:
+        prepared = prepare_data(cfg.data, progress=tc.progress)
+    barrier(env)
+    if not env.is_main:
+        prepared = prepare_data(cfg.data, progress=False)
+    check_vocab(prepared.tokenizer, cfg.model)
+
+    batch, micro, seq = tc.batch_size, tc.micro_batch_size or 0, cfg.seq_len
+    if batch % env.world_size:
+        raise FlmError(f"train.batch_size ({batch}) must be divisible by the {env.world_size} data-parallel ranks")
+    per_rank = batch // env.world_size
+    micro = micro or per_rank
+    if per_rank % micro:
+        raise FlmError(
+            f"train.micro_batch_size ({micro}) must divide the per-rank batch ({per_rank}); adjust either"
+        )
+    accum = per_rank // micro
+
+    seed_everything(tc.seed)
+    model = FLM(cfg.model)
+    if init is not None:
+        model.load_state_dict(init.model_state, strict=True)
+        if init.growth_state:
+            model.load_growth_state(init.growth_state)
+    model.to(env.device)
+    apply_fsdp(model, env)
+    groups = param_groups(model, oc.lr, oc.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
+    schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
+    loader = TokenLoader(prepared, "train", seq_len=seq, batch_size=micro, rank=env.rank,
+                         world_size=env.world_size, seed=tc.seed)
+    ramp = _Ramp(init.ramp if init else None)
+    step, tokens, flops_done = 0, init.tokens if init else 0, init.flops if init else 0.0
+    if init is not None:
+        load_optim_state(model, optimizer, init.optim_tensors, init.optim_step, env)
+        if init.loader_state:
+            loader.load_state_dict(init.loader_state)
+
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
+    latest = ck.latest_checkpoint(ckpt_dir) if resume else None
+    if latest is not None:
+        data, saved_cfg = ck.load_checkpoint(latest)
+        if saved_cfg.model != cfg.model:
+            raise FlmError(
+                f"--resume: checkpoint {latest} has model {saved_cfg.model.shape()}, the config asks for "
+                f"{cfg.model.shape()}; resume with the run's own config"
+            )
+        check = FLM(cfg.model) if env.distributed else model
+        ck.check_state_shapes(check, data.model, latest)
+        if data.growth:
+            model.load_growth_state(data.growth)
+        else:
+            model.end_growth()
+        load_model_state(model, data.model, env)
+        load_optim_state(model, optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)), env)
+        tr = data.trainer
+        step, tokens, flops_done = tr["step"], tr["tokens"], tr["flops"]
+        loader.load_state_dict(tr["loader"][str(env.rank)] if "loader" in tr and str(env.rank) in tr["loader"]
+                               else tr["loader_rank0"])
+        ramp = _Ramp(tr.get("ramp"))
+        if data.rng:
+            _set_rng_state(data.rng)
+        metrics.truncate_after(step, stage)
+    elif save_config_file and env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.toml")
+
+    from flm.scaling.cost import flops_per_token
+
+    flops_tok = flops_per_token(cfg.model, seq)
+    peak = tc.peak_flops or measure_matmul_peak(env.device)
+    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and env.device.type == "cuda")
+    if use_bf16 and env.device.type == "cpu":
+        raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    )
+    valid_cache: list[tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def evaluate() -> float:
+        nonlocal valid_cache
+        if valid_cache is None:
+            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=micro, rank=env.rank,
+                             world_size=env.world_size, seed=0)
+            it = iter(vl)
+            valid_cache = [next(it) for _ in range(tc.eval_batches)]
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=env.device)
+        with torch.no_grad(), autocast():
+            for x, y, mk in valid_cache:
+                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
+                total[0] += masked_lm_loss(model(x), y, mk, 1.0).double()
+                total[1] += mk.sum().double()
+        model.train()
+        all_reduce_sum(total, env)
+        return float(total[0] / total[1].clamp_min(1))
+
+    def save(at_step: int, train_loss: float) -> Path:
+        model_state = full_model_state(model, env)
+        optim_tensors, optim_step = full_optim_state(model, optimizer, env)
+        loader_states = [loader.state_dict()]
+        if env.distributed:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * env.world_size
+            dist.all_gather_object(gathered, loader_states[0])
+            loader_states = gathered
+        folder = Path(ckpt_dir) / ck.CKPT_SUBDIR / ck.step_name(at_step)
+        if env.is_main:
+            data = ck.CheckpointData(
+                model=model_state,
+                optim_tensors=optim_tensors,
+                optim_meta={"step": optim_step, "lr": schedule(max(at_step - 1, 0))},
+                trainer={
+                    "stage": stage, "step": at_step, "tokens": tokens, "flops": flops_done,
+                    "train_loss": train_loss, "ramp": ramp.state(),
+                    "loader": {str(r): s for r, s in enumerate(loader_states)},
+                    "loader_rank0": loader_states[0],
+                },
+                growth=model.growth_state(),
+                rng=_rng_state(),
+            )
+            ck.save_checkpoint(folder, data, cfg, prepared.tokenizer)
+            ck.mark_latest(ckpt_dir, folder)
+            ck.prune_checkpoints(ckpt_dir, tc.keep_last)
+        barrier(env)
+        return folder
+
+    model.train()
+    it = iter(loader)
+    start_step, t_start = step, time.perf_counter()
+    tokens_per_step = batch * seq
+    last_loss, val_loss, last_ckpt = math.nan, None, None
+    window_t, window_tok = time.perf_counter(), 0
+    progress = _progress(tc.progress and env.is_main, tc.steps, step, f"stage {stage}" if stage else "train")
+    end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    with progress as bar:
+        task = bar.add_task("train", total=tc.steps, completed=step) if bar else None
+        while step < end_step:
+            lr = schedule(step)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            micro_batches = [next(it) for _ in range(accum)]
+            count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in micro_batches)), device=env.device)
+            all_reduce_sum(count, env)
+            denom = count.clamp_min(1.0) / env.world_size
+            loss_sum = torch.zeros((), device=env.device)
+            for x, y, mk in micro_batches:
+                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
+                with autocast():
+                    loss = masked_lm_loss(model(x), y, mk, denom)
+                loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ramp.advance(model)
+            step += 1
+            tokens += tokens_per_step
+            flops_done += flops_tok * tokens_per_step
+            window_tok += tokens_per_step
+            all_reduce_sum(loss_sum, env)
+            last_loss = float(loss_sum) / env.world_size
+            if not math.isfinite(last_loss):
+                raise FlmError(
+                    f"loss became {last_loss} at step {step}; lower optim.lr or raise optim.warmup_steps"
+                )
+            do_eval = tc.eval_every and (step % tc.eval_every == 0) or step == tc.steps
+            rec: dict[str, Any] | None = None
+            if step % tc.log_every == 0 or do_eval or step == tc.steps:
+                now = time.perf_counter()
+                tok_s = window_tok / max(now - window_t, 1e-9)
+                window_t, window_tok = now, 0
+                rec = {
+                    "stage": stage, "step": step, "tokens": tokens, "flops": flops_done, "loss": last_loss,
+                    "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
+                    "mfu": tok_s * flops_tok / (peak * env.world_size), "d_model": cfg.model.d_model,
+                    "n_layers": cfg.model.n_layers, "time": now - t_start,
+                }
+                if ramp.total:
+                    rec["mask_m"] = min(1.0, ramp.step / ramp.total)
+            if do_eval:
+                val_loss = evaluate()
+                assert rec is not None
+                rec["val_loss"] = val_loss
+            if rec is not None:
+                metrics.write(rec)
+            if bar:
+                bar.update(task, completed=step, description=_desc(stage, last_loss, val_loss))
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
+                last_ckpt = save(step, last_loss)
+    metrics.close()
+    result = StageResult(
+        steps=step, tokens=tokens, flops=flops_done, seconds=time.perf_counter() - t_start,
+        train_loss=last_loss, val_loss=val_loss, checkpoint=last_ckpt,
+    )
+    result.extra["steps_run"] = step - start_step
+    if return_state:
+        result.model_state = full_model_state(model, env)
+        result.optim_tensors, result.optim_step = full_optim_state(model, optimizer, env)
+        result.extra["loader_state"] = loader.state_dict()
+        result.extra["tokenizer"] = prepared.tokenizer
+    return result
+
+
+def _desc(stage: int, loss: float, val: float | None) -> str:
+    head = f"stage {stage} " if stage else ""
+    return f"{head}loss {loss:.3f}" + (f" val {val:.3f}" if val is not None else "")
+
+
+def _progress(enabled: bool, total: int, done: int, label: str):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), transient=False,
+    )
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "trainer.json").read_text())

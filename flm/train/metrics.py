@@ -1,0 +1,82 @@
+"""Metrics: JSON lines on disk (truncated on resume so the log matches an uninterrupted run), TensorBoard
+when it is installed, and the fp32 matmul peak that CPU MFU is measured against."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flm.config import atomic_write
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool = True, tensorboard_dir: Path | None = None) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.tb = None
+        if enabled and tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(tensorboard_dir))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def truncate_after(self, step: int, stage: int = 0) -> None:
+        """Drop lines logged after (stage, step): they belong to the part of a run that a resume replays."""
+        if not self.enabled or not self.path.is_file():
+            return
+        keep = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and (json.loads(line).get("stage", 0), json.loads(line)["step"]) <= (stage, step)
+        ]
+        atomic_write(self.path, "".join(line + "\n" for line in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "stage"):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def measure_matmul_peak(device: torch.device | str = "cpu", n: int = 1024, seconds: float = 0.5) -> float:
+    """Best observed FLOP/s of an n x n fp32 matmul (bf16 on CUDA): the roof MFU is measured against."""
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        n = max(n, 8192)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best

@@ -1,0 +1,246 @@
+"""`flm cost`: the FLOPs formula, the FLM-101B accounting (paper Tables 1-4), the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flm.cli import main
+from flm.config import ModelConfig, config_from_dict, load_config
+from flm.errors import FlmError
+from flm.scaling.cost import (
+    KNOWN_GPUS,
+    flops_per_token,
+    lookup_gpu,
+    plan_cost,
+    resolve_hardware,
+    stage_plans,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = REPO / "configs" / "flm-101b.toml"
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return plan_cost(load_config(PAPER))
+
+
+# ------------------------------------------------------------------------------------------ formula
+
+
+def test_flops_per_token_is_narayanan_closed_form():
+    """With a = d and f = 4d the generic count equals eq. 3 of Narayanan et al. 2021 (both variants)."""
+    l, h, s = 6, 256, 512
+    m = ModelConfig(vocab_size=1000, d_model=h, n_layers=l, n_heads=4, max_seq_len=s)
+    V = m.padded_vocab_size
+    no_recompute = 72 * l * h**2 * (1 + s / (6 * h) + V / (12 * l * h))
+    recompute = 96 * l * h**2 * (1 + s / (6 * h) + V / (16 * l * h))
+    assert flops_per_token(m, s) == pytest.approx(no_recompute, rel=1e-12)
+    assert flops_per_token(m, s, recompute=True) == pytest.approx(recompute, rel=1e-12)
+    half = flops_per_token(m, s, recompute=0.5)
+    assert no_recompute < half < recompute
+    assert half == pytest.approx((no_recompute + recompute) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "d, layers, vocab, seq, tokens, paper_mid, paper_pm",
+    [
+        (12288, 96, 50257, 2048, 300e9, 376.41, 53.77),  # GPT-3
+        (4096, 32, 32000, 4096, 2e12, 106.60, 15.23),  # Llama-2 7B
+        (4096, 32, 32000, 2048, 1e12, 49.54, 7.08),  # Llama 7B
+    ],
+)
+def test_reproduces_paper_table4_cost_convention(d, layers, vocab, seq, tokens, paper_mid, paper_pm):
+    """The paper's 'X (±Y)' zettaFLOPs are the mean and half-gap of the formula without / with recompute."""
+    m = ModelConfig(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=d // 128, max_seq_len=seq)
+    lo = flops_per_token(m, seq) * tokens / 1e21
+    hi = flops_per_token(m, seq, recompute=True) * tokens / 1e21
+    assert (lo + hi) / 2 == pytest.approx(paper_mid, rel=0.005)
+    assert (hi - lo) / 2 == pytest.approx(paper_pm, rel=0.02)
+
+
+def test_6n_formula_close_to_narayanan_and_counts_recompute():
+    m = ModelConfig(vocab_size=50000, d_model=2048, n_layers=24, n_heads=16, max_seq_len=2048)
+    six_n = flops_per_token(m, 2048, formula="6n")
+    assert six_n == pytest.approx(6 * m.num_params() + 12 * 24 * 2048 * 2048, rel=1e-12)
+    assert six_n == pytest.approx(flops_per_token(m, 2048), rel=0.01)
+    assert flops_per_token(m, 2048, True, "6n") > six_n * 1.25
+    with pytest.raises(FlmError):
+        flops_per_token(m, 2048, recompute=1.5)
+
+
+# -------------------------------------------------------------------------------- the paper's plan
+
+
+def test_assumed_stage_shapes_match_16b_51b_101b_within_2pct():
+    models = load_config(PAPER).stage_models()
+    assert [m.num_params() / 1e9 for m in models] == [
+        pytest.approx(16, rel=0.02), pytest.approx(51, rel=0.02), pytest.approx(101, rel=0.02)
+    ]
+    final = models[-1]  # the published shape
+    assert (final.d_model, final.n_layers, final.n_heads, final.d_ff) == (10240, 80, 80, 40960)
+    assert final.padded_vocab_size == 100352
+
+
+def test_paper_tokens_gpus_and_throughputs(paper):
+    assert [s.tokens / 1e9 for s in paper.stages] == [
+        pytest.approx(245.37, abs=0.01), pytest.approx(39.64, abs=0.01), pytest.approx(26.54, abs=0.01)
+    ]
+    assert paper.total.tokens / 1e9 == pytest.approx(311.55, abs=0.01)
+    layouts = [(s.tp, s.pp, s.dp, s.n_gpus) for s in paper.stages]
+    assert layouts == [(2, 1, 96, 192), (4, 2, 24, 192), (4, 4, 12, 192)]
+    # Table 2's utilization column is the measured TFLOP/s over the 312 TFLOP/s peak
+    assert [round(s.hfu * 100, 2) for s in paper.stages] == [51.92, 51.28, 52.88]
+
+
+def test_paper_stage_days(paper):
+    assert [s.days for s in paper.stages] == [
+        pytest.approx(9.63, rel=0.02), pytest.approx(5.37, rel=0.02), pytest.approx(6.54, rel=0.02)
+    ]
+    assert paper.total.days == pytest.approx(21.54, rel=0.01)
+
+
+def test_paper_from_scratch_and_saving(paper):
+    assert paper.scratch.days == pytest.approx(76.74, rel=0.01)
+    assert paper.scratch.tokens == paper.total.tokens
+    assert paper.scratch.n_layers == 80 and paper.scratch.tflops_per_gpu == 165
+    assert round(paper.time_saved, 2) == 0.72
+    assert paper.speedup == pytest.approx(3.56, abs=0.01)
+
+
+def test_paper_gpu_hours_energy_co2_and_flops(paper):
+    t = paper.total
+    assert t.gpu_hours == pytest.approx(192 * t.days * 24)
+    # Table 3: 1.01e5 GPU-hours is itself 1.7% above 192 x 21.54 d x 24 h; we land 2.0% below it
+    assert t.gpu_hours == pytest.approx(1.01e5, rel=0.025)
+    assert t.energy_kwh / 1000 == pytest.approx(40, rel=0.02)  # 400 W TDP
+    assert t.co2_kg / 1000 == pytest.approx(26, rel=0.02)
+    assert t.model_flops / 1e21 == pytest.approx(52.76, rel=0.05)  # Table 4 / §4: 52.76 zettaFLOPs
+    assert t.dollars == pytest.approx(t.gpu_hours * 1.0)
+
+
+def test_recompute_fit_lies_between_none_and_full():
+    """The fitted recompute_layers are needed: no recompute is too fast, full recompute too slow."""
+    base = load_config(PAPER)
+    days = {}
+    for label, cost in (("none", {"recompute": False}), ("full", {"recompute": True})):
+        data = base.model_dump(mode="json", exclude_none=True)
+        data["cost"].pop("recompute_layers")
+        data["cost"].update(cost)
+        days[label] = [s.days for s in plan_cost(config_from_dict(data)).stages]
+    for none, paper_days, full in zip(days["none"], (9.63, 5.37, 6.54), days["full"]):
+        assert none < paper_days * 0.96 and full > paper_days * 1.15
+
+
+# ---------------------------------------------------------------------------------------- the plan
+
+
+def _cfg(**parts):
+    data = {"model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32},
+            "train": {"steps": 10, "batch_size": 4}}
+    data.update(parts)
+    return config_from_dict(data)
+
+
+def test_steps_convert_to_tokens_and_no_stages_is_one_stage():
+    (only,) = stage_plans(_cfg())
+    assert only.tokens == 10 * 4 * 32 and only.n_gpus == 1
+    cfg = _cfg(stages=[
+        {"steps": 5},
+        {"steps": 3, "batch_size": 8, "grow": {"n_layers": 4}},
+        {"tokens": 1000, "grow": {"d_model": 128}},
+    ])
+    assert [p.tokens for p in stage_plans(cfg)] == [5 * 4 * 32, 3 * 8 * 32, 1000]
+    assert [p.model.n_layers for p in stage_plans(cfg)] == [2, 4, 4]
+
+
+def test_mfu_path_and_scratch_uses_last_stage():
+    cfg = _cfg(
+        stages=[{"steps": 100}, {"steps": 50, "grow": {"n_layers": 4}}],
+        cost={"gpu": "H100", "n_gpus": 8, "mfu": 0.5, "price_per_gpu_hour": 2.0},
+    )
+    c = plan_cost(cfg)
+    last = cfg.stage_models()[-1]
+    expect = 150 * 4 * 32 * flops_per_token(last, 32) / (8 * 0.5 * 989e12)
+    assert c.scratch.seconds == pytest.approx(expect, rel=1e-9)
+    assert c.stages[0].mfu == pytest.approx(0.5) and c.stages[0].throughput == "mfu"
+    assert c.total.dollars == pytest.approx(2.0 * c.total.gpu_hours)
+    assert 0 < c.time_saved < 1 and c.speedup > 1
+    assert c.total.energy_kwh == pytest.approx(c.total.gpu_hours * 0.7)
+
+
+def test_cpu_peak_given_or_measured():
+    given = resolve_hardware(_cfg(cost={"gpu": "cpu", "peak_tflops": 0.1}).cost)
+    assert (given.peak_tflops, given.peak_source, given.tdp_watts) == (0.1, "given", None)
+    c = plan_cost(_cfg(cost={"gpu": "cpu"}), measure=lambda: 0.125)
+    assert c.hardware.peak_source == "measured" and c.hardware.peak_tflops == 0.125
+    assert c.total.energy_kwh is None and any("tdp" in n.lower() for n in c.notes)
+    assert c.stages[0].seconds == pytest.approx(c.total.model_flops / (0.4 * 0.125e12))
+
+
+def test_gpu_name_lookup():
+    assert lookup_gpu("a800") is KNOWN_GPUS["A800"]
+    assert lookup_gpu("NVIDIA A100-SXM4-80GB") is KNOWN_GPUS["A100"]
+    assert lookup_gpu("H100 PCIe") is KNOWN_GPUS["H100-PCIE"]
+    assert lookup_gpu("A10") is None and lookup_gpu("A1000") is None and lookup_gpu("cpu") is None
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_text_json_markdown(capsys):
+    assert main(["cost", str(PAPER)]) == 0
+    text = capsys.readouterr().out
+    for stage in ("16B", "51B", "101B", "total", "101B (scratch)"):
+        assert stage in text
+    assert "3.56x" in text and "71.9%" in text and "76.47 d" in text
+
+    assert main(["cost", str(PAPER), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [round(s["days"], 1) for s in out["stages"]] == [9.6, 5.4, 6.5]
+    assert out["from_scratch"]["days"] == pytest.approx(76.74, rel=0.01)
+    assert out["saving"]["speedup"] == pytest.approx(3.56, abs=0.01)
+    assert out["peak_tflops"] == 312 and out["gpu"] == "A800"
+
+    assert main(["cost", str(PAPER), "--markdown", "--price", "2"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| Stage |") and "| **total** |" in md and "$198,0" in md
+
+
+def test_cli_cpu_demo_runs(tmp_path, capsys):
+    cfg = tmp_path / "demo.toml"
+    cfg.write_text('[cost]\ngpu = "cpu"\npeak_tflops = 0.1\n')
+    assert main(["cost", str(cfg), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["peak_source"] == "given" and out["stages"][0]["tokens"] == 200 * 16 * 256
+
+
+def _one_error_line(capsys, argv):
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flm cost: error:"), cap.err
+    assert cap.out == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "toml, args, words",
+    [
+        ("[[stages]]\ntokens = 0\n", [], "tokens"),  # a plan with zero tokens
+        ('[cost]\ngpu = "MI300X"\n', [], "peak_tflops"),  # no known peak, none given
+        ("", ["--gpu", "TPUv9"], "peak_tflops"),
+        ("[cost]\nprice_per_gpu_hour = -1.0\n", [], "negative"),
+        ("", ["--price", "-0.5"], "negative"),
+        ("[cost]\nrecompute_layers = [1, 2]\n", [], "recompute_layers"),
+        ('[cost]\nn_gpus = 8\n[parallel]\ndp = 2\n', [], "n_gpus"),
+        ("[[stages]]\ntflops_per_gpu = 500.0\n", [], "exceeds"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, capsys, toml, args, words):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    assert words in _one_error_line(capsys, ["cost", str(cfg), *args])

@@ -1,0 +1,135 @@
+"""The single-process training loop: loss, masks, checkpoints, resume, and the errors users hit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flm.checkpoint import latest_checkpoint, load_model
+from flm.cli import main
+from flm.config import config_from_dict, dump_toml
+from flm.train.loop import masked_lm_loss, train_stage
+from flm.train.metrics import read_metrics
+
+
+def write_cfg(path: Path, cfg: dict) -> Path:
+    path.write_text(dump_toml(config_from_dict(cfg)))
+    return path
+
+
+def test_masked_loss_ignores_masked_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    loss = masked_lm_loss(logits, targets, mask, mask.sum())
+    # Changing the logits at masked positions must not change the loss.
+    logits2 = logits.clone()
+    logits2[mask == 0] += 100 * torch.randn_like(logits2[mask == 0])
+    assert torch.allclose(loss, masked_lm_loss(logits2, targets, mask, mask.sum()))
+    ce = torch.nn.functional.cross_entropy(logits[mask == 1], targets[mask == 1])
+    assert torch.allclose(loss, ce, atol=1e-6)
+
+
+def test_training_lowers_loss_and_writes_run(tiny_cfg, tmp_path):
+    cfg = config_from_dict(tiny_cfg(steps=30, eval_every=10))
+    res = train_stage(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == 30 and rows[-1]["step"] == 30
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 3 and vals[-1] < vals[0]
+    for key in ("lr", "grad_norm", "tokens_per_s", "flops", "mfu", "tokens"):
+        assert key in rows[-1]
+    assert rows[-1]["tokens"] == 30 * 4 * 32
+    assert res.checkpoint == latest_checkpoint(tmp_path / "run")
+    model, loaded_cfg, tok = load_model(tmp_path / "run")
+    assert loaded_cfg.model == cfg.model
+    assert tok.vocab_size <= cfg.model.vocab_size
+
+
+def test_checkpoint_round_trip(tiny_cfg, tmp_path):
+    cfg = config_from_dict(tiny_cfg(steps=4))
+    res = train_stage(cfg, tmp_path / "run")
+    saved = load_file(str(res.checkpoint / "model.safetensors"))
+    model, _, _ = load_model(res.checkpoint)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    optim = load_file(str(res.checkpoint / "optim.safetensors"))
+    assert {k.split("/")[0] for k in optim} == {"exp_avg", "exp_avg_sq"}
+    assert json.loads((res.checkpoint / "optim.json").read_text())["step"] == 4
+
+
+def test_resume_continues_exactly_in_process(tiny_cfg, tmp_path):
+    full = config_from_dict(tiny_cfg(steps=8, ckpt_every=4, keep_last=5))
+    train_stage(full, tmp_path / "a")
+    train_stage(full, tmp_path / "b", stop_after=4)
+    train_stage(full, tmp_path / "b", resume=True)
+    a = load_file(str(latest_checkpoint(tmp_path / "a") / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "b") / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert la == lb
+
+
+def _run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_cli_errors_are_one_line(tiny_cfg, tmp_path, capsys):
+    cfg_path = write_cfg(tmp_path / "c.toml", tiny_cfg(steps=2))
+    code, err = _run_cli(["train", str(tmp_path / "missing.toml")], capsys)
+    assert code == 2 and "not found" in err and len(err.splitlines()) == 1
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nd_modle = 64\n')
+    code, err = _run_cli(["train", str(bad)], capsys)
+    assert code == 2 and "d_modle" in err and "d_model" in err and len(err.splitlines()) == 1
+
+    bad.write_text('[model]\nd_model = 100\nn_heads = 3\n')
+    code, err = _run_cli(["train", str(bad)], capsys)
+    assert code == 2 and "model.d_model" in err and len(err.splitlines()) == 1
+
+    bad.write_text('[model]\nd_model = 60\nn_heads = 4\n')
+    code, err = _run_cli(["train", str(bad)], capsys)
+    assert code == 2 and "head_dim" in err and "odd" in err
+
+    bad.write_text('[train]\nsteps = "many"\n')
+    code, err = _run_cli(["train", str(bad)], capsys)
+    assert code == 2 and "train.steps" in err
+
+    out = tmp_path / "run"
+    assert _run_cli(["train", str(cfg_path), "--out", str(out)], capsys)[0] == 0
+    before = (out / "metrics.jsonl").read_bytes()
+    # Same folder again without --resume: refused, nothing touched.
+    code, err = _run_cli(["train", str(cfg_path), "--out", str(out)], capsys)
+    assert code == 2 and "already holds" in err
+    other = write_cfg(tmp_path / "o.toml", {**tiny_cfg(steps=2), "model": {**tiny_cfg()["model"], "d_model": 64}})
+    code, err = _run_cli(["train", str(other), "--out", str(out)], capsys)
+    assert code == 2 and "different run" in err
+    code, err = _run_cli(["train", str(other), "--out", str(out), "--resume"], capsys)
+    assert code == 2 and "--resume" in err and "model" in err
+    assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_corrupt_and_truncated_checkpoints_are_refused(tiny_cfg, tmp_path, capsys):
+    cfg_path = write_cfg(tmp_path / "c.toml", tiny_cfg(steps=2))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--out", str(out)]) == 0
+    ck = latest_checkpoint(out)
+    weights = ck / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, err = _run_cli(["train", str(cfg_path), "--out", str(out), "--set", "train.steps=4", "--resume"], capsys)
+    assert code == 2 and "sha256" in err
+    weights.write_bytes(bytes(data[:100]))
+    code, err = _run_cli(["generate", str(out), "--prompt", "The"], capsys)
+    assert code == 2 and "truncated" in err
