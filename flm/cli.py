@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlmError as e:
         print(f"flm {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("flm: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,7 +73,9 @@ def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLa
             "fitted (train longer, or check that the runs share the same hyperparameters and data)"
         )
     try:
-        popt, _ = curve_fit(power_law, x, y, p0=best, maxfev=20000)
+        with warnings.catch_warnings():  # no covariance with 3 points: irrelevant, only popt is used
+            warnings.simplefilter("ignore")
+            popt, _ = curve_fit(power_law, x, y, p0=best, maxfev=20000)
         if popt[0] > 0 and popt[1] < 0 and sse(popt) <= sse(best):
             best = popt
     except (RuntimeError, ValueError):  # the profiled optimum stands

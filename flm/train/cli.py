@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.set_defaults(func=_train)
+    register_run(sub)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -45,4 +46,72 @@ def _train(args: argparse.Namespace) -> int:
         val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
         print(f"trained {res.steps} steps, {res.tokens:,} tokens in {res.seconds:.1f}s: loss {res.train_loss:.4f}"
               f"{val}; checkpoint {res.checkpoint}")
+    return 0
+
+
+def register_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="progressive training: train, grow, train, ... (the FLM-101B recipe)",
+        description="Run every stage of the config's [[stages]] plan: prepare the data if needed, train "
+        "stage 1, grow it with the MSG operators (function-preserving), train stage 2, and so on. Writes "
+        "config.toml, metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan "
+        "whose growth does not lead from one stage's shape to the next is rejected before training.",
+    )
+    add_config_args(p)
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, in any stage")
+    p.add_argument(
+        "--scratch", choices=["tokens", "flops"],
+        help="instead of the plan, train its final shape from scratch for the same tokens or FLOPs "
+        "(the baseline; default folder runs/<name>-scratch-<tokens|flops>)",
+    )
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "plot",
+        help="plot loss curves of one or more runs",
+        description="Training and validation loss against tokens and against FLOPs, growth points marked "
+        "(dashed), several runs overlaid. Writes a PNG.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (with metrics.jsonl)")
+    p.add_argument("--out", type=Path, help="PNG path (default: <first run>/loss.png)")
+    p.set_defaults(func=_plot)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flm.parallel import init_distributed, shutdown
+    from flm.train.loop import train_stage
+    from flm.train.run import plan_stages, run_plan, scratch_config
+
+    cfg = load_config(args.config, args.overrides)
+    env = None
+    if args.scratch:
+        cfg = scratch_config(cfg, args.scratch)
+        out = args.out or Path("runs") / cfg.name
+        env = init_distributed(cfg.train, cfg.parallel)
+        try:
+            res = train_stage(cfg, out, resume=args.resume, env=env)
+        finally:
+            shutdown(env)
+        if env.is_main:
+            print(f"scratch baseline: {res.steps} steps, {res.tokens:,} tokens, val loss {res.val_loss:.4f} -> {out}")
+        return 0
+    plan_stages(cfg)  # reject a bad plan before touching anything
+    out = args.out or Path("runs") / cfg.name
+    env = init_distributed(cfg.train, cfg.parallel)
+    try:
+        run_plan(cfg, out, resume=args.resume, env=env)
+    finally:
+        shutdown(env)
+    if env.is_main:
+        print(f"done: {out}/report.md, {out}/loss.png")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from flm.train.plot import plot_runs
+
+    out = plot_runs(args.runs, args.out or args.runs[0] / "loss.png")
+    print(out)
     return 0

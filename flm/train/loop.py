@@ -25,6 +25,7 @@ from torch import Tensor
 from flm import checkpoint as ck
 from flm.config import RunConfig, save_config
 from flm.errors import FlmError
+from flm.growth.ramp import MaskRamp
 from flm.model import FLM
 from flm.mup import param_groups
 from flm.parallel import DistEnv, all_reduce_sum, apply_fsdp, barrier, init_distributed
@@ -150,30 +151,6 @@ def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
     )
 
 
-class _Ramp:
-    """The MSG mask ramp: m = step / total after each optimizer step; masks removed when m reaches 1."""
-
-    def __init__(self, state: dict[str, int] | None) -> None:
-        self.step = int(state["step"]) if state else 0
-        self.total = int(state["total"]) if state else 0
-
-    @property
-    def active(self) -> bool:
-        return self.total > 0 and self.step < self.total
-
-    def advance(self, model: FLM) -> None:
-        if not self.active:
-            return
-        self.step += 1
-        if self.step >= self.total:
-            model.end_growth()
-        else:
-            model.set_mask_value(self.step / self.total)
-
-    def state(self) -> dict[str, int] | None:
-        return {"step": self.step, "total": self.total} if self.total else None
-
-
 @dataclass
 class StageInit:
     """Where a stage starts when it does not start from scratch (a grown model, in ``flm run``)."""
@@ -201,6 +178,7 @@ def train_stage(
     save_config_file: bool = True,
     return_state: bool = False,
     stop_after: int | None = None,
+    eval_at_start: bool = False,
 ) -> StageResult:
     """Train ``cfg.model`` for ``cfg.train.steps`` optimizer steps. See module docstring."""
     out_dir = Path(out_dir)
@@ -246,12 +224,14 @@ def train_stage(
     schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
     loader = TokenLoader(prepared, "train", seq_len=seq, batch_size=micro, rank=env.rank,
                          world_size=env.world_size, seed=tc.seed)
-    ramp = _Ramp(init.ramp if init else None)
+    ramp = MaskRamp.from_state(init.ramp) if init and init.ramp else MaskRamp(0)
     step, tokens, flops_done = 0, init.tokens if init else 0, init.flops if init else 0.0
+    seconds_before = 0.0
     if init is not None:
         load_optim_state(model, optimizer, init.optim_tensors, init.optim_step, env)
         if init.loader_state:
             loader.load_state_dict(init.loader_state)
+        ramp.apply(model)
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
     latest = ck.latest_checkpoint(ckpt_dir) if resume else None
@@ -272,9 +252,10 @@ def train_stage(
         load_optim_state(model, optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)), env)
         tr = data.trainer
         step, tokens, flops_done = tr["step"], tr["tokens"], tr["flops"]
+        seconds_before = float(tr.get("seconds", 0.0))
         loader.load_state_dict(tr["loader"][str(env.rank)] if "loader" in tr and str(env.rank) in tr["loader"]
                                else tr["loader_rank0"])
-        ramp = _Ramp(tr.get("ramp"))
+        ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
         if data.rng:
             _set_rng_state(data.rng)
         metrics.truncate_after(step, stage)
@@ -330,7 +311,8 @@ def train_stage(
                 optim_meta={"step": optim_step, "lr": schedule(max(at_step - 1, 0))},
                 trainer={
                     "stage": stage, "step": at_step, "tokens": tokens, "flops": flops_done,
-                    "train_loss": train_loss, "ramp": ramp.state(),
+                    "seconds": seconds_before + time.perf_counter() - t_start,
+                    "train_loss": train_loss, "ramp": ramp.state_dict() if ramp.total else None,
                     "loader": {str(r): s for r, s in enumerate(loader_states)},
                     "loader_rank0": loader_states[0],
                 },
@@ -351,6 +333,10 @@ def train_stage(
     window_t, window_tok = time.perf_counter(), 0
     progress = _progress(tc.progress and env.is_main, tc.steps, step, f"stage {stage}" if stage else "train")
     end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    if eval_at_start and step == 0:
+        val_loss = evaluate()
+        metrics.write({"stage": stage, "step": 0, "tokens": tokens, "flops": flops_done, "val_loss": val_loss,
+                       "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers, "time": 0.0})
     with progress as bar:
         task = bar.add_task("train", total=tc.steps, completed=step) if bar else None
         while step < end_step:
@@ -371,7 +357,7 @@ def train_stage(
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            ramp.advance(model)
+            ramp.step(model)
             step += 1
             tokens += tokens_per_step
             flops_done += flops_tok * tokens_per_step
@@ -392,10 +378,10 @@ def train_stage(
                     "stage": stage, "step": step, "tokens": tokens, "flops": flops_done, "loss": last_loss,
                     "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
                     "mfu": tok_s * flops_tok / (peak * env.world_size), "d_model": cfg.model.d_model,
-                    "n_layers": cfg.model.n_layers, "time": now - t_start,
+                    "n_layers": cfg.model.n_layers, "time": seconds_before + now - t_start,
                 }
                 if ramp.total:
-                    rec["mask_m"] = min(1.0, ramp.step / ramp.total)
+                    rec["mask_m"] = ramp.value
             if do_eval:
                 val_loss = evaluate()
                 assert rec is not None

