@@ -3,6 +3,7 @@ growth."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -319,3 +320,24 @@ def test_grown_model_follows_the_mup_rules_of_its_new_width():
     stale_upd = update_rms(grown, mup.param_groups(stale, 1e-2, 0.1))
     ratios = [stale_upd[n] / fresh_upd[n] for n in fresh_upd if mup.param_kind(n) == "hidden"]
     assert min(ratios) > 1.6, ratios
+
+
+def test_coord_check_cli_writes_json_and_png(tmp_path, capsys):
+    from flm.cli import main
+    from flm.config import config_from_dict, dump_toml
+
+    cfg = {"model": {"vocab_size": 256, "d_model": 32, "n_layers": 1, "n_heads": 2, "mup_base_width": 32}}
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(config_from_dict(cfg)))
+    out = tmp_path / "cc"
+    argv = ["mup", "coord-check", str(path), "--widths", "32,64", "--steps", "2", "--data", "random"]
+    assert main([*argv, "--seq-len", "16", "--out", str(out)]) == 0
+    data = json.loads((out / "coord_check.json").read_text())
+    assert data["widths"] == [32, 64]
+    layers = 1 + 5 + 2
+    assert len(data["records"]) == 2 * 2 * 3 * layers  # parameterizations x widths x steps 0..2 x layers
+    assert (out / "coord_check.png").stat().st_size > 10_000
+    assert "flat (within 2x)" in capsys.readouterr().out
+    (tmp_path / "sp.toml").write_text(dump_toml(config_from_dict({})))
+    assert main(["mup", "coord-check", str(tmp_path / "sp.toml")]) == 2
+    assert "mup_base_width" in capsys.readouterr().err

@@ -23,8 +23,10 @@ def _prepare(args: argparse.Namespace) -> int:
     from flm.data.prepare import prepare_data
     from flm.data.tokenizer import check_vocab
 
-    cfg = load_config(args.config, args.set) if args.config else (
-        config_from_dict({}, "defaults", args.set) if args.set else RunConfig()
+    cfg = (
+        load_config(args.config, args.set)
+        if args.config
+        else (config_from_dict({}, "defaults", args.set) if args.set else RunConfig())
     )
     t0 = time.time()
     prepared = prepare_data(cfg.data, progress=not args.quiet, model=cfg.model)
@@ -46,7 +48,9 @@ def _stats(args: argparse.Namespace) -> int:
 
     d = Path(args.dir)
     if not d.is_dir():
-        raise FlmError(f"flm data stats: no such folder: {d}; give a prepared data folder (data/prepared/<hash>)")
+        raise FlmError(
+            f"flm data stats: no such folder: {d}; give a prepared data folder (data/prepared/<hash>)"
+        )
     folders = [d] if (d / INDEX_FILE).is_file() else sorted(p.parent for p in d.glob(f"*/{INDEX_FILE}"))
     if not folders:
         raise FlmError(f"{d} holds no prepared data ({INDEX_FILE} missing); run `flm data prepare` first")
@@ -56,14 +60,18 @@ def _stats(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({k: v for k, v in idx.items() if k != "files"}))
             continue
-        print(f"{_shown(folder)}  ({prepared.tokenizer.describe()}, {idx['dtype']}, prepared in {idx['seconds']} s)")
+        print(
+            f"{_shown(folder)}  ({prepared.tokenizer.describe()}, {idx['dtype']}, "
+            f"prepared in {idx['seconds']} s)"
+        )
         for split, info in idx["splits"].items():
             for s in info["sources"]:
                 chars_per_tok = s["characters"] / max(s["tokens"], 1)
                 masked = sum(1 for sh in s["shards"] if sh.get("mask"))
                 print(
                     f"  {split:5s} {s['path']}  weight {s['weight']:g}: {s['tokens']:,} tokens, "
-                    f"{s['documents']:,} documents, {s['characters']:,} chars ({chars_per_tok:.2f} chars/token), "
+                    f"{s['documents']:,} documents, {s['characters']:,} chars "
+                    f"({chars_per_tok:.2f} chars/token), "
                     f"{len(s['shards'])} shard(s){f', {masked} with a loss mask' if masked else ''}"
                 )
     return 0
@@ -78,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="tokenize the config's data sources into cached token shards",
         description="Train or load the tokenizer named by [data.tokenizer], tokenize the [[data.train]] and "
-        "[[data.valid]] sources (.txt, .md, .jsonl with a \"text\" field or \"prompt\"/\"completion\", each "
+        '[[data.valid]] sources (.txt, .md, .jsonl with a "text" field or "prompt"/"completion", each '
         "optionally .gz; globs allowed) in worker processes, and write uint16/uint32 token shards plus an "
         "index to data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are "
         "relative to the current directory.",
@@ -87,7 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "config", nargs="?", help="run config (TOML); default: the built-in defaults (data/pd-english)"
     )
     prep.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set data.tokenizer.vocab_size=4096 (repeatable)",
     )
     prep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

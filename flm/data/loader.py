@@ -92,7 +92,9 @@ class TokenLoader:
         shuffle: bool | None = None,
     ) -> None:
         if seq_len <= 0 or batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
-            raise ValueError(f"bad loader shape: seq_len={seq_len} batch_size={batch_size} rank={rank}/{world_size}")
+            raise ValueError(
+                f"bad loader shape: seq_len={seq_len} batch_size={batch_size} rank={rank}/{world_size}"
+            )
         self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle = (split == "train") if shuffle is None else shuffle
@@ -100,7 +102,8 @@ class TokenLoader:
         infos = prepared.sources(split)
         if not infos:
             raise FlmError(
-                f"no {split} data: the config lists no data.{split} sources; add [[data.{split}]] path = \"...\""
+                f"no {split} data: the config lists no data.{split} sources; "
+                f'add [[data.{split}]] path = "..."'
             )
         self.streams = [_Stream(info, prepared.dtype) for info in infos]
         self.windows = np.array([(s.n - 1) // seq_len for s in self.streams], dtype=np.int64)
@@ -160,8 +163,9 @@ class TokenLoader:
         if len(self.streams) == 1:
             src = np.zeros(g, dtype=np.int64)
         else:
-            src = np.minimum(np.searchsorted(self._cdf, uniform_hash(self.seed, k), side="right"),
-                             len(self.streams) - 1)
+            src = np.minimum(
+                np.searchsorted(self._cdf, uniform_hash(self.seed, k), side="right"), len(self.streams) - 1
+            )
         ordinal = np.empty(g, dtype=np.int64)
         for s in range(len(self.streams)):
             rows = np.flatnonzero(src == s)
@@ -229,13 +233,13 @@ class TokenLoader:
             raise FlmError(f"loader state is for the {split!r} split, this loader reads {self.split!r}")
         if seq_len != self.seq_len:
             raise FlmError(
-                f"loader state was saved with seq_len {seq_len}, this run uses {self.seq_len}: keep train.seq_len "
-                "unchanged when resuming"
+                f"loader state was saved with seq_len {seq_len}, this run uses {self.seq_len}: "
+                "keep train.seq_len unchanged when resuming"
             )
         if len(counts) != len(self.streams):
             raise FlmError(
-                f"loader state has {len(counts)} data sources, the config has {len(self.streams)}: resume with "
-                "the same data sources"
+                f"loader state has {len(counts)} data sources, the config has {len(self.streams)}: "
+                "resume with the same data sources"
             )
         self._samples = samples
         self._counts = np.array(counts, dtype=np.int64)

@@ -14,11 +14,14 @@ a temporary name and renamed when complete: a crash or Ctrl-C never leaves a hal
 
 Input: .txt/.md (one document per file), .jsonl (one document per line, ``{"text": ...}``, or
 ``{"prompt": ..., "completion": ...}`` which is supervised only on the completion and its EOS: the shape of
-instruction data and of the unified objective's teacher-signal samples). Any of them may be gzipped (.gz).
+instruction data and of the unified objective's teacher-signal samples; add ``"eos_loss": false`` to take the
+loss on the completion alone, e.g. on one label token). Special-token strings such as "<|label_pos|>" are
+read as those tokens inside prompt/completion, and as plain text in "text". Any file may be gzipped (.gz).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +62,7 @@ class Piece(NamedTuple):
     supervised: bool = True
     allow_special: bool = False
     eos: bool = True
+    eos_loss: bool = True  # whether the EOS that ends this document is a supervised target
 
 
 @dataclass
@@ -68,7 +73,11 @@ class SourceShard:
 
     def open(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
         toks = np.memmap(self.path, dtype=dtype, mode="r", shape=(self.tokens,))
-        mask = None if self.mask is None else np.memmap(self.mask, dtype=np.uint8, mode="r", shape=(self.tokens,))
+        mask = (
+            None
+            if self.mask is None
+            else np.memmap(self.mask, dtype=np.uint8, mode="r", shape=(self.tokens,))
+        )
         return toks, mask
 
 
@@ -120,7 +129,9 @@ class PreparedData:
         out = []
         for src in self.index["splits"].get(split, {}).get("sources", []):
             shards = [
-                SourceShard(self.dir / s["file"], s["tokens"], self.dir / s["mask"] if s.get("mask") else None)
+                SourceShard(
+                    self.dir / s["file"], s["tokens"], self.dir / s["mask"] if s.get("mask") else None
+                )
                 for s in src["shards"]
             ]
             out.append(SourceInfo(src["path"], src["weight"], src["tokens"], src["documents"], shards))
@@ -129,13 +140,15 @@ class PreparedData:
 
 def load_prepared(directory: str | os.PathLike[str]) -> PreparedData:
     """Open a folder that ``prepare_data`` wrote."""
-    d = Path(directory)
+    d = Path(directory).absolute()  # shard paths must not depend on a later chdir
     try:
         index = json.loads((d / INDEX_FILE).read_text())
         if index.get("format") != FORMAT:
             raise ValueError(f"format {index.get('format')}, expected {FORMAT}")
     except FileNotFoundError:
-        raise FlmError(f"{d} is not a prepared data folder (no {INDEX_FILE}); run `flm data prepare`") from None
+        raise FlmError(
+            f"{d} is not a prepared data folder (no {INDEX_FILE}); run `flm data prepare`"
+        ) from None
     except (OSError, ValueError) as e:
         raise FlmError(f"{d / INDEX_FILE}: unreadable ({e}); delete the folder and prepare again") from None
     return PreparedData(d, index, load_tokenizer(d / TOKENIZER_DIR))
@@ -175,7 +188,9 @@ def _resolve(src: DataSource, where: str, root: Path) -> _Source:
         if p.is_dir():
             matches = sorted(f for f in p.rglob("*") if f.is_file() and _file_kind(f))
             if not matches:
-                raise FlmError(f"{where}.path: folder {p} has no .txt, .md or .jsonl(.gz) files; point it at text")
+                raise FlmError(
+                    f"{where}.path: folder {p} has no .txt, .md or .jsonl(.gz) files; point it at text"
+                )
         elif p.is_file():
             matches = [p]
         else:
@@ -193,7 +208,7 @@ def _resolve(src: DataSource, where: str, root: Path) -> _Source:
 
 def _resolve_all(data_cfg: DataConfig, root: Path) -> dict[str, list[_Source]]:
     if not data_cfg.train:
-        raise FlmError("data.train lists no sources; add [[data.train]] with path = \"...\"")
+        raise FlmError('data.train lists no sources; add [[data.train]] with path = "..."')
     return {
         split: [_resolve(s, f"data.{split}[{i}]", root) for i, s in enumerate(getattr(data_cfg, split))]
         for split in SPLITS
@@ -234,20 +249,23 @@ def _text_pieces(text: str, limit: int) -> Iterator[Piece]:
 def _jsonl_document(obj: Any, path: Path, lineno: int, where: str) -> list[Piece]:
     loc = f"{where}: {path}:{lineno}"
     if not isinstance(obj, dict):
-        raise FlmError(f"{loc}: expected a JSON object like {{\"text\": \"...\"}}, got {type(obj).__name__}")
+        raise FlmError(f'{loc}: expected a JSON object like {{"text": "..."}}, got {type(obj).__name__}')
     if "text" in obj:
         if not isinstance(obj["text"], str):
-            raise FlmError(f"{loc}: \"text\" must be a string, got {type(obj['text']).__name__}")
+            raise FlmError(f'{loc}: "text" must be a string, got {type(obj["text"]).__name__}')
         return list(_text_pieces(obj["text"], CHUNK_CHARS)) if obj["text"] else []
     if "prompt" in obj and "completion" in obj:
         prompt, completion = obj["prompt"], obj["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
-            raise FlmError(f"{loc}: \"prompt\" and \"completion\" must be strings, the completion non-empty")
+            raise FlmError(f'{loc}: "prompt" and "completion" must be strings, the completion non-empty')
+        eos_loss = obj.get("eos_loss", True)
+        if not isinstance(eos_loss, bool):
+            raise FlmError(f'{loc}: "eos_loss" must be true or false, got {eos_loss!r}')
         pieces = [Piece(prompt, supervised=False, allow_special=True, eos=False)] if prompt else []
-        return pieces + [Piece(completion, supervised=True, allow_special=True, eos=True)]
+        return pieces + [Piece(completion, supervised=True, allow_special=True, eos=True, eos_loss=eos_loss)]
     raise FlmError(
-        f"{loc}: no \"text\" field; each line needs {{\"text\": \"...\"}} "
-        "(or \"prompt\" and \"completion\" for supervised samples)"
+        f'{loc}: no "text" field; each line needs {{"text": "..."}} '
+        '(or "prompt" and "completion" for supervised samples)'
     )
 
 
@@ -267,7 +285,9 @@ def iter_pieces(path: Path, where: str) -> Iterator[Piece]:
                 try:
                     obj = json.loads(line)
                 except ValueError as e:
-                    raise FlmError(f"{where}: {path}:{lineno}: not valid JSON ({e}); fix or remove the line") from None
+                    raise FlmError(
+                        f"{where}: {path}:{lineno}: not valid JSON ({e}); fix or remove the line"
+                    ) from None
                 yield from _jsonl_document(obj, path, lineno, where)
     except FileNotFoundError:
         raise FlmError(f"{where}: file not found: {path} (it vanished while reading)") from None
@@ -323,7 +343,9 @@ def _content_hash(data_cfg: DataConfig, sources: dict[str, list[_Source]], root:
     tok = data_cfg.tokenizer.model_dump(mode="json")
     if data_cfg.tokenizer.path:
         tp = root / data_cfg.tokenizer.path
-        tfiles = sorted(x for x in tp.rglob("*") if x.is_file()) if tp.is_dir() else [tp] if tp.is_file() else []
+        tfiles = (
+            sorted(x for x in tp.rglob("*") if x.is_file()) if tp.is_dir() else [tp] if tp.is_file() else []
+        )
         tok["files"] = {x.name: _file_sha256(x) for x in tfiles}
     key = {
         "format": FORMAT,
@@ -364,16 +386,19 @@ def encode_pieces(
     for allow in (False, True):
         picked = [i for i, p in enumerate(pieces) if p.allow_special == allow]
         if picked:
-            for i, enc in zip(picked, tok.encode_batch([pieces[i].text for i in picked], allow_special=allow)):
+            for i, enc in zip(
+                picked, tok.encode_batch([pieces[i].text for i in picked], allow_special=allow)
+            ):
                 ids[i] = enc
     flat: list[int] = []
-    masks: list[tuple[int, bool]] = []
+    masks: list[tuple[int, bool]] = []  # (run length, supervised)
     for p, seq in zip(pieces, ids):
         assert seq is not None
         flat.extend(seq)
+        masks.append((len(seq), p.supervised))
         if p.eos:
             flat.append(tok.eos_id)
-        masks.append((len(seq) + p.eos, p.supervised))
+            masks.append((1, p.eos_loss))
     tokens = np.asarray(flat, dtype=dtype)
     mask = None
     if not all(sup for _, sup in masks):
@@ -444,8 +469,41 @@ class _ShardWriter:
         self._tok = self._mask = None
 
 
+@contextlib.contextmanager
+def _worker_pool(workers: int, tokenizer_dir: Path) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` tokenizer processes (None for 1: encode in this process).
+
+    Linux forks (like torch's DataLoader): spawn would re-run a calling script that lacks an
+    ``if __name__ == "__main__"`` guard. TOKENIZERS_PARALLELISM is set while forking so that HF tokenizers
+    neither warns nor threads inside the workers, then restored for this process.
+    """
+    if workers == 1:
+        yield None
+        return
+    method = "fork" if sys.platform == "linux" else "spawn"
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    pool = ProcessPoolExecutor(
+        workers, mp_context=get_context(method), initializer=_init_worker, initargs=(str(tokenizer_dir),)
+    )
+    try:
+        pool.submit(int).result()  # fork every worker now, while the variable is set
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
 def _ordered_results(
-    fn: Callable[[list[Piece]], Any], items: Iterable[list[Piece]], pool: ProcessPoolExecutor | None, inflight: int
+    fn: Callable[[list[Piece]], Any],
+    items: Iterable[list[Piece]],
+    pool: ProcessPoolExecutor | None,
+    inflight: int,
 ) -> Iterator[Any]:
     """``map(fn, items)`` in order, with at most ``inflight`` items queued in the workers (bounded memory)."""
     if pool is None:
@@ -518,7 +576,9 @@ def _count(src: _Source, max_chars: int | None) -> tuple[int, int]:
         chars += len(p.text)
     if chars == 0:
         names = ", ".join(str(f) for f in src.files[:3]) + (" ..." if len(src.files) > 3 else "")
-        raise FlmError(f"{src.where}: no text in {names}: the corpus is empty; point {src.where}.path at text")
+        raise FlmError(
+            f"{src.where}: no text in {names}: the corpus is empty; point {src.where}.path at text"
+        )
     return docs, chars
 
 
@@ -553,9 +613,14 @@ def prepare_data(
     tmp.mkdir()
     t0 = time.time()
     try:
-        counts = {split: [_count(s, data_cfg.max_chars if split == "train" else None) for s in sources[split]]
-                  for split in SPLITS}
         with _Progress(progress) as bar:
+            n_sources = sum(len(sources[split]) for split in SPLITS)
+            task = bar.task("reading", n_sources)
+            counts: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
+            for split in SPLITS:  # a first pass finds empty or malformed input before any long work
+                for s in sources[split]:
+                    counts[split].append(_count(s, data_cfg.max_chars if split == "train" else None))
+                    bar.update(task, advance=1)
             if tok_cfg.kind == "bpe":
                 task = bar.task(f"training BPE ({tok_cfg.vocab_size} tokens)", None)
                 texts = (p.text for s in sources["train"] for p in source_pieces(s, data_cfg.max_chars))
@@ -584,6 +649,8 @@ def prepare_data(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write(tmp / INDEX_FILE, json.dumps(index, indent=1))
+        if final.exists() and not (final / INDEX_FILE).exists():  # debris of an older, interrupted tool
+            shutil.rmtree(final)
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished the same folder first: theirs is identical
@@ -605,19 +672,16 @@ def _tokenize_all(
     task: int,
 ) -> dict[str, Any]:
     workers = data_cfg.workers
-    pool = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(out / TOKENIZER_DIR),),
-        )
-        fn: Callable[[list[Piece]], Any] = encode_pieces
-    else:
+    if workers == 1:
+
         def fn(item: list[Piece]) -> Any:
             return encode_pieces(item, tokenizer)
+
+    else:
+        fn = encode_pieces
     done = 0
     splits: dict[str, Any] = {}
-    try:
+    with _worker_pool(workers, out / TOKENIZER_DIR) as pool:
         for split in SPLITS:
             writer = _ShardWriter(out, split, dtype)
             infos = []
@@ -631,18 +695,17 @@ def _tokenize_all(
                     n_tokens += len(tokens)
                     done += n_chars
                     bar.update(task, completed=done, info=f"{split} {n_tokens / 1e6:.2f}M tokens")
-                infos.append({
-                    "path": src.path,
-                    "weight": src.weight,
-                    "files": [str(f) for f in src.files],
-                    "documents": docs,
-                    "characters": chars,
-                    "tokens": n_tokens,
-                    "shards": writer.new_source()[first:],
-                })
+                infos.append(
+                    {
+                        "path": src.path,
+                        "weight": src.weight,
+                        "files": [str(f) for f in src.files],
+                        "documents": docs,
+                        "characters": chars,
+                        "tokens": n_tokens,
+                        "shards": writer.new_source()[first:],
+                    }
+                )
             writer.close()
             splits[split] = {"tokens": sum(i["tokens"] for i in infos), "sources": infos}
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     return splits

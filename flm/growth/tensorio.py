@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 import struct
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -113,12 +115,14 @@ class DcpReader:
         from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
         out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name))}
-        dcp.load(
-            out,
-            storage_reader=dcp.FileSystemReader(str(self.path)),
-            planner=DefaultLoadPlanner(allow_partial_load=True),
-            no_dist=True,
-        )
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(
+                out,
+                storage_reader=dcp.FileSystemReader(str(self.path)),
+                planner=DefaultLoadPlanner(allow_partial_load=True),
+                no_dist=True,
+            )
         return out[name]
 
     def close(self) -> None:
@@ -136,7 +140,13 @@ def open_tensors(folder: Path, stem: str) -> TensorSource | None:
 
 
 class SafetensorsWriter:
-    """Streams tensors into a safetensors file in the order of ``entries`` (name, dtype, shape)."""
+    """Streams tensors into a safetensors file in the order of ``entries`` (name, dtype, shape).
+
+    Writing and hashing run in two background threads while the caller builds the next tensor (both
+    release the GIL), so generating, hashing and disk I/O overlap. At most one tensor is in flight: a
+    ``write`` waits for the previous one, so memory holds two tensors at most. Tensors handed to ``write``
+    must not be modified afterwards.
+    """
 
     def __init__(
         self,
@@ -165,11 +175,16 @@ class SafetensorsWriter:
         self.sha = hashlib.sha256()
         self._f = open(self.path, "wb")
         self._next = 0
-        self._put(struct.pack("<Q", len(raw)) + raw)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="safetensors-writer")
+        self._pending: list[Future[None]] = []
+        head = struct.pack("<Q", len(raw)) + raw
+        self._f.write(head)
+        self.sha.update(head)
 
-    def _put(self, data: bytes | memoryview) -> None:
-        self._f.write(data)
-        self.sha.update(data)
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
 
     def write(self, name: str, t: Tensor) -> None:
         want, dtype, shape, nbytes = self._expect[self._next]
@@ -177,18 +192,26 @@ class SafetensorsWriter:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {t.dtype} {tuple(t.shape)}")
         flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         assert flat.numel() == nbytes
-        self._put(memoryview(flat.numpy()))
+        data = memoryview(flat.numpy())  # holds ``flat`` alive until both jobs are done
+        self._wait()
+        self._pending = [self._pool.submit(self._f.write, data), self._pool.submit(self.sha.update, data)]
         self._next += 1
 
     def close(self) -> str:
         """Flush, fsync and close; returns the sha256 of the file."""
-        if self._next != len(self._expect):
+        try:
+            self._wait()
+            if self._next != len(self._expect):
+                raise ValueError(f"{self.path}: {len(self._expect) - self._next} tensors not written")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        finally:
+            self._pool.shutdown()
             self._f.close()
-            raise ValueError(f"{self.path}: {len(self._expect) - self._next} tensors not written")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
         return self.sha.hexdigest()
 
     def abort(self) -> None:
+        for fut in self._pending:
+            fut.exception()  # wait; the error that made us abort is the one to report
+        self._pool.shutdown()
         self._f.close()

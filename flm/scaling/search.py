@@ -97,7 +97,9 @@ def proxy_config(cfg: RunConfig, width: int | None = None, steps: int | None = N
 
 
 def apply_point(cfg: RunConfig, point: SearchPoint) -> RunConfig:
+    """``cfg`` with the point's values; optim.min_lr moves with optim.lr (same schedule shape)."""
     data = cfg.model_dump()
+    data["optim"]["min_lr"] = cfg.optim.min_lr * point.lr / cfg.optim.lr
     for key, (section, field) in SEARCH_KEYS.items():
         data[section][field] = getattr(point, key)
     return RunConfig.model_validate(data)
@@ -210,7 +212,7 @@ def config_fragment(best: SearchResult, proxy: RunConfig, n_points: int, metric:
             "init_std": best.point.init_std,
             "output_mult": best.point.output_mult,
         },
-        "optim": {"lr": best.point.lr},
+        "optim": {"lr": best.point.lr, "min_lr": apply_point(proxy, best.point).optim.min_lr},
     }
     import tomli_w
 

@@ -38,11 +38,14 @@ def _jsonl_texts(path: Path) -> list[str]:
 
 
 def test_formats_globs_weights_and_exact_tokens(corpus: Path, tmp_path: Path) -> None:
-    cfg = data_cfg(tmp_path, [
-        {"path": str(corpus / "txt" / "*.txt"), "weight": 2.0},
-        {"path": str(corpus / "c.jsonl")},
-        {"path": str(corpus / "d.jsonl.gz"), "weight": 0.5},
-    ])
+    cfg = data_cfg(
+        tmp_path,
+        [
+            {"path": str(corpus / "txt" / "*.txt"), "weight": 2.0},
+            {"path": str(corpus / "c.jsonl")},
+            {"path": str(corpus / "d.jsonl.gz"), "weight": 0.5},
+        ],
+    )
     prepared = prepare_data(cfg, progress=False)
     tok = prepared.tokenizer
     assert prepared.dir.parent == tmp_path / "prepared" and prepared.dir.name == prepared.hash
@@ -51,7 +54,9 @@ def test_formats_globs_weights_and_exact_tokens(corpus: Path, tmp_path: Path) ->
     assert [s.weight for s in srcs] == [2.0, 1.0, 0.5]
     assert [s.documents for s in srcs] == [2, 5, 4]
     txts = [p.read_text() for p in sorted((corpus / "txt").glob("*.txt"))]
-    assert _stream(prepared, "train", 0).tolist() == _expected(tok, txts), "documents joined by EOS, in glob order"
+    assert _stream(prepared, "train", 0).tolist() == _expected(tok, txts), (
+        "documents joined by EOS, in glob order"
+    )
     assert _stream(prepared, "train", 1).tolist() == _expected(tok, _jsonl_texts(corpus / "c.jsonl"))
     assert _stream(prepared, "train", 2).tolist() == _expected(tok, _jsonl_texts(corpus / "d.jsonl.gz"))
     assert _stream(prepared, "valid", 0).tolist() == _expected(tok, _jsonl_texts(corpus / "v.jsonl"))
@@ -125,8 +130,12 @@ def test_prompt_completion_records_get_a_loss_mask(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(2)
-    records = [{"text": make_text(rng, 200)}, {"prompt": "Is the sea wet? ", "completion": "<|label_pos|>"},
-               {"prompt": "Q: name a king.\nA:", "completion": " the king"}, {"text": make_text(rng, 100)}]
+    records = [
+        {"text": make_text(rng, 200)},
+        {"prompt": "Is the sea wet? ", "completion": "<|label_pos|>", "eos_loss": False},
+        {"prompt": "Q: name a king.\nA:", "completion": " the king"},
+        {"text": make_text(rng, 100)},
+    ]
     (src / "mix.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (src / "v.jsonl").write_text(json.dumps({"text": make_text(rng, 100)}) + "\n")
     prepared = prepare_data(data_cfg(tmp_path, [{"path": str(src / "mix.jsonl")}]), progress=False)
@@ -142,16 +151,18 @@ def test_prompt_completion_records_get_a_loss_mask(tmp_path: Path) -> None:
             want_t += ids
             want_m += [1] * len(ids)
         else:
-            p, c = tok.encode(r["prompt"], True), tok.encode(r["completion"], True) + [tok.eos_id]
-            want_t += p + c
-            want_m += [0] * len(p) + [1] * len(c)
+            p, c = tok.encode(r["prompt"], True), tok.encode(r["completion"], True)
+            want_t += p + c + [tok.eos_id]
+            want_m += [0] * len(p) + [1] * len(c) + [int(r.get("eos_loss", True))]
     assert toks.tolist() == want_t and mask.tolist() == want_m
     assert tok.special["label_pos"] in toks.tolist(), "a label token written in a completion maps to its id"
     assert prepared.sources("valid")[0].shards[0].mask is None
 
 
 def test_max_chars_caps_train_only(corpus: Path, tmp_path: Path) -> None:
-    prepared = prepare_data(data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], max_chars=1000), progress=False)
+    prepared = prepare_data(
+        data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], max_chars=1000), progress=False
+    )
     tok = prepared.tokenizer
     text = _jsonl_texts(corpus / "c.jsonl")[0][:1000]
     assert _stream(prepared, "train", 0).tolist() == tok.encode(text) + [tok.eos_id]

