@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from rich.progress import Progress
 
 from flm.config import RunConfig, atomic_write, config_from_dict
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out and train again")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     fit_widths = sorted(int(w) for w in args.widths.split(","))
     targets = sorted(int(w) for w in args.targets.split(","))
     if args.fresh:

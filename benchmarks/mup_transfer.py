@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from rich.progress import Progress
 
 from flm.config import RunConfig, atomic_write, config_from_dict
@@ -102,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-width", type=int, default=64, help="μP base width (default 64)")
     p.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary (default 2048)")
     p.add_argument("--max-chars", type=int, default=4_000_000, help="training text used (default 4M chars)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared 2-core box)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "mup_transfer", help="run folders")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     widths = [int(w) for w in args.widths.split(",")]
     lrs = [float(v) for v in args.lrs.split(",")]
     pars = args.parameterizations.split(",")

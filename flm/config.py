@@ -166,7 +166,7 @@ class DataConfig(_Strict):
     valid: list[DataSource] = Field(default_factory=lambda: [DataSource(path="data/pd-english/valid.jsonl.gz")])
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     prepared_dir: str = Field("data/prepared", description="token shards are cached here by content hash")
-    max_chars: int | None = Field(None, gt=0, description="use only the first N characters of train data")
+    max_chars: int | None = Field(None, gt=0, description="use only the first N characters of each train source")
     workers: int = Field(2, gt=0)
 
 

@@ -59,11 +59,17 @@ class LayerNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary embedding on all head dims (rotate-half layout), with optional xPos decay.
+    """Rotary embedding on all head dims, with optional xPos decay.
+
+    The weights use the rotate-half layout (dim i pairs with dim i + head_dim/2). Attention only sees q.k,
+    which is unchanged when q and k have their dims permuted alike, so the forward pass produces q and k
+    with the dims of each head interleaved (pair i at dims 2i, 2i+1; see ``interleave_rows``) and rotates
+    them as complex numbers: one multiply by a cached table instead of a rotate-half and two products.
 
     xPos (Sun et al. 2023): q is scaled by zeta^(p/scale_base), k by zeta^(-p/scale_base), so q.k decays
     with relative distance as zeta^((n - m)/scale_base). Positions are centred on max_seq_len/2 to keep the
-    scales near 1; the centre cancels in q.k, and is fixed so that a KV cache stays consistent.
+    scales near 1; the centre cancels in q.k, and is fixed so that a KV cache stays consistent. The scales
+    are folded into the complex tables.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -75,42 +81,48 @@ class Rotary(nn.Module):
         self.xpos = cfg.xpos
         self.scale_base = cfg.xpos_scale_base
         self.center = cfg.max_seq_len // 2
-        self._cache: dict[tuple, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
-    def tables(self, start: int, length: int, device: torch.device, dtype: torch.dtype):
-        key = (start, length, device, dtype)
+    def tables(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """complex64 tables (length, 1, head_dim/2) for q and for k at positions start.. start+length-1."""
+        key = (start, length, device)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         hd = self.head_dim
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd))
+        half = torch.arange(0, hd, 2, dtype=torch.float64, device=device)
+        inv_freq = 1.0 / (self.theta ** (half / hd))
         pos = torch.arange(start, start + length, dtype=torch.float64, device=device)
-        freqs = torch.outer(pos, inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        scale = None
+        angle = torch.outer(pos, inv_freq)
+        scale = torch.ones_like(angle)
         if self.xpos:
-            zeta = (torch.arange(0, hd, 2, dtype=torch.float64, device=device) + 0.4 * hd) / (1.4 * hd)
-            power = (pos - self.center) / self.scale_base
-            s = zeta[None, :] ** power[:, None]
-            scale = torch.cat([s, s], dim=-1).to(dtype)
+            zeta = (half + 0.4 * hd) / (1.4 * hd)
+            scale = zeta[None, :] ** ((pos - self.center) / self.scale_base)[:, None]
+        out = (
+            torch.polar(scale, angle).to(torch.complex64)[:, None, :],
+            torch.polar(1.0 / scale, angle).to(torch.complex64)[:, None, :],
+        )
         if len(self._cache) > 16:
             self._cache.clear()
-        self._cache[key] = (cos, sin, scale)
-        return cos, sin, scale
-
-    @staticmethod
-    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+        self._cache[key] = out
+        return out
 
     def forward(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
-        """q, k: (batch, heads, seq, head_dim)."""
-        cos, sin, scale = self.tables(start, q.shape[-2], q.device, q.dtype)
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-        if scale is not None:
-            q, k = q * scale, k / scale
-        return q, k
+        """q, k: (batch, seq, heads, head_dim), head dims interleaved; rotated copies, same layout."""
+        cis_q, cis_k = self.tables(start, q.shape[1], q.device)
+        return _rotate(q, cis_q), _rotate(k, cis_k)
+
+
+def _rotate(x: Tensor, cis: Tensor) -> Tensor:
+    # complex multiply in fp32 (view_as_complex has no bf16 variant)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * cis).flatten(-2).to(x.dtype)
+
+
+def interleave_rows(t: Tensor, head_dim: int) -> Tensor:
+    """Reorder the output rows of a q/k projection (weight or bias) from rotate-half to interleaved layout:
+    within each head, rows (i, i + head_dim/2) become (2i, 2i + 1)."""
+    return t.unflatten(0, (-1, 2, head_dim // 2)).transpose(1, 2).flatten(0, 2)
 
 
 @dataclass
@@ -152,16 +164,17 @@ class Attention(nn.Module):
         layer: int = 0,
     ) -> Tensor:
         b, t, _ = x.shape
-        q = self.q(x).view(b, t, self.n_heads, self.head_dim)
-        k = self.k(x).view(b, t, self.n_heads, self.head_dim)
-        v = self.v(x).view(b, t, self.n_heads, self.head_dim)
+        nh, hd = self.n_heads, self.head_dim
+        q = F.linear(x, interleave_rows(self.q.weight, hd), interleave_rows(self.q.bias, hd)).view(b, t, nh, hd)
+        k = F.linear(x, interleave_rows(self.k.weight, hd), interleave_rows(self.k.bias, hd)).view(b, t, nh, hd)
+        v = self.v(x).view(b, t, nh, hd)
         head_mask = _mask(self.head_new, m)
         if head_mask is not None:
             hm = head_mask[:, None]
             q, k, v = q * hm, k * hm, v * hm
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         start = cache.pos if cache is not None else 0
         q, k = rotary(q, k, start)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         attn_mask, causal = None, True
         if cache is not None:
             cache.k[layer][:b, :, start : start + t] = k
@@ -317,7 +330,19 @@ class FLM(nn.Module):
                 setattr(owner, name, t.to(dev, torch.bool))
 
     # ----- forward ------------------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        cache: KVCache | None = None,
+        *,
+        targets: Tensor | None = None,
+        loss_weights: Tensor | None = None,
+    ) -> Tensor:
+        """Logits (batch, seq, padded vocab), fp32. With ``targets``: the scalar sum over tokens of
+        ``loss_weights * cross_entropy`` instead (weights default to 1/#tokens: the mean), computed in row
+        chunks without materialising the logits (see ``linear_cross_entropy``); same value and gradients,
+        less memory traffic. It goes through ``forward`` so that wrappers (FSDP2) see a normal call.
+        """
         m = self.grow_m
         hidden_mask = _mask(self.hidden_new, m)
         if self.tok_emb is not None:
@@ -336,15 +361,80 @@ class FLM(nn.Module):
         if self.ln_f is None:
             return h
         h = self.ln_f(h, hidden_mask)
+        if targets is not None:
+            return self.lm_loss(h, targets, loss_weights)
         return self.logits(h)
 
-    def logits(self, h: Tensor) -> Tensor:
+    def _readout_mult(self) -> float:
         mult = self.readout_mult
         if self.readout_mult_from is not None:
             mult = self.readout_mult_from + float(self.grow_m) * (mult - self.readout_mult_from)
+        return mult
+
+    def logits(self, h: Tensor) -> Tensor:
         assert self.tok_emb is not None, "tied readout needs the embedding (first and last pipeline stage)"
-        return F.linear(h * mult, self.tok_emb.weight)
+        return F.linear(h * self._readout_mult(), self.tok_emb.weight)
+
+    def lm_loss(self, h: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
+        """sum(weights * cross_entropy(logits(h), targets)) from final hidden states ``h``."""
+        assert self.tok_emb is not None, "tied readout needs the embedding (first and last pipeline stage)"
+        h = (h * self._readout_mult()).flatten(0, -2)
+        y = targets.reshape(-1)
+        w = torch.full(y.shape, 1.0 / max(y.numel(), 1), device=h.device) if weights is None else weights
+        return linear_cross_entropy(h, self.tok_emb.weight, y, w.reshape(-1).float())
 
     def new_cache(self, batch: int) -> KVCache:
         p = next(self.parameters())
         return KVCache.empty(self.cfg, len(self.blocks), batch, p.device, p.dtype)
+
+
+def linear_cross_entropy(
+    h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int | None = None
+) -> Tensor:
+    """``sum(weights * cross_entropy(h @ weight.T, targets))`` for h (N, d), weight (V, d), targets and
+    weights (N,), computed ``chunk`` rows at a time.
+
+    The logits of a batch are large (N x V fp32: 134 MB for 16 x 256 tokens and V = 8192), and the plain
+    path writes and re-reads them several times (logits, log-softmax, its gradient, a zero-filled one-hot
+    gradient). Here each chunk's logits stay in cache, and the gradients for h and weight are computed in
+    the forward pass (the weights are known then), so the backward only scales them by the incoming
+    gradient. Logits and softmax are fp32; under autocast the matmuls run in the autocast dtype.
+    """
+    if chunk is None:  # ~8 MB of fp32 logits per chunk on the CPU (cache-sized); larger on accelerators
+        budget = 2**21 if h.device.type == "cpu" else 2**27
+        chunk = max(64, budget // weight.shape[0])
+    need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropy.apply(h, weight, targets, weights, chunk, need_grad)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int, need_grad: bool
+    ) -> Tensor:
+        dev = h.device.type
+        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        dh = torch.empty_like(h) if need_grad else None
+        dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        with torch.autocast(dev, enabled=False):
+            w = weight.to(cdtype)
+            for s in range(0, h.shape[0], chunk):
+                hc = h[s : s + chunk].to(cdtype)
+                y, wt = targets[s : s + chunk, None], weights[s : s + chunk, None]
+                z = (hc @ w.t()).float()
+                zy = z.gather(-1, y)
+                zmax = z.amax(-1, keepdim=True)
+                sumexp = z.sub_(zmax).exp_().sum(-1, keepdim=True)
+                loss += ((sumexp.log() + zmax - zy) * wt).sum()
+                if need_grad:  # d loss / d logits = wt * (softmax - onehot), written over z
+                    g = z.mul_(wt / sumexp).scatter_add_(-1, y, -wt).to(cdtype)
+                    dh[s : s + chunk] = g @ w
+                    dw.addmm_(g.t(), hc) if g.dtype == dw.dtype else dw.add_((g.t() @ hc).float())
+        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        dh, dw = ctx.saved_tensors
+        return dh * grad, dw * grad, None, None, None, None

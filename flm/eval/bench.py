@@ -79,7 +79,9 @@ def run_bench(
 
         from flm.eval.lm_adapter import FlmLM
     except ImportError as e:
-        raise FlmError(f"flm eval bench needs lm-evaluation-harness ({e.name} missing): pip install 'flm[eval]'") from None
+        raise FlmError(
+            f"flm eval bench needs lm-evaluation-harness ({e.name} missing): pip install 'flm[eval]'"
+        ) from None
     root = root or require_root()
     for name in ("lm-eval", "lm_eval", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -106,14 +108,22 @@ def run_bench(
             fewshot_random_seed=seed,
         )
     report: dict[str, Any] = {
-        "model": scorer.name, "limit": limit, "num_fewshot": num_fewshot, "max_length": scorer.max_length,
-        "lm_eval_version": getattr(lm_eval, "__version__", "?"), "tasks": {},
+        "model": scorer.name,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "max_length": scorer.max_length,
+        "lm_eval_version": getattr(lm_eval, "__version__", "?"),
+        "tasks": {},
     }
     for name in tasks:
         raw = out["results"].get(name, {})
         metrics = {k.split(",")[0]: v for k, v in raw.items() if "," in k and isinstance(v, (int, float))}
         counts = out.get("n-samples", {}).get(name, {})
-        report["tasks"][name] = {"metrics": metrics, "n": counts.get("effective"), "n_total": counts.get("original")}
+        report["tasks"][name] = {
+            "metrics": metrics,
+            "n": counts.get("effective"),
+            "n_total": counts.get("original"),
+        }
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return report
 

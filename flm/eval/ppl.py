@@ -94,7 +94,9 @@ def perplexity(
 ) -> PplResult:
     """Score documents (see the module docstring). ``max_tokens`` cuts the last document short."""
     if not 0 <= overlap < scorer.max_length:
-        raise FlmError(f"--overlap {overlap} must be in [0, {scorer.max_length - 1}] (the model's context - 1)")
+        raise FlmError(
+            f"--overlap {overlap} must be in [0, {scorer.max_length - 1}] (the model's context - 1)"
+        )
     t0 = time.perf_counter()
     windows: list[TokenPair] = []
     n_docs = n_tokens = n_bytes = 0
@@ -119,7 +121,14 @@ def perplexity(
         nll = -sum(lp for lp, _ in scorer.loglikelihood_tokens(windows, advance))
     loss = nll / n_tokens
     return PplResult(
-        docs=n_docs, tokens=n_tokens, bytes=n_bytes, nll=nll, loss=loss, ppl=math.exp(min(loss, 700.0)),
-        bits_per_byte=nll / math.log(2) / n_bytes, max_length=scorer.max_length, overlap=overlap,
+        docs=n_docs,
+        tokens=n_tokens,
+        bytes=n_bytes,
+        nll=nll,
+        loss=loss,
+        ppl=math.exp(min(loss, 700.0)),
+        bits_per_byte=nll / math.log(2) / n_bytes,
+        max_length=scorer.max_length,
+        overlap=overlap,
         seconds=time.perf_counter() - t0,
     )

@@ -55,7 +55,7 @@ def rolling_windows(tokens: list[int], prefix: int, max_len: int, context_len: i
         return []
     out: list[TokenPair] = []
     first = min(max_len, len(tokens))
-    out.append(([prefix] + tokens[: first - 1], tokens[:first]))
+    out.append(([prefix], tokens[:first]))
     done = first
     pred_len = max_len - context_len + 1
     while done < len(tokens):
@@ -106,14 +106,16 @@ class Scorer(abc.ABC):
     def logits(self, tokens: Tensor) -> Tensor:
         """(rows, length) int64 right-padded tokens -> (rows, length, vocab) float32 logits."""
 
-    def _greedy_batch(self, prompts: list[list[int]], max_new: int, done: Callable[[int, list[int]], bool]):
-        """Greedy continuations of ``prompts`` (each fits ``max_length - max_new``). ``done(i, ids)`` says
-        row i may stop. Reference implementation: the whole prefix again at every step, one row at a time;
-        subclasses override it with a KV cache."""
+    def _greedy_batch(
+        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
+    ):
+        """Greedy continuations of ``prompts``: row i gets at most ``max_new[i]`` tokens (its prompt fits
+        ``max_length - max_new[i]``) and stops early once ``done(i, ids)``. Reference implementation: the
+        whole prefix again at every step, one row at a time; subclasses override it with a KV cache."""
         out: list[list[int]] = []
         for i, prompt in enumerate(prompts):
             ids: list[int] = []
-            for _ in range(max_new):
+            for _ in range(max_new[i]):
                 row = torch.tensor([prompt + ids], dtype=torch.long, device=self.device)
                 ids.append(int(self.logits(row)[0, -1, : self.vocab_size].argmax()))
                 if done(i, ids):
@@ -195,27 +197,23 @@ class Scorer(abc.ABC):
     ) -> list[str]:
         """Greedy continuations, each cut before its first stop string (and at EOS)."""
         out: list[str] = [""] * len(requests)
-        # Group by max_new_tokens so each batch shares one step budget; longest prompts first.
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(max(1, min(r.max_new_tokens, self.max_length - 1)), []).append(i)
-        for max_new, idx in groups.items():
-            prompts = {i: self._prompt_ids(requests[i].context, max_new) for i in idx}
-            idx.sort(key=lambda i: -len(prompts[i]))
-            for start in range(0, len(idx), self.gen_batch):
-                batch = idx[start : start + self.gen_batch]
+        budget = [max(1, min(r.max_new_tokens, self.max_length - 1)) for r in requests]
+        prompts = [self._prompt_ids(r.context, n) for r, n in zip(requests, budget)]
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))  # similar lengths batch together
+        for start in range(0, len(order), self.gen_batch):
+            batch = order[start : start + self.gen_batch]
 
-                def done(j: int, ids: list[int], batch=batch) -> bool:
-                    if self.eos_id is not None and ids and ids[-1] == self.eos_id:
-                        return True
-                    text = self.decode(ids)
-                    return any(s and s in text for s in requests[batch[j]].until)
+            def done(j: int, ids: list[int], batch=batch) -> bool:
+                if self.eos_id is not None and ids and ids[-1] == self.eos_id:
+                    return True
+                text = self.decode(ids)
+                return any(s and s in text for s in requests[batch[j]].until)
 
-                gens = self._greedy_batch([prompts[i] for i in batch], max_new, done)
-                for i, ids in zip(batch, gens):
-                    out[i] = self._cut(ids, requests[i].until)
-                if progress:
-                    progress(len(batch))
+            gens = self._greedy_batch([prompts[i] for i in batch], [budget[i] for i in batch], done)
+            for i, ids in zip(batch, gens):
+                out[i] = self._cut(ids, requests[i].until)
+            if progress:
+                progress(len(batch))
         return out
 
     def _prompt_ids(self, context: str, max_new: int) -> list[int]:

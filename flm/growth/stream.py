@@ -149,7 +149,8 @@ def grow_checkpoint(
     files: dict[str, dict[str, object]] = {}
     try:
         moment_plans = _moment_plans(plan, optim_src) if optim_src is not None else []
-        total = sum(torch.Size(tp.shape).numel() * 4 for tp in plan.tensors + moment_plans)
+        itemsize = torch.empty((), dtype=model_dtype).element_size()
+        total = sum(torch.Size(tp.shape).numel() * itemsize for tp in plan.tensors + moment_plans)
         tick = progress(total) if progress is not None else None
         sha, nbytes, largest = _stream_file(
             tmp / "model.safetensors", plan.tensors, model_src, seed, model_dtype, tick

@@ -1,18 +1,24 @@
 """Tensor files read and written one tensor at a time, so memory holds one tensor, not the model.
 
-- ``SafetensorsReader``: parses the header and reads each tensor with ``readinto`` (no mmap, so the file
-  never piles up in the process's resident memory).
+- ``SafetensorsReader``: parses the header and reads each tensor on its own (no mmap of the file, so the
+  file never piles up in the process's resident memory).
 - ``DcpReader``: one tensor at a time from a torch.distributed.checkpoint folder (partial loads).
 - ``SafetensorsWriter``: the safetensors format (8-byte little-endian header length, JSON header padded
   with spaces to 8 bytes, raw little-endian tensor bytes), with the header written first from the known
   shapes and each tensor streamed after it; sha256 is computed on the way. ``safetensors.safe_open``
   reads the result.
+
+Both sides use O_DIRECT where the file system allows it (through page-aligned buffers), falling back to
+ordinary buffered I/O: these files are read or written once, so the page cache buys nothing, and on
+virtual machines buffered I/O of many GB can be several times slower than direct I/O (measured here:
+0.25-0.4 GB/s buffered vs 1.1 GB/s direct writes on the same disk).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import warnings
@@ -38,6 +44,18 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 CODES = {v: k for k, v in DTYPES.items()}
+ALIGN = 4096  # O_DIRECT offset/length/buffer alignment (the largest logical block size in common use)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _open_direct(path: Path, flags: int) -> int | None:
+    """An O_DIRECT file descriptor, or None where the platform or file system refuses it."""
+    if not _O_DIRECT:
+        return None
+    try:
+        return os.open(path, flags | _O_DIRECT, 0o644)
+    except OSError:
+        return None
 
 
 class TensorSource(Protocol):
@@ -51,7 +69,7 @@ class TensorSource(Protocol):
 
 
 class SafetensorsReader:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], direct: bool = True) -> None:
         self.path = Path(path)
         self._f = open(self.path, "rb")
         try:
@@ -70,26 +88,54 @@ class SafetensorsReader:
             raise FlmError(
                 f"{self.path}: not a readable safetensors file ({e}); the checkpoint is corrupt"
             ) from None
+        self._fd = _open_direct(self.path, os.O_RDONLY) if direct else None
 
     def dtype(self, name: str) -> torch.dtype:
         return DTYPES[self._entries[name]["dtype"]]
 
     def read(self, name: str) -> Tensor:
         e = self._entries[name]
-        start, end = e["data_offsets"]
+        dtype, shape = DTYPES[e["dtype"]], e["shape"]
+        start, end = (self._data_start + o for o in e["data_offsets"])
+        if end == start:
+            return torch.empty(shape, dtype=dtype)
+        raw = self._read_direct(start, end) if self._fd is not None else self._read_buffered(start, end)
+        if raw is None:
+            raise FlmError(f"{self.path}: tensor {name} is truncated; the checkpoint is corrupt")
+        if raw.storage_offset() % torch.empty((), dtype=dtype).element_size():
+            raw = raw.clone()
+        return raw.view(dtype).reshape(shape)
+
+    def _read_buffered(self, start: int, end: int) -> Tensor | None:
         buf = torch.empty(end - start, dtype=torch.uint8)
         view = memoryview(buf.numpy())
-        self._f.seek(self._data_start + start)
+        self._f.seek(start)
         got = 0
         while got < len(view):
             n = self._f.readinto(view[got:])
             if not n:
-                raise FlmError(f"{self.path}: tensor {name} is truncated; the checkpoint is corrupt")
+                return None
             got += n
-        return buf.view(DTYPES[e["dtype"]]).reshape(e["shape"])
+        return buf
+
+    def _read_direct(self, start: int, end: int) -> Tensor | None:
+        assert self._fd is not None
+        lo, hi = start // ALIGN * ALIGN, -(-end // ALIGN) * ALIGN
+        buf = mmap.mmap(-1, hi - lo)  # anonymous maps are page-aligned
+        view, got = memoryview(buf), 0
+        while lo + got < end:
+            n = os.preadv(self._fd, [view[got:]], lo + got)
+            if not n:
+                return None
+            got += n
+        view.release()
+        return torch.frombuffer(buf, dtype=torch.uint8)[start - lo : end - lo]  # keeps ``buf`` alive
 
     def close(self) -> None:
         self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class DcpReader:
@@ -139,6 +185,63 @@ def open_tensors(folder: Path, stem: str) -> TensorSource | None:
     return None
 
 
+class _Sink:
+    """Appends bytes to a file: with O_DIRECT through a page-aligned staging buffer where possible."""
+
+    def __init__(self, path: Path, direct: bool, stage_bytes: int = 1 << 25) -> None:
+        self.size = 0
+        self._fd = _open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) if direct else None
+        if self._fd is None:
+            self._f = open(path, "wb")
+            return
+        self._stage = mmap.mmap(-1, stage_bytes)
+        self._stage_t = torch.frombuffer(self._stage, dtype=torch.uint8)
+        self._fill = 0
+
+    def write(self, data: Tensor) -> None:
+        """``data``: a contiguous uint8 CPU tensor."""
+        self.size += data.numel()
+        if self._fd is None:
+            self._f.write(memoryview(data.numpy()))
+            return
+        pos, n, cap = 0, data.numel(), len(self._stage)
+        while pos < n:
+            k = min(n - pos, cap - self._fill)
+            self._stage_t[self._fill : self._fill + k].copy_(data[pos : pos + k])
+            self._fill += k
+            pos += k
+            if self._fill == cap:
+                self._flush(cap)
+
+    def _flush(self, nbytes: int) -> None:
+        assert self._fd is not None and nbytes % ALIGN == 0
+        view, done = memoryview(self._stage)[:nbytes], 0
+        while done < nbytes:
+            done += os.write(self._fd, view[done:])
+        view.release()
+        self._fill = 0
+
+    def close(self, sync: bool = True) -> None:
+        if self._fd is None:
+            self._f.flush()
+            if sync:
+                os.fsync(self._f.fileno())
+            self._f.close()
+            return
+        try:
+            if self._fill and sync:  # pad the tail to a whole block, then cut the file back to size
+                tail = -self._fill % ALIGN
+                self._stage_t[self._fill : self._fill + tail].zero_()
+                self._flush(self._fill + tail)
+                os.ftruncate(self._fd, self.size)
+            if sync:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            del self._stage_t
+            self._stage.close()
+
+
 class SafetensorsWriter:
     """Streams tensors into a safetensors file in the order of ``entries`` (name, dtype, shape).
 
@@ -153,6 +256,7 @@ class SafetensorsWriter:
         path: str | os.PathLike[str],
         entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
+        direct: bool = True,
     ) -> None:
         header: dict[str, object] = {}
         if metadata:
@@ -173,13 +277,13 @@ class SafetensorsWriter:
         self.path = Path(path)
         self.nbytes = 8 + len(raw) + offset
         self.sha = hashlib.sha256()
-        self._f = open(self.path, "wb")
+        self._sink = _Sink(self.path, direct)
         self._next = 0
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="safetensors-writer")
         self._pending: list[Future[None]] = []
-        head = struct.pack("<Q", len(raw)) + raw
-        self._f.write(head)
-        self.sha.update(head)
+        head = torch.frombuffer(bytearray(struct.pack("<Q", len(raw)) + raw), dtype=torch.uint8)
+        self._sink.write(head)
+        self.sha.update(head.numpy())
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -192,9 +296,11 @@ class SafetensorsWriter:
             raise ValueError(f"expected {want} {dtype} {shape}, got {name} {t.dtype} {tuple(t.shape)}")
         flat = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
         assert flat.numel() == nbytes
-        data = memoryview(flat.numpy())  # holds ``flat`` alive until both jobs are done
         self._wait()
-        self._pending = [self._pool.submit(self._f.write, data), self._pool.submit(self.sha.update, data)]
+        self._pending = [
+            self._pool.submit(self._sink.write, flat),
+            self._pool.submit(self.sha.update, memoryview(flat.numpy())),
+        ]
         self._next += 1
 
     def close(self) -> str:
@@ -203,15 +309,15 @@ class SafetensorsWriter:
             self._wait()
             if self._next != len(self._expect):
                 raise ValueError(f"{self.path}: {len(self._expect) - self._next} tensors not written")
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        finally:
-            self._pool.shutdown()
-            self._f.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        self._sink.close()
         return self.sha.hexdigest()
 
     def abort(self) -> None:
         for fut in self._pending:
             fut.exception()  # wait; the error that made us abort is the one to report
         self._pool.shutdown()
-        self._f.close()
+        self._sink.close(sync=False)

@@ -27,8 +27,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--init", type=Path, metavar="CKPT",
+        help="start from a checkpoint's weights, Adam moments and growth masks (e.g. the output of flm grow); "
+        "the config's [model] must match its shape",
+    )
     p.set_defaults(func=_train)
     register_run(sub)
+
+
+def stage_init_from(path: Path, cfg):
+    """A StageInit from a checkpoint (weights, moments, masks and ramp; the step count restarts)."""
+    from flm import checkpoint as ck
+    from flm.errors import FlmError
+    from flm.train.loop import StageInit
+
+    folder = ck.resolve_checkpoint(path)
+    data, ckpt_cfg = ck.load_checkpoint(folder)
+    if ckpt_cfg.model != cfg.model:
+        raise FlmError(
+            f"--init {folder}: its model {ckpt_cfg.model.shape()} differs from the config's {cfg.model.shape()}; "
+            "set [model] to the checkpoint's shape (its config.toml has it)"
+        )
+    return StageInit(
+        model_state=data.model, optim_tensors=data.optim_tensors, optim_step=int(data.optim_meta.get("step", 0)),
+        growth_state=data.growth, ramp=data.trainer.get("ramp"),
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -37,9 +61,10 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / cfg.name
+    init = stage_init_from(args.init, cfg) if args.init else None
     env = init_distributed(cfg.train, cfg.parallel)
     try:
-        res = train_stage(cfg, out, resume=args.resume, env=env)
+        res = train_stage(cfg, out, resume=args.resume, env=env, init=init)
     finally:
         shutdown(env)
     if env.is_main:

@@ -18,6 +18,13 @@ SUBTASKS.clear()
 SUBTASKS.update((s.name, s) for s in _ordered)
 
 __all__ = [
-    "FAMILIES", "SUBTASKS", "Item", "generate_items", "normalize", "print_report", "run_iq", "score_items",
+    "FAMILIES",
+    "SUBTASKS",
+    "Item",
+    "generate_items",
+    "normalize",
+    "print_report",
+    "run_iq",
+    "score_items",
     "select_subtasks",
 ]

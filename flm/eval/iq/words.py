@@ -27,10 +27,14 @@ DROP_VERBS = ("dropped", "put down", "left", "discarded")
 
 # symbolic mapping, built-in synthetic classification: pairs of contrasting categories
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "animal": tuple("dog cat horse lion tiger bear wolf rabbit mouse sheep goat cow pig fox deer monkey "
-                    "zebra camel whale shark eagle owl duck frog snake".split()),
-    "food": tuple("bread cheese apple banana rice soup pizza pasta salad cake cookie butter honey egg "
-                  "carrot potato tomato orange grape lemon melon onion bean pie".split()),
+    "animal": tuple(
+        "dog cat horse lion tiger bear wolf rabbit mouse sheep goat cow pig fox deer monkey "
+        "zebra camel whale shark eagle owl duck frog snake".split()
+    ),
+    "food": tuple(
+        "bread cheese apple banana rice soup pizza pasta salad cake cookie butter honey egg "
+        "carrot potato tomato orange grape lemon melon onion bean pie".split()
+    ),
     "color": tuple("red blue green yellow purple orange pink brown black white gray violet".split()),
     "number": tuple("one two three four five six seven eight nine ten eleven twelve twenty fifty".split()),
     "body": tuple("hand foot head arm leg knee nose mouth ear eye finger elbow shoulder neck chin".split()),
@@ -41,9 +45,16 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 
 # category pairs whose words do not overlap (``orange`` is food and color; never paired with both)
 CATEGORY_PAIRS: tuple[tuple[str, str], ...] = (
-    ("animal", "vehicle"), ("animal", "color"), ("food", "body"), ("color", "number"),
-    ("number", "clothing"), ("body", "vehicle"), ("clothing", "weather"), ("animal", "weather"),
-    ("food", "vehicle"), ("number", "body"),
+    ("animal", "vehicle"),
+    ("animal", "color"),
+    ("food", "body"),
+    ("color", "number"),
+    ("number", "clothing"),
+    ("body", "vehicle"),
+    ("clothing", "weather"),
+    ("animal", "weather"),
+    ("food", "vehicle"),
+    ("number", "body"),
 )
 
 POSITIVE_WORDS = "good great lovely wonderful happy excellent fine nice superb delightful".split()
