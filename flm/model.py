@@ -430,7 +430,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_grad:  # d loss / d logits = wt * (softmax - onehot), written over z
                     g = z.mul_(wt / sumexp).scatter_add_(-1, y, -wt).to(cdtype)
                     dh[s : s + chunk] = g @ w
-                    dw.addmm_(g.t(), hc) if g.dtype == dw.dtype else dw.add_((g.t() @ hc).float())
+                    if g.dtype == dw.dtype:
+                        dw.addmm_(g.t(), hc)
+                    else:
+                        dw.add_((g.t() @ hc).float())
         ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
         return loss
 

@@ -132,3 +132,19 @@ def test_corrupt_and_truncated_checkpoints_are_refused(tiny_cfg, tmp_path, capsy
     weights.write_bytes(bytes(data[:100]))
     code, err = _run_cli(["generate", str(out), "--prompt", "The"], capsys)
     assert code == 2 and "truncated" in err
+
+
+def test_train_init_from_an_offline_grown_checkpoint(tiny_cfg, tmp_path, capsys):
+    cfg_path = write_cfg(tmp_path / "c.toml", tiny_cfg(steps=3))
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "small")]) == 0
+    grown = tmp_path / "grown"
+    assert main(["grow", str(tmp_path / "small"), "--to", "d_model=64,ramp_steps=2", "--out", str(grown)]) == 0
+    grown_model = {**tiny_cfg()["model"], "d_model": 64, "n_heads": 4, "d_ff": 128}
+    big = write_cfg(tmp_path / "big.toml", {**tiny_cfg(steps=4), "model": grown_model})
+    code, err = _run_cli(["train", str(cfg_path), "--out", str(tmp_path / "x"), "--init", str(grown)], capsys)
+    assert code == 2 and "--init" in err
+    assert main(["train", str(big), "--out", str(tmp_path / "big"), "--init", str(grown)]) == 0
+    rows = read_metrics(tmp_path / "big" / "metrics.jsonl")
+    assert [r["mask_m"] for r in rows[:2]] == [0.5, 1.0]
+    small_loss = read_metrics(tmp_path / "small" / "metrics.jsonl")[-1]["loss"]
+    assert rows[0]["loss"] < small_loss + 1.0  # starts from the trained function, not from scratch
