@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", type=Path, default=ROOT / "runs" / "bench" / "loss_prediction", help="run folders"
     )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared 2-core box)"
+    )
     p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out and train again")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -1,13 +1,22 @@
 """Training throughput of flm vs Hugging Face GPTNeoXForCausalLM of the same shape, fp32 on the CPU.
 
-One training step = forward + cross-entropy on all tokens + backward + AdamW step, on the same batch for both
-models. Both run in the same process, interleaved (the order alternates every repeat to cancel drift), with
-the same optimizer settings and thread count; warm-up steps are excluded and medians are reported.
+One training step = forward + mean cross-entropy over all tokens + backward + AdamW step (same settings,
+foreach), on the same batch for every model. All models run in the same process, interleaved (the order
+alternates every repeat, so drift and other processes hit all alike), on the same threads; warm-up steps are
+excluded; tokens/s are medians, ratios (HF step time / flm step time) are medians of per-repeat ratios.
 
-MFU is model FLOPs per second over a fp32 matmul peak measured in the same run (best of several large
-square matmuls on the same threads), so it says how much of the machine the training step wastes.
+HF is GPT-NeoX with flm's shape: rotary on all dims, sequential residual, tied embeddings, biases, tanh GeLU
+(gelu_pytorch_tanh, the same kernel), SDPA attention. Three flm rows:
+- ``flm``: as flm's trainer runs it, the loss out of ``model(x, targets=y)`` (readout and cross-entropy in
+  row chunks, see flm.model.linear_cross_entropy), xPos on (the FLM default);
+- ``flm_logits``: ``model(x)`` logits then F.cross_entropy, exactly HF's path around the model;
+- ``flm_noxpos`` (with --xpos-off): as ``flm`` with xPos off.
 
-    .venv/bin/python benchmarks/throughput.py            # full run (a few minutes on 2 cores)
+MFU = model FLOPs/s (flm.scaling.cost.flops_per_token) over the best fp32 n x n matmul rate measured in
+the same run on the same threads (flm.train.metrics.measure_matmul_peak, before, between and after the
+shapes).
+
+    .venv/bin/python benchmarks/throughput.py            # full run (about 4 minutes on 2 cores)
     .venv/bin/python benchmarks/throughput.py --quick    # a short, noisier run
 
 Prints one JSON line and writes benchmarks/results/throughput.json.
@@ -31,11 +40,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from flm.config import ModelConfig  # noqa: E402
 from flm.model import FLM  # noqa: E402
+from flm.scaling.cost import flops_per_token  # noqa: E402
+from flm.train.metrics import measure_matmul_peak  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 
@@ -54,47 +66,38 @@ class Shape:
     def tokens(self) -> int:
         return self.batch * self.seq
 
+    def model_config(self, xpos: bool = True) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=self.vocab,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            d_ff=self.d_ff,
+            max_seq_len=self.seq,
+            xpos=xpos,
+        )
+
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 N (non-embedding matmul weights) + 6 d V (readout) + attention
-        scores and values (12 L seq d, the usual non-causal count)."""
-        d, f = self.d_model, self.d_ff
-        n_block = 4 * d * d + 2 * d * f
-        return 6 * self.n_layers * n_block + 6 * d * self.vocab + 12 * self.n_layers * self.seq * d
+        """Training model FLOPs per token: 6 x matmul weights (blocks and readout) + attention scores and
+        values over the whole context (12 L seq d), as flm's trainer counts them for its MFU."""
+        return flops_per_token(self.model_config(), self.seq)
 
 
 SHAPES = {
     # compute-bound: matmuls dominate, the question is whether anything is wasted around them
     "large": Shape(d_model=512, n_layers=8, n_heads=8, d_ff=2048, seq=512, vocab=8192, batch=4),
-    # overhead-bound, like the demo config: small matmuls, many small ops
+    # overhead-bound, like the demo config: small matmuls, many small ops, large logits per FLOP
     "small": Shape(d_model=128, n_layers=4, n_heads=4, d_ff=512, seq=256, vocab=8192, batch=16),
 }
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 8) -> float:
-    """Best fp32 matmul rate on the current threads, GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    for _ in range(2):
-        torch.matmul(a, b, out=out)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+def peak_gflops(seconds: float = 2.0) -> float:
+    """Best fp32 matmul rate on the current threads (the trainer's MFU roof), GFLOP/s."""
+    return measure_matmul_peak("cpu", seconds=seconds) / 1e9
 
 
-def build_flm(s: Shape, xpos: bool) -> nn.Module:
-    cfg = ModelConfig(
-        vocab_size=s.vocab,
-        d_model=s.d_model,
-        n_layers=s.n_layers,
-        n_heads=s.n_heads,
-        d_ff=s.d_ff,
-        max_seq_len=s.seq,
-        xpos=xpos,
-    )
-    return FLM(cfg)
+def build_flm(s: Shape, xpos: bool) -> FLM:
+    return FLM(s.model_config(xpos))
 
 
 def build_hf(s: Shape) -> nn.Module:
@@ -122,13 +125,26 @@ def build_hf(s: Shape) -> nn.Module:
     return model
 
 
-def make_step(model: nn.Module, forward: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], float]:
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def logits_loss(forward: Callable[[Tensor], Tensor]) -> LossFn:
+    """Mean cross-entropy over all tokens from the model's logits (what HF's own loss computes)."""
+
+    def loss(x: Tensor, y: Tensor) -> Tensor:
+        logits = forward(x)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+
+    return loss
+
+
+def make_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
+    """forward + loss + backward + AdamW step; the same optimizer settings for every model."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
     model.train()
 
     def step(x: Tensor, y: Tensor) -> float:
-        logits = forward(x)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+        loss = loss_fn(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -139,33 +155,72 @@ def make_step(model: nn.Module, forward: Callable[[Tensor], Tensor]) -> Callable
 
 def measure_shape(
     name: str, s: Shape, warmup: int, repeats: int, steps: int, xpos_off: bool, progress: Progress
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
+    """Seconds per training step of each variant, one entry per repeat."""
     torch.manual_seed(0)
     x = torch.randint(0, s.vocab, (s.batch, s.seq))
     y = torch.randint(0, s.vocab, (s.batch, s.seq))
-    flm, hf = build_flm(s, xpos=True), build_hf(s)
+    flm, flm_l, hf = build_flm(s, xpos=True), build_flm(s, xpos=True), build_hf(s)
     runners = {
-        "flm": make_step(flm, flm),
-        "hf": make_step(hf, lambda t: hf(input_ids=t, use_cache=False).logits),
+        # flm as its trainer runs it: the loss comes out of forward (chunked readout + cross-entropy)
+        "flm": make_step(flm, lambda a, b: flm(a, targets=b)),
+        # flm through the same logits -> F.cross_entropy path as HF
+        "flm_logits": make_step(flm_l, logits_loss(flm_l)),
+        "hf": make_step(hf, logits_loss(lambda t: hf(input_ids=t, use_cache=False).logits)),
     }
     if xpos_off:
         flm_nx = build_flm(s, xpos=False)
-        runners["flm_noxpos"] = make_step(flm_nx, flm_nx)
+        runners["flm_noxpos"] = make_step(flm_nx, lambda a, b: flm_nx(a, targets=b))
     names = list(runners)
-    task = progress.add_task(f"{name}", total=len(names) * (warmup + repeats * steps))
+    task = progress.add_task(name, total=len(names) * (warmup + repeats * steps))
     for key in names:
         for _ in range(warmup):
             runners[key](x, y)
             progress.advance(task)
     per_step: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(repeats):
+    for r in range(repeats):  # interleaved, the order alternating, so that drift hits every variant alike
         for key in names if r % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
             for _ in range(steps):
                 runners[key](x, y)
             per_step[key].append((time.perf_counter() - t0) / steps)
             progress.advance(task, steps)
-    return {k: s.tokens / statistics.median(v) for k, v in per_step.items()}
+    return per_step
+
+
+def summarize(s: Shape, per_step: dict[str, list[float]], peak: float) -> dict[str, float]:
+    """Median tokens/s and MFU per variant; ratios are medians of the per-repeat ratios (paired in time)."""
+    fpt = s.flops_per_token()
+
+    def tok_s(key: str) -> float:
+        return s.tokens / statistics.median(per_step[key])
+
+    def ratio(key: str) -> float:
+        return statistics.median(h / f for h, f in zip(per_step["hf"], per_step[key]))
+
+    row = {
+        "flm_tok_s": round(tok_s("flm"), 1),
+        "hf_tok_s": round(tok_s("hf"), 1),
+        "ratio": round(ratio("flm"), 3),
+        "flm_mfu": round(tok_s("flm") * fpt / (peak * 1e9), 3),
+        "hf_mfu": round(tok_s("hf") * fpt / (peak * 1e9), 3),
+        "flm_logits_tok_s": round(tok_s("flm_logits"), 1),
+        "ratio_logits": round(ratio("flm_logits"), 3),
+    }
+    if "flm_noxpos" in per_step:
+        row["flm_noxpos_tok_s"] = round(tok_s("flm_noxpos"), 1)
+        row["ratio_noxpos"] = round(ratio("flm_noxpos"), 3)
+    return row
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,34 +238,28 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 7)
     steps = {"large": 1, "small": 1 if args.quick else 3}
 
-    peak = matmul_peak_gflops()
-    tok_s: dict[str, dict[str, float]] = {}
-    with Progress(transient=True) as progress:
+    load_before = os.getloadavg()[0]
+    peaks = [peak_gflops()]
+    per_step: dict[str, dict[str, list[float]]] = {}
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         for name in args.shapes:
-            tok_s[name] = measure_shape(
-                name, SHAPES[name], warmup, repeats, steps[name], args.xpos_off, progress
-            )
-    peak = max(peak, matmul_peak_gflops())  # measured before and after the run; the best counts
+            per_step[name] = measure_shape(name, SHAPES[name], warmup, repeats, steps[name], args.xpos_off, progress)
+            peaks.append(peak_gflops())
+    peak = max(peaks)  # measured before, between and after the shapes; the best counts
 
-    result: dict[str, object] = {}
-    for name, t in tok_s.items():
-        fpt = SHAPES[name].flops_per_token()
-        row = {
-            "flm_tok_s": round(t["flm"], 1),
-            "hf_tok_s": round(t["hf"], 1),
-            "ratio": round(t["flm"] / t["hf"], 3),
-            "flm_mfu": round(t["flm"] * fpt / (peak * 1e9), 3),
-            "hf_mfu": round(t["hf"] * fpt / (peak * 1e9), 3),
-        }
-        if "flm_noxpos" in t:
-            row["flm_noxpos_tok_s"] = round(t["flm_noxpos"], 1)
-            row["ratio_noxpos"] = round(t["flm_noxpos"] / t["hf"], 3)
-        result[name] = row
+    result: dict[str, object] = {name: summarize(SHAPES[name], t, peak) for name, t in per_step.items()}
     result["peak_gflops"] = round(peak, 1)
     result["threads"] = args.threads
     result["quick"] = args.quick
     result["torch"] = torch.__version__
-    result["machine"] = platform.processor() or platform.machine()
+    result["machine"] = cpu_name()
+    result["loadavg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    if max(result["loadavg"]) > args.threads + 0.5:  # type: ignore[arg-type]
+        print(
+            f"warning: load average {result['loadavg']} above {args.threads} threads: other processes shared "
+            "the CPU, so tokens/s and MFU are low (the ratios are paired in time and hold up better)",
+            file=sys.stderr,
+        )
     line = json.dumps(result)
     print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,17 +59,18 @@ class LayerNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Rotary embedding on all head dims, with optional xPos decay.
+    """Rotary embedding on all head dims, pairs interleaved (dims 2i and 2i+1 rotate together, as in
+    RoFormer, GPT-J and lucidrains' rotary-embedding-torch, whose RotaryEmbedding FLM-101B's code follows),
+    with optional xPos decay.
 
-    The weights use the rotate-half layout (dim i pairs with dim i + head_dim/2). Attention only sees q.k,
-    which is unchanged when q and k have their dims permuted alike, so the forward pass produces q and k
-    with the dims of each head interleaved (pair i at dims 2i, 2i+1; see ``interleave_rows``) and rotates
-    them as complex numbers: one multiply by a cached table instead of a rotate-half and two products.
+    Each pair is one complex number, so rotating is a single complex multiply by a cached table.
+    (GPT-NeoX/Llama in Hugging Face pair dim i with i + head_dim/2 instead: ``rotate_half_rows`` converts
+    q/k projection weights between the two layouts.)
 
     xPos (Sun et al. 2023): q is scaled by zeta^(p/scale_base), k by zeta^(-p/scale_base), so q.k decays
     with relative distance as zeta^((n - m)/scale_base). Positions are centred on max_seq_len/2 to keep the
     scales near 1; the centre cancels in q.k, and is fixed so that a KV cache stays consistent. The scales
-    are folded into the complex tables.
+    are folded into the tables.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -84,7 +85,8 @@ class Rotary(nn.Module):
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def tables(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """complex64 tables (length, 1, head_dim/2) for q and for k at positions start.. start+length-1."""
+        """fp32 tables (length, 1, head_dim/2, 2) of (cos, sin) times the xPos scale, for q and for k, at
+        positions start .. start+length-1; viewed as complex numbers they are the rotations."""
         key = (start, length, device)
         hit = self._cache.get(key)
         if hit is not None:
@@ -98,31 +100,39 @@ class Rotary(nn.Module):
         if self.xpos:
             zeta = (half + 0.4 * hd) / (1.4 * hd)
             scale = zeta[None, :] ** ((pos - self.center) / self.scale_base)[:, None]
-        out = (
-            torch.polar(scale, angle).to(torch.complex64)[:, None, :],
-            torch.polar(1.0 / scale, angle).to(torch.complex64)[:, None, :],
-        )
+        rot = torch.stack([angle.cos(), angle.sin()], dim=-1)[:, None]  # (length, 1, hd/2, 2)
+        s = scale[:, None, :, None]
+        out = ((rot * s).float(), (rot / s).float())
         if len(self._cache) > 16:
             self._cache.clear()
         self._cache[key] = out
         return out
 
     def forward(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
-        """q, k: (batch, seq, heads, head_dim), head dims interleaved; rotated copies, same layout."""
-        cis_q, cis_k = self.tables(start, q.shape[1], q.device)
-        return _rotate(q, cis_q), _rotate(k, cis_k)
+        """q, k: (batch, seq, heads, head_dim); rotated copies."""
+        table_q, table_k = self.tables(start, q.shape[1], q.device)
+        return _rotate(q, table_q), _rotate(k, table_k)
 
 
-def _rotate(x: Tensor, cis: Tensor) -> Tensor:
-    # complex multiply in fp32 (view_as_complex has no bf16 variant)
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * cis).flatten(-2).to(x.dtype)
+def _rotate(x: Tensor, table: Tensor) -> Tensor:
+    """Each pair (x[2i], x[2i+1]) times the complex number table[..., i, :], in fp32."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():  # inductor has no complex kernels: the same product in reals
+        x0, x1 = pairs.unbind(-1)
+        c, s = table.unbind(-1)
+        out = torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1)
+    else:  # eager: one complex multiply (a view, no copy, on both sides) instead of several real ops
+        out = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(table))
+    return out.flatten(-2).to(x.dtype)
 
 
-def interleave_rows(t: Tensor, head_dim: int) -> Tensor:
-    """Reorder the output rows of a q/k projection (weight or bias) from rotate-half to interleaved layout:
-    within each head, rows (i, i + head_dim/2) become (2i, 2i + 1)."""
-    return t.unflatten(0, (-1, 2, head_dim // 2)).transpose(1, 2).flatten(0, 2)
+def rotate_half_rows(t: Tensor, head_dim: int, inverse: bool = False) -> Tensor:
+    """Reorder the output rows of a q or k projection (weight or bias) from flm's interleaved rotary layout
+    to the rotate-half layout of GPT-NeoX/Llama in Hugging Face (``inverse``: back). Attention is unchanged
+    when q and k are permuted alike, so this is how a checkpoint moves between the two conventions."""
+    if inverse:
+        return t.unflatten(0, (-1, 2, head_dim // 2)).transpose(1, 2).flatten(0, 2)
+    return t.unflatten(0, (-1, head_dim // 2, 2)).transpose(1, 2).flatten(0, 2)
 
 
 @dataclass
@@ -165,8 +175,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         b, t, _ = x.shape
         nh, hd = self.n_heads, self.head_dim
-        q = F.linear(x, interleave_rows(self.q.weight, hd), interleave_rows(self.q.bias, hd)).view(b, t, nh, hd)
-        k = F.linear(x, interleave_rows(self.k.weight, hd), interleave_rows(self.k.bias, hd)).view(b, t, nh, hd)
+        q = self.q(x).view(b, t, nh, hd)
+        k = self.k(x).view(b, t, nh, hd)
         v = self.v(x).view(b, t, nh, hd)
         head_mask = _mask(self.head_new, m)
         if head_mask is not None:

@@ -28,8 +28,9 @@ biases, LayerNorm gain/bias    0 / 1                 η                         
   attention logits of a random init already vanish with width, so μP does not require it.
 - Weight decay is scaled by m_in so that AdamW's decoupled decay lr·λ per step is width-independent
   (mup's MuAdamW). Adam eps is left alone (gradients in fp32 stay far above 1e-8 at these widths).
-- Without μP (standard parameterization, SP) every multiplier is 1: init σ everywhere, one LR, and the
-  attention scale 1/√d_head.
+- ``input_mult`` (embedding output) and ``output_mult`` are width-independent hyperparameters, tuned at B.
+- Without μP (standard parameterization, SP) every multiplier is 1: init σ (σ/√(2L) for o and down) at
+  every width, one LR, and the attention scale 1/√d_head.
 
 The trainer sets ``group["lr"] = schedule_lr * group["lr_scale"]`` every step, so the schedule scales μP
 LRs instead of overwriting them. After growth, rebuild the groups from the grown model's config.

@@ -109,6 +109,7 @@ def run_bench(
         )
     report: dict[str, Any] = {
         "model": scorer.name,
+        "model_path": scorer.source,
         "limit": limit,
         "num_fewshot": num_fewshot,
         "max_length": scorer.max_length,

@@ -129,9 +129,7 @@ def _add(name: str, kind: str, rows: Callable[[Path], Iterator[Doc]], about: str
 
 
 _add("arc_easy", "mc", _from("ai2_arc/ARC-Easy/validation", _arc), "ARC-Easy, validation (570)")
-_add(
-    "arc_challenge", "mc", _from("ai2_arc/ARC-Challenge/validation", _arc), "ARC-Challenge, validation (299)"
-)
+_add("arc_challenge", "mc", _from("ai2_arc/ARC-Challenge/validation", _arc), "ARC-Challenge, validation (299)")
 _add("hellaswag", "mc", _from("hellaswag/none/validation", _hellaswag), "HellaSwag, validation (10,042)")
 _add("mmlu", "mc", _mmlu(None), "MMLU, 57 subjects, test (14,042), 0-shot")
 _add(
@@ -154,9 +152,7 @@ _add(
     "mc",
     _from(
         "boolq/none/validation",
-        lambda r: _mc(
-            f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"]))
-        ),
+        lambda r: _mc(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(bool(r["answer"]))),
     ),
     "BoolQ, validation (3,270)",
 )
@@ -165,9 +161,7 @@ _add(
     "mc",
     _from(
         "openbookqa/main/validation",
-        lambda r: _mc(
-            r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].strip())
-        ),
+        lambda r: _mc(r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].strip())),
     ),
     "OpenBookQA, validation (500)",
 )

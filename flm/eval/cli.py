@@ -20,9 +20,7 @@ MODEL_HELP = (
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=MODEL_HELP)
     g = p.add_argument_group("model loading and batching")
-    g.add_argument(
-        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."
-    )
+    g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     g.add_argument(
         "--dtype",
         default="auto",
@@ -33,8 +31,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "--max-length",
         type=int,
         default=None,
-        help="cap on the tokens the model reads (default: its context length); longer inputs are "
-        "cut from the left",
+        help="cap on the tokens the model reads (default: its context length); longer inputs are cut from the left",
     )
     g.add_argument(
         "--batch-tokens",
@@ -103,9 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--text-field", default="text", help="JSONL field holding the text")
     q.add_argument("--max-docs", type=int, default=None, help="score at most this many documents")
-    q.add_argument(
-        "--max-tokens", type=int, default=None, help="stop after this many tokens (cuts the last document)"
-    )
+    q.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens (cuts the last document)")
     q.add_argument(
         "--overlap",
         type=int,
@@ -201,7 +196,7 @@ def _ppl(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         progress=not args.no_progress,
     )
-    report = {"model": args.model, "data": [str(f) for f in files], **res.to_dict()}
+    report = {"model": args.model, "model_path": scorer.source, "data": [str(f) for f in files], **res.to_dict()}
     print_table(
         f"perplexity: {args.model}",
         ["docs", "tokens", "bytes", "loss", "ppl", "bits/byte"],

@@ -26,9 +26,7 @@ def run_harness(argv: Sequence[str]) -> int:
 
         import flm.eval.lm_adapter  # noqa: F401  (registers --model flm)
     except ImportError as e:
-        raise FlmError(
-            f"the lm-eval harness is not installed ({e.name} missing): pip install 'flm[eval]'"
-        ) from None
+        raise FlmError(f"the lm-eval harness is not installed ({e.name} missing): pip install 'flm[eval]'") from None
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
     try:

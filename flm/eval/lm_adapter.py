@@ -56,9 +56,7 @@ class FlmLM(LM):
         if scorer is None:
             spec = path or pretrained
             if not spec:
-                raise FlmError(
-                    "--model flm needs --model_args path=<run, checkpoint, HF folder, .gguf or smollm2>"
-                )
+                raise FlmError("--model flm needs --model_args path=<run, checkpoint, HF folder, .gguf or smollm2>")
             if device and device.startswith("cuda") and not torch.cuda.is_available():
                 log.warning("device %s requested but CUDA is not available: using the CPU", device)
                 device = "cpu"
@@ -96,9 +94,7 @@ class FlmLM(LM):
                 windows.append(make_disjoint_window(w))
                 owner.append(n)
         totals = [0.0] * len(requests)
-        with progress_bar(
-            len(windows), "loglikelihood_rolling", self.progress and not disable_tqdm
-        ) as advance:
+        with progress_bar(len(windows), "loglikelihood_rolling", self.progress and not disable_tqdm) as advance:
             for n, (lp, _) in zip(owner, s.loglikelihood_tokens(windows, advance)):
                 totals[n] += lp
         for r, total in zip(requests, totals):
@@ -129,9 +125,7 @@ def gen_request(context: str, kwargs: dict[str, Any], scorer: Scorer) -> GenRequ
     max_new = int(kwargs.pop("max_gen_toks", kwargs.pop("max_new_tokens", DEFAULT_MAX_GEN_TOKS)))
     temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
     if kwargs.pop("do_sample", False) or temperature > 0:
-        raise FlmError(
-            "the flm lm-eval model decodes greedily; run tasks with do_sample=false / temperature=0"
-        )
+        raise FlmError("the flm lm-eval model decodes greedily; run tasks with do_sample=false / temperature=0")
     if kwargs:
         log.debug("ignoring generation kwargs %s", sorted(kwargs))
     return GenRequest(context, list(until), max_new)

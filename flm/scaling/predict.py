@@ -46,7 +46,7 @@ class PowerLawFit:
 
 
 def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLawFit:
-    """Least-squares fit of L = a·(N/1e6)^b + c with a > 0 and b < 0 (loss falls with size)."""
+    """Least-squares fit of L = a·(N/1e6)^b + c with a > 0, b < 0 (loss falls with size) and c >= 0."""
     from scipy.optimize import curve_fit
 
     x = np.asarray(n_params, dtype=np.float64) / N_UNIT
@@ -63,8 +63,10 @@ def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLa
 
     best: np.ndarray | None = None
     for b in -np.geomspace(1e-3, 3.0, 400):
-        design = np.stack([np.power(x, b), np.ones_like(x)], axis=1)
-        (a, c), *_ = np.linalg.lstsq(design, y, rcond=None)
+        xb = np.power(x, b)
+        (a, c), *_ = np.linalg.lstsq(np.stack([xb, np.ones_like(x)], axis=1), y, rcond=None)
+        if c < 0:  # the irreducible loss is not negative: refit a with c = 0
+            a, c = float(xb @ y / (xb @ xb)), 0.0
         if a > 0 and (best is None or sse(np.array([a, b, c])) < sse(best)):
             best = np.array([a, b, c])
     if best is None:  # loss does not fall with size: no decreasing power law fits
@@ -75,7 +77,9 @@ def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLa
     try:
         with warnings.catch_warnings():  # no covariance with 3 points: irrelevant, only popt is used
             warnings.simplefilter("ignore")
-            popt, _ = curve_fit(power_law, x, y, p0=best, maxfev=20000)
+            popt, _ = curve_fit(
+                power_law, x, y, p0=best, bounds=([0.0, -5.0, 0.0], [np.inf, 0.0, np.inf]), max_nfev=20000
+            )
         if popt[0] > 0 and popt[1] < 0 and sse(popt) <= sse(best):
             best = popt
     except (RuntimeError, ValueError):  # the profiled optimum stands

@@ -87,9 +87,7 @@ class RandomScorer(ByteScorer):
         rows, length = tokens.shape
         out = torch.empty((rows, length, 257))
         for r in range(rows):
-            seed = int.from_bytes(
-                hashlib.sha256(bytes(tokens[r].clamp(max=255).tolist())).digest()[:8], "little"
-            )
+            seed = int.from_bytes(hashlib.sha256(bytes(tokens[r].clamp(max=255).tolist())).digest()[:8], "little")
             out[r] = torch.randn((length, 257), generator=torch.Generator().manual_seed(seed)) * 3.0
         return out
 
@@ -137,7 +135,5 @@ class OracleScorer(ByteScorer):
         if found is not None:
             start, target = found
             produced, tb = bytes(i for i in ids[start:] if i < 256), target.encode()
-            out[tb[len(produced)] if tb.startswith(produced) and len(produced) < len(tb) else ord("\n")] = (
-                50.0
-            )
+            out[tb[len(produced)] if tb.startswith(produced) and len(produced) < len(tb) else ord("\n")] = 50.0
         return out

@@ -46,14 +46,9 @@ def test_iq_ppl_and_list_on_a_checkpoint(flm_checkpoint, tmp_path, capsys):
     assert "passing rate" in capsys.readouterr().out
 
     data = tmp_path / "held.jsonl"
-    data.write_text(
-        json.dumps({"text": "Mary went to the kitchen."}) + "\n" + json.dumps({"text": "red tree"}) + "\n"
-    )
+    data.write_text(json.dumps({"text": "Mary went to the kitchen."}) + "\n" + json.dumps({"text": "red tree"}) + "\n")
     ppl = tmp_path / "ppl.json"
-    assert (
-        main(["eval", "ppl", str(flm_checkpoint), "--data", str(data), "--out", str(ppl), "--no-progress"])
-        == 0
-    )
+    assert main(["eval", "ppl", str(flm_checkpoint), "--data", str(data), "--out", str(ppl), "--no-progress"]) == 0
     r = json.loads(ppl.read_text())
     assert r["docs"] == 2 and r["bytes"] == len("Mary went to the kitchen.") + len("red tree")
     assert r["ppl"] > 1 and r["bits_per_byte"] > 0

@@ -81,9 +81,7 @@ def _query(prompt: str) -> str:
 
 def test_counting_answers():
     for it in generate_items("counting", n=50):
-        a, b, k = map(
-            int, re.search(r"Count from (\d+) to (\d+) in steps of (\d+)", _query(it.prompt)).groups()
-        )
+        a, b, k = map(int, re.search(r"Count from (\d+) to (\d+) in steps of (\d+)", _query(it.prompt)).groups())
         assert it.answer == ", ".join(str(x) for x in range(a, b + 1, k))
 
 

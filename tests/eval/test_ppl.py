@@ -39,9 +39,7 @@ def test_perplexity_matches_reference_and_definitions():
     res = perplexity(s, DOCS, progress=False)
     ids = [list(d.encode()) for d in DOCS if d]
     nll = sum(_reference_nll(model, x, 256, 64) for x in ids)
-    assert (
-        res.docs == 3 and res.tokens == sum(map(len, ids)) and res.bytes == sum(len(d.encode()) for d in DOCS)
-    )
+    assert res.docs == 3 and res.tokens == sum(map(len, ids)) and res.bytes == sum(len(d.encode()) for d in DOCS)
     assert res.nll == pytest.approx(nll, rel=1e-5)
     assert res.loss == pytest.approx(nll / res.tokens, rel=1e-6)
     assert res.ppl == pytest.approx(math.exp(res.loss), rel=1e-6)
@@ -65,9 +63,7 @@ def test_overlap_gives_more_context_and_limits_apply():
 
 def test_data_files_and_readers(tmp_path):
     (tmp_path / "a.txt").write_text("plain text file")
-    (tmp_path / "b.jsonl").write_text(
-        json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n"
-    )
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n")
     with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
         f.write(json.dumps({"body": "zipped"}) + "\n")
     files = data_files([str(tmp_path / "*.txt"), str(tmp_path / "b.jsonl")])

@@ -59,9 +59,7 @@ def test_is_greedy_true_exactly_for_the_greedy_continuation(flm_scorer):
 def test_flm_cached_batched_generation_equals_uncached_reference(flm_scorer):
     rng = random.Random(0)
     reqs = [
-        GenRequest(
-            "".join(rng.choice("abcde fgh") for _ in range(rng.randint(1, 30))), [], rng.randint(1, 12)
-        )
+        GenRequest("".join(rng.choice("abcde fgh") for _ in range(rng.randint(1, 30))), [], rng.randint(1, 12))
         for _ in range(10)
     ]
     reqs += [GenRequest("x" * 70, [], 5)]  # prompt cut to fit max_length - max_new
@@ -132,10 +130,7 @@ def test_rolling_windows_equal_lm_eval():
         n, max_len = rng.randint(1, 60), rng.randint(1, 16)
         ctx_len = rng.randint(1, max_len)
         tokens = [rng.randrange(1000) for _ in range(n)]
-        theirs = [
-            utils.make_disjoint_window(w)
-            for w in utils.get_rolling_token_windows(tokens, -1, max_len, ctx_len)
-        ]
+        theirs = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(tokens, -1, max_len, ctx_len)]
         assert rolling_windows(tokens, -1, max_len, ctx_len) == [tuple(w) for w in theirs]
 
 
@@ -184,3 +179,16 @@ def test_hf_scorer_scores_and_generates_like_references(hf_folder):
         )[0]
         assert g == s._cut(ids, [])
     assert len(set(got)) > 1
+
+
+def test_multi_stage_run_folder_resolves_to_last_stage(flm_checkpoint, tmp_path):
+    import shutil
+
+    from flm.eval.models import model_kind
+
+    for stage, step in (("stage1", 5), ("stage2", 9), ("stage10", 3)):
+        shutil.copytree(flm_checkpoint, tmp_path / "run" / stage / "checkpoints" / f"step_{step:08d}")
+    (tmp_path / "run" / "stage11" / "checkpoints").mkdir(parents=True)  # a stage not started yet
+    kind, path = model_kind(str(tmp_path / "run"))
+    assert kind == "flm" and path == tmp_path / "run" / "stage10" / "checkpoints" / "step_00000003"
+    assert load_scorer(str(tmp_path / "run")).source == str(path)

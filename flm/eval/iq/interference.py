@@ -54,9 +54,7 @@ def _one_fact_example(rng: random.Random) -> tuple[str, str]:
     return prompt, where[target]
 
 
-@register(
-    "single_supporting_fact", "anti_interference", 2, "where is a person, among distractor moves (2-shot)"
-)
+@register("single_supporting_fact", "anti_interference", 2, "where is a person, among distractor moves (2-shot)")
 def single_supporting_fact(rng: random.Random, n: int, shots: int) -> list[Item]:
     items = []
     for _ in range(n):

@@ -80,9 +80,7 @@ def item_rng(seed: int, subtask: str) -> random.Random:
     return random.Random(f"flm-iq:{seed}:{subtask}")
 
 
-def generate_items(
-    subtask: str, seed: int = 0, n: int = 100, shots: int | None = None, **options
-) -> list[Item]:
+def generate_items(subtask: str, seed: int = 0, n: int = 100, shots: int | None = None, **options) -> list[Item]:
     """The first ``n`` items of ``subtask`` for ``seed``; ``shots`` overrides the subtask's default;
     ``options`` go to the generator (symbol_mapping takes ``sources``)."""
     if subtask not in SUBTASKS:
@@ -107,8 +105,7 @@ def select_subtasks(spec: str | None) -> list[str]:
             names = [s for s, t in SUBTASKS.items() if t.family == name]
         else:
             raise FlmError(
-                f"unknown IQ task {name!r}; known families: {', '.join(FAMILIES)}; "
-                f"subtasks: {', '.join(SUBTASKS)}"
+                f"unknown IQ task {name!r}; known families: {', '.join(FAMILIES)}; subtasks: {', '.join(SUBTASKS)}"
             )
         chosen += [n for n in names if n not in chosen]
     if not chosen:

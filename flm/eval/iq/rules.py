@@ -23,9 +23,7 @@ def _counting_example(rng: random.Random) -> tuple[str, str]:
     a = rng.randint(0, 30)
     terms = rng.randint(4, 8)
     nums = [a + k * i for i in range(terms)]
-    prompt = (
-        f"Count from {nums[0]} to {nums[-1]} in steps of {k}, separating the numbers with commas.\nAnswer:"
-    )
+    prompt = f"Count from {nums[0]} to {nums[-1]} in steps of {k}, separating the numbers with commas.\nAnswer:"
     return prompt, ", ".join(map(str, nums))
 
 

