@@ -180,25 +180,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def mark_latest(run_dir: Path, folder: Path) -> None:
-    atomic_write(Path(run_dir) / CKPT_SUBDIR / "latest", folder.name + "\n")
-
-
-def prune_checkpoints(run_dir: Path, keep_last: int, protect: tuple[str, ...] = ()) -> None:
-    ckpts = list_checkpoints(run_dir)
-    for p in ckpts[:-keep_last] if keep_last > 0 else []:
-        if p.name not in protect:
-            shutil.rmtree(p, ignore_errors=True)
+def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    for p in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder, or a run folder (-> its newest checkpoint)."""
+    """A checkpoint folder, a run folder (-> its newest checkpoint), or an `flm run` folder (-> the newest
+    checkpoint of its last stage)."""
     p = Path(path)
     if not p.exists():
         raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
     if (p / "model.safetensors").is_file():
         return p
     latest = latest_checkpoint(p)
+    stages = sorted((d for d in p.glob("stage*") if d.name[5:].isdigit()), key=lambda d: int(d.name[5:]))
+    for stage in reversed(stages):
+        latest = latest or latest_checkpoint(stage)
     if latest is None:
         raise FlmError(f"{p} holds no checkpoint (expected model.safetensors or {CKPT_SUBDIR}/step_*)")
     return latest

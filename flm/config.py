@@ -174,10 +174,18 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="peak learning rate (stage-start LR under growth)")
     min_lr: float = Field(1e-4, ge=0, description="floor of the cosine schedule")
     warmup_steps: int = Field(100, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     clip: float = Field(1.0, ge=0, description="gradient-norm clip; 0 disables")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas = {list(self.betas)}: each beta must be in [0, 1), e.g. [0.9, 0.95]")
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr ({self.min_lr}) is above optim.lr ({self.lr}); the floor must be lower")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -372,10 +380,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config", overrides: lis
                 raise FlmError(f"--set {text}: '{k}' is not a table")
         node[keys[-1]] = value
     cfg = _validated(RunConfig, data, where)
-    try:
-        cfg.stage_models()
-    except FlmError:
-        raise
+    cfg.stage_models()  # a growth spec that cannot work is a config error too
     return cfg
 
 

@@ -40,6 +40,10 @@ def generate(
     if not prompt:
         raise FlmError("generate: the prompt is empty; give at least one token")
     limit = model.cfg.max_seq_len
+    if len(prompt) >= limit:
+        raise FlmError(
+            f"the prompt is {len(prompt)} tokens; the model reads at most {limit}: shorten it to leave room"
+        )
     if len(prompt) + max_new_tokens > limit:
         max_new_tokens = max(0, limit - len(prompt))
     device = next(model.parameters()).device
@@ -78,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from flm.checkpoint import load_model
 
-    if args.max_new_tokens < 0 or args.temperature < 0:
-        raise FlmError("--max-new-tokens and --temperature must be >= 0")
+    if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
+        raise FlmError("--max-new-tokens, --temperature and --top-k must be >= 0")
     model, _, tok = load_model(args.checkpoint)
     ids = generate(
         model, tok.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,

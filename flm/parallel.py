@@ -66,15 +66,18 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
     return env
 
 
-def apply_fsdp(model: nn.Module, env: DistEnv) -> nn.Module:
-    """Shard each block, then the root (embedding, final norm), over the data-parallel mesh."""
+def apply_fsdp(model: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
+    """Shard each block, then the root (embedding, final norm), over the data-parallel mesh. With bf16 the
+    all-gathers carry bf16 parameters and gradients are reduced in fp32 (the master weights stay fp32)."""
     if not env.distributed:
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kw = {"mesh": env.mesh} | ({"mp_policy": mp} if mp else {})
     for block in model.blocks.values():  # type: ignore[attr-defined]
-        fully_shard(block, mesh=env.mesh)
-    fully_shard(model, mesh=env.mesh)
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
     return model
 
 

@@ -208,18 +208,6 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def last_stage_checkpoint(run: Path) -> Path | None:
-    """The newest checkpoint of the last stage of a multi-stage run folder (``flm run``: stageN/checkpoints)."""
-    from flm.checkpoint import latest_checkpoint
-
-    stages = [d for d in run.glob("stage*") if d.name[5:].isdigit() and (d / "checkpoints").is_dir()]
-    for d in sorted(stages, key=lambda d: int(d.name[5:]), reverse=True):
-        ckpt = latest_checkpoint(d)
-        if ckpt is not None:
-            return ckpt
-    return None
-
-
 def model_kind(spec: str) -> tuple[str, Path]:
     """('flm' | 'hf' | 'gguf', path) for a model argument, or one FlmError line saying why not."""
     if spec.lower() in SMOLLM2_ALIASES:
@@ -238,11 +226,10 @@ def model_kind(spec: str) -> tuple[str, Path]:
         return "hf", p
     if (p / "model.safetensors").is_file() and (p / "config.toml").is_file():
         return "flm", p
-    if (p / "checkpoints").is_dir():
-        return "flm", p
-    stage = last_stage_checkpoint(p)
-    if stage is not None:
-        return "flm", stage
+    if (p / "checkpoints").is_dir() or any(p.glob("stage*/checkpoints")):
+        from flm.checkpoint import resolve_checkpoint
+
+        return "flm", resolve_checkpoint(p)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
         return "gguf", ggufs[0]

@@ -47,14 +47,9 @@ class GrowReport:
 def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     """A checkpoint folder (model.safetensors or a DCP model/ folder), or a run folder -> its newest."""
     p = Path(path)
-    if not p.exists():
-        raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
-    if (p / "model.safetensors").is_file() or (p / "model" / ".metadata").is_file():
+    if (p / "model" / ".metadata").is_file():
         return p
-    latest = ck.latest_checkpoint(p)
-    if latest is None:
-        raise FlmError(f"{p} holds no checkpoint (expected model.safetensors or {ck.CKPT_SUBDIR}/step_*)")
-    return latest
+    return ck.resolve_checkpoint(p)
 
 
 def _stream_file(

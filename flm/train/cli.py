@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from flm.config import load_config
+from flm.errors import FlmError
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def stage_init_from(path: Path, cfg):
     """A StageInit from a checkpoint (weights, moments, masks and ramp; the step count restarts)."""
     from flm import checkpoint as ck
-    from flm.errors import FlmError
     from flm.train.loop import StageInit
 
     folder = ck.resolve_checkpoint(path)
@@ -49,9 +49,11 @@ def stage_init_from(path: Path, cfg):
             f"--init {folder}: its model {ckpt_cfg.model.shape()} differs from the config's {cfg.model.shape()}; "
             "set [model] to the checkpoint's shape (its config.toml has it)"
         )
+    tr = data.trainer
     return StageInit(
         model_state=data.model, optim_tensors=data.optim_tensors, optim_step=int(data.optim_meta.get("step", 0)),
-        growth_state=data.growth, ramp=data.trainer.get("ramp"),
+        growth_state=data.growth, ramp=tr.get("ramp"), tokens=int(tr.get("tokens", 0)),
+        flops=float(tr.get("flops", 0.0)), loader_state=tr.get("loader"),
     )
 
 
@@ -60,6 +62,11 @@ def _train(args: argparse.Namespace) -> int:
     from flm.train.loop import train_stage
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.stages:
+        raise FlmError(
+            f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
+            f"{args.config}`"
+        )
     out = args.out or Path("runs") / cfg.name
     init = stage_init_from(args.init, cfg) if args.init else None
     env = init_distributed(cfg.train, cfg.parallel)
@@ -107,7 +114,7 @@ def register_run(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from flm.parallel import init_distributed, shutdown
     from flm.train.loop import train_stage
-    from flm.train.run import plan_stages, run_plan, scratch_config
+    from flm.train.run import run_plan, scratch_config
 
     cfg = load_config(args.config, args.overrides)
     env = None
@@ -120,9 +127,9 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             shutdown(env)
         if env.is_main:
-            print(f"scratch baseline: {res.steps} steps, {res.tokens:,} tokens, val loss {res.val_loss:.4f} -> {out}")
+            val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
+            print(f"scratch baseline: {res.steps} steps, {res.tokens:,} tokens{val} -> {out}")
         return 0
-    plan_stages(cfg)  # reject a bad plan before touching anything
     out = args.out or Path("runs") / cfg.name
     env = init_distributed(cfg.train, cfg.parallel)
     try:

@@ -8,7 +8,6 @@ state in ``init`` and a schedule shared across stages.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -29,7 +28,7 @@ from flm.growth.ramp import MaskRamp
 from flm.model import FLM
 from flm.mup import param_groups
 from flm.parallel import DistEnv, all_reduce_sum, apply_fsdp, barrier, init_distributed
-from flm.train.metrics import MetricsLog, measure_matmul_peak
+from flm.train.metrics import MetricsLog, measure_matmul_peak, read_metrics
 from flm.train.schedule import CosineSchedule
 
 
@@ -42,10 +41,6 @@ class StageResult:
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
-    model_state: dict[str, Tensor] | None = None  # full state, when asked for (stage chaining)
-    optim_tensors: dict[str, Tensor] | None = None
-    optim_step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def masked_lm_loss(logits: Tensor, targets: Tensor, mask: Tensor, denom: float | Tensor) -> Tensor:
@@ -130,6 +125,50 @@ def load_model_state(model, state: dict[str, Tensor], env: DistEnv) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
+_PEAKS: dict[str, float] = {}
+
+
+def device_peak(device: torch.device) -> float:
+    """The measured matmul peak, once per process (measured before any seeding: it draws random numbers)."""
+    key = str(device)
+    if key not in _PEAKS:
+        _PEAKS[key] = measure_matmul_peak(device)
+    return _PEAKS[key]
+
+
+def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] | None = None) -> Any:
+    """Run ``fn`` on rank 0 (it may write files), then ``others`` on the other ranks. An FlmError on rank 0
+    is raised on every rank, instead of leaving the others waiting at a barrier."""
+    result, err = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except FlmError as e:
+            err = str(e)
+    if env.distributed:
+        import torch.distributed as dist
+
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise FlmError(err)
+    if not env.is_main and others is not None:
+        result = others()
+    return result
+
+
+VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
+
+
+def write_run_config(out_dir: Path, cfg: RunConfig) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.toml")
+    except OSError as e:
+        raise FlmError(f"cannot write the run folder {out_dir} ({e.strerror}); pick another --out") from None
+
+
 def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
     """Refuse to write into a folder that holds another run; never overwrite finished work."""
     existing = out_dir / "config.toml"
@@ -176,7 +215,6 @@ def train_stage(
     schedule: Callable[[int], float] | None = None,
     ckpt_dir: Path | None = None,
     save_config_file: bool = True,
-    return_state: bool = False,
     stop_after: int | None = None,
     eval_at_start: bool = False,
 ) -> StageResult:
@@ -185,19 +223,19 @@ def train_stage(
     env = env or init_distributed(cfg.train, cfg.parallel)
     tc, oc = cfg.train, cfg.optim
     ckpt_dir = ckpt_dir or out_dir
-    if save_config_file and env.is_main:
-        check_out_dir(out_dir, cfg, resume)
-    barrier(env)
+    if save_config_file:
+        check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
+    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and env.device.type == "cuda")
+    if use_bf16 and env.device.type == "cpu":
+        raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
 
     from flm.data.loader import TokenLoader
     from flm.data.prepare import prepare_data
     from flm.data.tokenizer import check_vocab
 
-    if env.is_main:
-        prepared = prepare_data(cfg.data, progress=tc.progress)
-    barrier(env)
-    if not env.is_main:
-        prepared = prepare_data(cfg.data, progress=False)
+    prepared = rank0_first(
+        env, lambda: prepare_data(cfg.data, progress=tc.progress), lambda: prepare_data(cfg.data, progress=False)
+    )
     check_vocab(prepared.tokenizer, cfg.model)
 
     batch, micro, seq = tc.batch_size, tc.micro_batch_size or 0, cfg.seq_len
@@ -211,6 +249,7 @@ def train_stage(
         )
     accum = per_rank // micro
 
+    peak = tc.peak_flops or device_peak(env.device)
     seed_everything(tc.seed)
     model = FLM(cfg.model)
     if init is not None:
@@ -218,7 +257,7 @@ def train_stage(
         if init.growth_state:
             model.load_growth_state(init.growth_state)
     model.to(env.device)
-    apply_fsdp(model, env)
+    apply_fsdp(model, env, bf16=use_bf16)
     groups = param_groups(model, oc.lr, oc.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
     schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
@@ -242,8 +281,7 @@ def train_stage(
                 f"--resume: checkpoint {latest} has model {saved_cfg.model.shape()}, the config asks for "
                 f"{cfg.model.shape()}; resume with the run's own config"
             )
-        check = FLM(cfg.model) if env.distributed else model
-        ck.check_state_shapes(check, data.model, latest)
+        ck.check_state_shapes(model, data.model, latest)  # DTensor shapes are the global ones
         if data.growth:
             model.load_growth_state(data.growth)
         else:
@@ -253,41 +291,39 @@ def train_stage(
         tr = data.trainer
         step, tokens, flops_done = tr["step"], tr["tokens"], tr["flops"]
         seconds_before = float(tr.get("seconds", 0.0))
-        loader.load_state_dict(tr["loader"][str(env.rank)] if "loader" in tr and str(env.rank) in tr["loader"]
-                               else tr["loader_rank0"])
+        loader.load_state_dict(tr["loader"])
         ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
         if data.rng:
             _set_rng_state(data.rng)
         metrics.truncate_after(step, stage)
-    elif save_config_file and env.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.toml")
+    else:
+        metrics.truncate_after(-1, stage)  # a resume before the first checkpoint starts the stage over
+        if save_config_file and env.is_main:
+            write_run_config(out_dir, cfg)
 
     from flm.scaling.cost import flops_per_token
 
     flops_tok = flops_per_token(cfg.model, seq)
-    peak = tc.peak_flops or measure_matmul_peak(env.device)
-    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and env.device.type == "cuda")
-    if use_bf16 and env.device.type == "cpu":
-        raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     )
     valid_cache: list[tuple[Tensor, Tensor, Tensor]] | None = None
 
     def evaluate() -> float:
+        """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every
+        stage and for any number of ranks, so losses before and after a growth compare like for like."""
         nonlocal valid_cache
         if valid_cache is None:
-            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=micro, rank=env.rank,
+            rows = max(1, VAL_ROWS // env.world_size)
+            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=rows, rank=env.rank,
                              world_size=env.world_size, seed=0)
-            it = iter(vl)
-            valid_cache = [next(it) for _ in range(tc.eval_batches)]
+            valid_cache = list(vl.valid_batches(tc.eval_batches))
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
         with torch.no_grad(), autocast():
             for x, y, mk in valid_cache:
                 x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
-                total[0] += masked_lm_loss(model(x), y, mk, 1.0).double()
+                total[0] += model(x, targets=y, loss_weights=mk).double()
                 total[1] += mk.sum().double()
         model.train()
         all_reduce_sum(total, env)
@@ -296,13 +332,6 @@ def train_stage(
     def save(at_step: int, train_loss: float) -> Path:
         model_state = full_model_state(model, env)
         optim_tensors, optim_step = full_optim_state(model, optimizer, env)
-        loader_states = [loader.state_dict()]
-        if env.distributed:
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * env.world_size
-            dist.all_gather_object(gathered, loader_states[0])
-            loader_states = gathered
         folder = Path(ckpt_dir) / ck.CKPT_SUBDIR / ck.step_name(at_step)
         if env.is_main:
             data = ck.CheckpointData(
@@ -313,25 +342,26 @@ def train_stage(
                     "stage": stage, "step": at_step, "tokens": tokens, "flops": flops_done,
                     "seconds": seconds_before + time.perf_counter() - t_start,
                     "train_loss": train_loss, "ramp": ramp.state_dict() if ramp.total else None,
-                    "loader": {str(r): s for r, s in enumerate(loader_states)},
-                    "loader_rank0": loader_states[0],
+                    "loader": loader.state_dict(),  # global position: the same on every rank
                 },
                 growth=model.growth_state(),
                 rng=_rng_state(),
             )
             ck.save_checkpoint(folder, data, cfg, prepared.tokenizer)
-            ck.mark_latest(ckpt_dir, folder)
             ck.prune_checkpoints(ckpt_dir, tc.keep_last)
         barrier(env)
         return folder
 
     model.train()
     it = iter(loader)
-    start_step, t_start = step, time.perf_counter()
+    t_start = time.perf_counter()
     tokens_per_step = batch * seq
     last_loss, val_loss, last_ckpt = math.nan, None, None
+    if step >= tc.steps and latest is not None:  # resumed a finished stage: report what it ended with
+        last_loss, last_ckpt = float(data.trainer.get("train_loss", math.nan)), latest
+        val_loss = next((r["val_loss"] for r in reversed(read_metrics(metrics.path)) if "val_loss" in r), None)
     window_t, window_tok = time.perf_counter(), 0
-    progress = _progress(tc.progress and env.is_main, tc.steps, step, f"stage {stage}" if stage else "train")
+    progress = _progress(tc.progress and env.is_main)
     end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
     if eval_at_start and step == 0:
         val_loss = evaluate()
@@ -348,10 +378,12 @@ def train_stage(
             all_reduce_sum(count, env)
             denom = count.clamp_min(1.0) / env.world_size
             loss_sum = torch.zeros((), device=env.device)
-            for x, y, mk in micro_batches:
+            for i, (x, y, mk) in enumerate(micro_batches):
                 x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
+                if env.distributed and accum > 1:  # reduce-scatter gradients once, after the last micro-batch
+                    model.set_requires_gradient_sync(i == accum - 1)
                 with autocast():
-                    loss = masked_lm_loss(model(x), y, mk, denom)
+                    loss = model(x, targets=y, loss_weights=mk / denom)  # fused readout + masked CE
                 loss.backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
@@ -397,12 +429,6 @@ def train_stage(
         steps=step, tokens=tokens, flops=flops_done, seconds=time.perf_counter() - t_start,
         train_loss=last_loss, val_loss=val_loss, checkpoint=last_ckpt,
     )
-    result.extra["steps_run"] = step - start_step
-    if return_state:
-        result.model_state = full_model_state(model, env)
-        result.optim_tensors, result.optim_step = full_optim_state(model, optimizer, env)
-        result.extra["loader_state"] = loader.state_dict()
-        result.extra["tokenizer"] = prepared.tokenizer
     return result
 
 
@@ -411,7 +437,7 @@ def _desc(stage: int, loss: float, val: float | None) -> str:
     return f"{head}loss {loss:.3f}" + (f" val {val:.3f}" if val is not None else "")
 
 
-def _progress(enabled: bool, total: int, done: int, label: str):
+def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
     from rich.progress import (
@@ -427,7 +453,3 @@ def _progress(enabled: bool, total: int, done: int, label: str):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), transient=False,
     )
-
-
-def read_trainer_state(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / "trainer.json").read_text())

@@ -31,9 +31,7 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and (json.loads(line).get("stage", 0), json.loads(line)["step"]) <= (stage, step)
+            json.dumps(r) for r in read_metrics(self.path) if (r.get("stage", 0), r["step"]) <= (stage, step)
         ]
         atomic_write(self.path, "".join(line + "\n" for line in keep))
 
@@ -46,7 +44,7 @@ class MetricsLog:
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "stage"):
-                    self.tb.add_scalar(k, v, record["step"])
+                    self.tb.add_scalar(k, v, record["tokens"])  # tokens: one axis across stages
 
     def close(self) -> None:
         if self.tb is not None:
@@ -57,7 +55,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a crash mid-write
+            continue
+    return rows
 
 
 def measure_matmul_peak(device: torch.device | str = "cpu", n: int = 1024, seconds: float = 0.5) -> float:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from flm import checkpoint as ck
-from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict, save_config
+from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict
 from flm.errors import FlmError
 from flm.parallel import DistEnv, barrier, init_distributed
-from flm.train.loop import StageInit, check_out_dir, train_stage
+from flm.train.loop import StageInit, check_out_dir, rank0_first, train_stage, write_run_config
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.schedule import CosineSchedule, StageSchedule
 
@@ -78,9 +78,16 @@ def plan_stages(cfg: RunConfig) -> list[StagePlan]:
         st = cfg.stages[i] if cfg.stages else None
         lr = st.lr if st and st.lr else None
         warm = st.warmup_steps if st and st.warmup_steps is not None else None
+        st_growth = st.grow if st else None
+        if st_growth is not None and st_growth.ramp_steps > steps:
+            raise FlmError(
+                f"stages[{i}].grow.ramp_steps ({st_growth.ramp_steps}) is longer than the stage ({steps} steps): "
+                "the masks would still be on when the next stage starts; shorten the ramp"
+            )
         if cfg.lr_mode == "inherit":
             peak = cfg.stages[0].lr if cfg.stages and cfg.stages[0].lr else oc.lr
-            base = CosineSchedule(peak, oc.min_lr, oc.warmup_steps, total, offset=start)
+            warm0 = cfg.stages[0].warmup_steps if cfg.stages and cfg.stages[0].warmup_steps is not None else None
+            base = CosineSchedule(peak, oc.min_lr, oc.warmup_steps if warm0 is None else warm0, total, offset=start)
             sched = StageSchedule(base, start_lr=lr if i > 0 else None, rewarmup=(warm or 0) if i > 0 else 0)
         else:
             base = CosineSchedule(lr or oc.lr, oc.min_lr, oc.warmup_steps if warm is None else warm, steps)
@@ -88,6 +95,29 @@ def plan_stages(cfg: RunConfig) -> list[StagePlan]:
         plans.append(StagePlan(i + 1, stage_cfg, steps, st.grow if st else None, sched))
         start += steps
     return plans
+
+
+def _preflight(plans: list[StagePlan], env: DistEnv) -> None:
+    """What would otherwise fail in the middle of the run: batch layout per stage, the tokenizer's size
+    against the model's vocabulary (this prepares the data, which is cached), bf16 on a CPU."""
+    from flm.data.prepare import prepare_data
+    from flm.data.tokenizer import check_vocab
+
+    for p in plans:
+        tc = p.cfg.train
+        per_rank, rem = divmod(tc.batch_size, env.world_size)
+        if rem or (tc.micro_batch_size and per_rank % tc.micro_batch_size):
+            raise FlmError(
+                f"stage {p.index}: batch_size {tc.batch_size} does not split into {env.world_size} ranks of "
+                f"micro_batch_size {tc.micro_batch_size or per_rank}; change stages[{p.index - 1}].batch_size"
+            )
+        if tc.dtype == "bf16" and env.device.type == "cpu":
+            raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+    first = plans[0].cfg
+    prepared = rank0_first(env, lambda: prepare_data(first.data, progress=first.train.progress),
+                           lambda: prepare_data(first.data, progress=False))
+    for p in plans:
+        check_vocab(prepared.tokenizer, p.cfg.model)
 
 
 def _final_checkpoint(run_dir: Path, plan: StagePlan) -> Path | None:
@@ -119,7 +149,7 @@ def _grown_init(prev_ckpt: Path, plan: StagePlan, seed: int) -> StageInit:
         ramp={"step": 0, "total": plan.growth.ramp_steps},
         tokens=tr["tokens"],
         flops=tr["flops"],
-        loader_state=tr.get("loader_rank0"),
+        loader_state=tr.get("loader"),
     )
 
 
@@ -140,8 +170,10 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
             raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
         else:
             check_out_dir(out_dir, cfg, resume=False)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.toml")
+    barrier(env)
+    _preflight(plans, env)
+    if env.is_main and not resume:
+        write_run_config(out_dir, cfg)
     barrier(env)
     prev: Path | None = None
     for plan in plans:
@@ -187,8 +219,11 @@ def scratch_config(cfg: RunConfig, match: str = "tokens") -> RunConfig:
     data = config_to_dict(final)
     data["name"] = f"{cfg.name}-scratch-{match}"
     data["train"]["steps"] = max(1, round(tokens / (final.train.batch_size * seq)))
-    data["optim"]["lr"] = cfg.optim.lr
-    data["optim"]["warmup_steps"] = cfg.optim.warmup_steps
+    first = cfg.stages[0] if cfg.stages else None  # the plan's own peak LR and warmup
+    data["optim"]["lr"] = first.lr if first and first.lr else cfg.optim.lr
+    data["optim"]["warmup_steps"] = (
+        first.warmup_steps if first and first.warmup_steps is not None else cfg.optim.warmup_steps
+    )
     return config_from_dict(data, where="scratch baseline")
 
 

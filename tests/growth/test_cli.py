@@ -102,7 +102,6 @@ def test_toml_spec_reset_optimizer_and_run_folder(ckpt: Path, tmp_path: Path, ca
         '[grow]\nn_heads = 6\nn_layers = 4\ndepth_position = "interleave"\nreset_optimizer = true\n'
     )
     out = tmp_path / "grown"
-    ck.mark_latest(ckpt.parents[1], ckpt)
     code, stdout, _ = _run(["grow", str(ckpt.parents[1]), "--to", str(spec), "--out", str(out)], capsys)
     assert code == 0
     assert "n_heads 4 -> 6" in stdout and "n_layers 2 -> 4" in stdout
