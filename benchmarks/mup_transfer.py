@@ -38,7 +38,8 @@ def base_config(args: argparse.Namespace) -> RunConfig:
             "model": {
                 "vocab_size": args.vocab, "d_model": args.base_width, "n_layers": args.layers,
                 "n_heads": args.base_width // args.head_dim, "head_dim": args.head_dim,
-                "max_seq_len": args.seq_len, "mup_base_width": args.base_width, "init_std": 0.02,
+                "max_seq_len": args.seq_len, "mup_base_width": args.base_width, "init_std": args.init_std,
+                "output_mult": args.output_mult,
             },
             "data": {
                 "train": [{"path": str(corpus / "train.jsonl.gz")}],
@@ -93,14 +94,20 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--widths", default="64,512", help="proxy width first, then the target (default 64,512)")
-    p.add_argument("--lrs", default="2.5e-3,5e-3,1e-2,2e-2,4e-2", help="learning-rate grid (factor-2 steps)")
+    p.add_argument(
+        "--lrs", default="1.77e-3,3.54e-3,7.07e-3,1.41e-2,2.83e-2", help="learning-rate grid (factor-2 steps)"
+    )
     p.add_argument("--parameterizations", default="mup,sp", help="mup and/or sp")
-    p.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per run (default 600)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default 16)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
-    p.add_argument("--layers", type=int, default=2, help="depth (default 2)")
+    p.add_argument("--layers", type=int, default=1, help="depth (default 1: no induction-head plateau)")
     p.add_argument("--head-dim", type=int, default=16, help="head size; widths add heads (default 16)")
     p.add_argument("--base-width", type=int, default=64, help="μP base width (default 64)")
+    p.add_argument("--init-std", type=float, default=0.02, help="init std at the base width (default 0.02)")
+    p.add_argument(
+        "--output-mult", type=float, default=4.0, help="output multiplier (default 4, tuned at 64)"
+    )
     p.add_argument("--vocab", type=int, default=2048, help="BPE vocabulary (default 2048)")
     p.add_argument("--max-chars", type=int, default=4_000_000, help="training text used (default 4M chars)")
     p.add_argument(
@@ -134,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "widths": widths, "lrs": lrs, "steps": args.steps,
         "tokens_per_run": args.steps * args.batch_size * args.seq_len,
         "model": {"n_layers": args.layers, "head_dim": args.head_dim, "base_width": args.base_width,
-                  "vocab": args.vocab},
+                  "vocab": args.vocab, "init_std": args.init_std, "output_mult": args.output_mult,
+                  "batch_size": args.batch_size, "seq_len": args.seq_len},
         "val_loss": losses, "train_seconds": seconds,
         "best_lr": {}, "best_index_shift": {},
     }  # fmt: skip

@@ -318,8 +318,8 @@ def _search(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name / "mup-search"
     console = _console()
     console.print(
-        f"μP search: {len(points)} points on a width-{proxy.model.d_model} proxy ({proxy.model.n_layers} "
-        f"layers, {proxy.train.steps} steps each) -> {out}"
+        f"μP search: {len(points)} points on a width-{proxy.model.d_model} proxy (depth {proxy.model.n_layers}, "
+        f"{proxy.train.steps} steps each) -> {out}"
     )
     best: list[float] = [math.inf]
     with Progress(console=console) as bar:
@@ -343,7 +343,7 @@ def _search(args: argparse.Namespace) -> int:
             r.status, style=style,
         )  # fmt: skip
     console.print(table)
-    console.print(paths["fragment"].read_text())
+    console.print(paths["fragment"].read_text(), markup=False, highlight=False)
     console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['fragment']}, {paths['config']}")
     return 0
 

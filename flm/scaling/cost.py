@@ -152,7 +152,7 @@ def stage_plans(cfg: RunConfig) -> list[StagePlan]:
     for i, m in enumerate(models):
         st = cfg.stages[i] if cfg.stages else None
         where = f"stages[{i}]" if st else "config"
-        name = (st.name if st and st.name else None) or (f"stage {i}" if st else cfg.name)
+        name = (st.name if st and st.name else None) or (f"stage {i + 1}" if st else cfg.name)
         if st and st.tokens is not None:
             tokens = st.tokens
         else:

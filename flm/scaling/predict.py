@@ -176,6 +176,18 @@ def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple
     return model, at, loss_at_step(records, at, metric, window)
 
 
+def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to reuse a run folder that was trained from another config."""
+    from flm.checkpoint import read_config
+
+    saved = run_dir / "config.toml"
+    if saved.is_file() and read_config(saved).model_dump() != cfg.model_dump():
+        raise FlmError(
+            f"{run_dir} holds a run of another config (model, data, optimizer or schedule differ); "
+            "train into another --out, or delete that folder"
+        )
+
+
 def _finished(run_dir: Path, step: int, metric: str) -> bool:
     from flm.train.metrics import read_metrics
 
@@ -200,6 +212,7 @@ def train_series(
         wcfg = width_run_config(cfg, width)
         run_dir = out_dir / f"w{width}"
         dirs[width] = run_dir
+        check_same_run(run_dir, wcfg)
         if not _finished(run_dir, wcfg.train.steps, metric):
             from flm.checkpoint import latest_checkpoint
 

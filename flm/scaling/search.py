@@ -151,9 +151,12 @@ def run_search(
         raise FlmError(f"search metric '{metric}': use 'val_loss' or 'loss'")
     if train_fn is None:
         from flm.train.loop import train_stage as train_fn
+    from flm.scaling.predict import check_same_run
+
     results = []
     for point in points:
         run_dir = out_dir / "runs" / point.tag
+        check_same_run(run_dir, apply_point(proxy, point))
         res = _result_from_run(point, run_dir, metric)
         if res is None:
             res = _train_point(proxy, point, run_dir, metric, train_fn)
@@ -218,7 +221,7 @@ def config_fragment(best: SearchResult, proxy: RunConfig, n_points: int, metric:
 
     head = (
         f"# flm mup search: best of {n_points} points on a width-{proxy.model.d_model} proxy "
-        f"({proxy.model.n_layers} layers, {proxy.train.steps} steps): {metric} {best.loss:.4f}\n"
+        f"(depth {proxy.model.n_layers}, {proxy.train.steps} steps): {metric} {best.loss:.4f}\n"
         f"# under μP these transfer to any width with model.mup_base_width = {proxy.model.mup_base_width}\n"
     )
     return head + tomli_w.dumps(fragment)

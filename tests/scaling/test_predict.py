@@ -123,6 +123,9 @@ def test_train_series_uses_the_trainer_and_reuses_finished_runs(tiny_cfg, tmp_pa
         raise AssertionError("a finished run was retrained")
 
     assert P.train_series(cfg, [32, 48, 64], out, train_fn=must_not_train) == runs
+    longer = config_from_dict({**data, "train": {**data["train"], "steps": 5}})
+    with pytest.raises(FlmError, match="another config"):
+        P.train_series(longer, [32], out, train_fn=must_not_train)
     for width, run in runs.items():
         model, step, loss = P.read_run(run, None, "val_loss", 1)
         assert model == P.width_run_config(cfg, width).model and step == 4

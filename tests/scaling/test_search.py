@@ -117,6 +117,10 @@ def test_search_cli_trains_with_the_trainer_and_writes_a_fragment(tiny_cfg, tmp_
     proxy = S.proxy_config(config_from_dict(data))
     again = S.run_search(proxy, S.grid_points([1e-3, 1e-2], [0.02], [1.0]), out, train_fn=must_not_train)
     assert {r.point.lr: r.val_loss for r in again} == losses
+    with pytest.raises(FlmError, match="another config"):  # finished runs of another config are not reused
+        S.run_search(
+            S.proxy_config(config_from_dict(data), steps=5), S.grid_points([1e-3], [0.02], [1.0]), out
+        )
 
 
 def test_search_cli_needs_mup(tmp_path, capsys):
