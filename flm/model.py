@@ -430,20 +430,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(dev, enabled=False):
             w = weight.to(cdtype)
             for s in range(0, h.shape[0], chunk):
-                hc = h[s : s + chunk].to(cdtype)
-                y, wt = targets[s : s + chunk, None], weights[s : s + chunk, None]
-                z = (hc @ w.t()).float()
-                zy = z.gather(-1, y)
-                zmax = z.amax(-1, keepdim=True)
-                sumexp = z.sub_(zmax).exp_().sum(-1, keepdim=True)
-                loss += ((sumexp.log() + zmax - zy) * wt).sum()
-                if need_grad:  # d loss / d logits = wt * (softmax - onehot), written over z
-                    g = z.mul_(wt / sumexp).scatter_add_(-1, y, -wt).to(cdtype)
-                    dh[s : s + chunk] = g @ w
-                    if g.dtype == dw.dtype:
-                        dw.addmm_(g.t(), hc)
+                hc, y = h[s : s + chunk].to(cdtype), targets[s : s + chunk]
+                wt = weights[s : s + chunk, None]
+                logp = torch.log_softmax((hc @ w.t()).float(), dim=-1)
+                loss -= (logp.gather(-1, y[:, None]) * wt).sum()
+                if need_grad:
+                    # d loss / d logits = wt * (softmax - onehot), applied through the two matmuls: the
+                    # one-hot part is a row gather for dh and a row scatter for dw
+                    p = logp.exp_().to(cdtype)
+                    hw = hc * wt.to(cdtype)
+                    dh[s : s + chunk] = (p @ w - w[y]) * wt
+                    if p.dtype == dw.dtype:
+                        dw.addmm_(p.t(), hw)
                     else:
-                        dw.add_((g.t() @ hc).float())
+                        dw.add_((p.t() @ hw).float())
+                    dw.index_add_(0, y, hw.to(dw.dtype), alpha=-1.0)
         ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
         return loss
 

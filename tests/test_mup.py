@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -219,7 +220,8 @@ FSDP_SCRIPT = textwrap.dedent(
 def test_param_groups_survive_fsdp2(tmp_path):
     script = tmp_path / "fsdp_mup.py"
     script.write_text(FSDP_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and "FSDP2 OK" in out.stdout, out.stderr[-3000:]
 
 
