@@ -27,6 +27,7 @@ from flm.scaling import predict as P
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_OUT = ROOT / "runs" / "bench" / "loss_prediction"
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
@@ -51,7 +52,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
             "train": {
                 "steps": args.steps, "batch_size": args.batch_size, "eval_every": 0,
                 "eval_batches": args.eval_batches, "log_every": 10, "device": "cpu", "progress": False,
-                "seed": 0,
+                "seed": args.seed,
             },
         }
     )  # fmt: skip
@@ -78,15 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--params", default="non-embedding", choices=("non-embedding", "total"), help="N of the law"
     )
-    p.add_argument(
-        "--out", type=Path, default=ROOT / "runs" / "bench" / "loss_prediction", help="run folders"
-    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folders")
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared 2-core box)"
     )
+    p.add_argument("--seed", type=int, default=0, help="init and data-order seed of every run (default 0)")
     p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out and train again")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.seed and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name(f"loss_prediction_seed{args.seed}")
     fit_widths = sorted(int(w) for w in args.widths.split(","))
     targets = sorted(int(w) for w in args.targets.split(","))
     if args.fresh:
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": "loss_prediction",
         "command": "python benchmarks/loss_prediction.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed,
         "fit_widths": fit_widths, "targets": targets, "step": pred.step, "metric": "val_loss",
         "tokens_per_run": args.steps * args.batch_size * args.seq_len,
         "config": {"n_layers": args.layers, "head_dim": args.head_dim, "base_width": args.base_width,
@@ -126,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             for c in preds if c != args.params
         },
         "train_seconds": train_seconds,
+        "train_seconds_total": round(sum(train_seconds.values()), 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     result["within_1pct"] = result["max_abs_rel_error"] <= 0.01
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS / "loss_prediction.json", json.dumps(result, indent=2))
-    shutil.copy(args.out / "prediction.png", RESULTS / "loss_prediction.png")
+    name = "loss_prediction" + (f"_seed{args.seed}" if args.seed else "")
+    atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=2))
+    shutil.copy(args.out / "prediction.png", RESULTS / f"{name}.png")
     print(json.dumps(result))
     return 0
 
