@@ -131,6 +131,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--widths", type=_ints, help="d_model of the runs the law is fitted on (at least 3)")
     pr.add_argument("--targets", type=_ints, default=[], help="d_model of the larger runs to predict")
     pr.add_argument(
+        "--extrapolate",
+        type=_ints,
+        default=[],
+        help="d_model of widths to predict without training them (e.g. the model you plan to train)",
+    )
+    pr.add_argument(
         "--runs",
         type=Path,
         nargs="+",
@@ -378,6 +384,7 @@ def _predict(args: argparse.Namespace) -> int:
         if missing:
             raise FlmError(f"--targets {sorted(missing)}: no run among --runs has that d_model")
         fit_widths = [w for w in runs if w not in targets]
+        template = read_config(runs[max(runs)] / "config.toml").model
         out = args.out or Path("runs") / "predict"
     else:
         if not args.config:
@@ -389,6 +396,7 @@ def _predict(args: argparse.Namespace) -> int:
         if overlap:
             raise FlmError(f"widths {sorted(overlap)} are in both --widths and --targets")
         fit_widths = sorted(args.widths)
+        template = cfg.model
         all_widths = fit_widths + sorted(args.targets)
         out = args.out or Path("runs") / cfg.name / "predict"
         if args.no_train:
@@ -407,6 +415,7 @@ def _predict(args: argparse.Namespace) -> int:
     pred = P.predict_from_runs(
         runs, fit_widths, step=args.step, metric=args.metric, window=args.window, count=args.params
     )
+    extrapolated = P.extrapolate(pred, template, args.extrapolate) if args.extrapolate else []
     json_path, png_path = P.save_prediction(pred, out)
     f = pred.fit
     table = Table(title=f"{args.metric} at step {pred.step}: L = {f.a:.4g}·(N/1e6)^{f.b:.4g} + {f.c:.4g}")
@@ -418,6 +427,8 @@ def _predict(args: argparse.Namespace) -> int:
             str(p.width), f"{p.n_params:,}", p.role, f"{p.loss:.4f}", _fmt(p.predicted),
             "-" if err is None else f"{100 * err:+.2f}%", style="bold" if p.role == "predict" else None,
         )  # fmt: skip
+    for e in extrapolated:
+        table.add_row(str(e["width"]), f"{e['n_params']:,}", "extrapolate", "-", _fmt(e["predicted"]), "-")
     console.print(table)
     console.print(f"wrote {json_path} and {png_path}")
     return 0

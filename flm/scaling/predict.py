@@ -251,6 +251,19 @@ def predict_from_runs(
     return Prediction(fit, points, steps.pop(), metric, count)
 
 
+def extrapolate(pred: Prediction, template: ModelConfig, widths: Sequence[int]) -> list[dict[str, Any]]:
+    """Predicted losses of widths that were not trained (``template`` at each width), kept in
+    ``pred.extra["extrapolated"]``."""
+    from flm.mup import with_width
+
+    rows = []
+    for width in widths:
+        n = n_params(with_width(template, width), pred.count)
+        rows.append({"width": width, "n_params": n, "predicted": float(pred.fit(n))})
+    pred.extra["extrapolated"] = rows
+    return rows
+
+
 def save_prediction(pred: Prediction, out_dir: Path) -> tuple[Path, Path]:
     """prediction.json and prediction.png (loss vs N, log x, fitted curve extended to the largest run)."""
     import matplotlib
@@ -261,7 +274,8 @@ def save_prediction(pred: Prediction, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / "prediction.json", out_dir / "prediction.png"
     atomic_write(json_path, json.dumps(pred.to_json(), indent=2))
-    ns = np.array([p.n_params for p in pred.points], dtype=np.float64)
+    extra = pred.extra.get("extrapolated", [])
+    ns = np.array([p.n_params for p in pred.points] + [e["n_params"] for e in extra], dtype=np.float64)
     grid = np.geomspace(ns.min() / 1.5, ns.max() * 1.5, 200)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     f = pred.fit
@@ -291,6 +305,15 @@ def save_prediction(pred: Prediction, out_dir: Path) -> tuple[Path, Path]:
             ax.annotate(
                 f"w{p.width}", (p.n_params, p.loss), textcoords="offset points", xytext=(4, 4), fontsize=8
             )
+    if extra:
+        ax.plot(
+            [e["n_params"] for e in extra], [e["predicted"] for e in extra], "x", ms=8, label="extrapolated"
+        )
+        for e in extra:
+            ax.annotate(
+                f"w{e['width']}: {e['predicted']:.3f}", (e["n_params"], e["predicted"]),
+                textcoords="offset points", xytext=(-10, 10), ha="right", fontsize=8,
+            )  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel(f"parameters ({pred.count})")
     ax.set_ylabel(f"{pred.metric} at step {pred.step}")

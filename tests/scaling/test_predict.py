@@ -88,7 +88,8 @@ def test_predict_cli_reads_finished_runs(tmp_path, capsys):
     law = lambda w: 1.5 * (model(w).num_params(embeddings=False) / 1e6) ** -0.3 + 2.0  # noqa: E731
     runs = [_fake_run(tmp_path / f"w{w}", w, law(w)) for w in widths]
     out = tmp_path / "pred"
-    rc = main(["predict", "--runs", *map(str, runs), "--targets", "384", "--out", str(out)])
+    argv = ["predict", "--runs", *map(str, runs), "--targets", "384", "--extrapolate", "1024,2048"]
+    rc = main([*argv, "--out", str(out)])
     assert rc == 0
     result = json.loads((out / "prediction.json").read_text())
     assert (out / "prediction.png").stat().st_size > 10_000
@@ -98,7 +99,9 @@ def test_predict_cli_reads_finished_runs(tmp_path, capsys):
     held = [p for p in result["points"] if p["role"] == "predict"][0]
     assert abs(held["rel_error"]) < 1e-4
     assert result["fit"]["b"] == pytest.approx(-0.3, rel=1e-3)
-    assert "384" in capsys.readouterr().out
+    assert [e["width"] for e in result["extrapolated"]] == [1024, 2048]
+    assert result["extrapolated"][0]["predicted"] == pytest.approx(law(1024), rel=1e-4)
+    assert "extrapolate" in capsys.readouterr().out
 
 
 def test_predict_cli_errors_are_one_line(tmp_path, capsys):
