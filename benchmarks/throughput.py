@@ -3,7 +3,9 @@
 One training step = forward + mean cross-entropy over all tokens + backward + AdamW step (same settings,
 foreach), on the same batch for every model. All models run in the same process, interleaved (the order
 alternates every repeat, so drift and other processes hit all alike), on the same threads; warm-up steps are
-excluded; tokens/s are medians, ratios (HF step time / flm step time) are medians of per-repeat ratios.
+excluded; tokens/s are medians, ``ratio`` (HF step time / flm step time) is the median of per-repeat ratios
+and ``ratio_best`` the ratio of the fastest steps. The run also reports how much CPU other processes took
+(``others_cpu_pct``): on a shared machine, rerun when it is near 0. Per-step times go to the results file.
 
 HF is GPT-NeoX with flm's shape: rotary on all dims, sequential residual, tied embeddings, biases, tanh GeLU
 (gelu_pytorch_tanh, the same kernel), SDPA attention. Three flm rows:
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -154,7 +157,7 @@ def make_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Tensor], f
 
 
 def measure_shape(
-    name: str, s: Shape, warmup: int, repeats: int, steps: int, xpos_off: bool, progress: Progress
+    name: str, s: Shape, warmup: int, repeats: int, xpos_off: bool, progress: Progress
 ) -> dict[str, list[float]]:
     """Seconds per training step of each variant, one entry per repeat."""
     torch.manual_seed(0)
@@ -172,7 +175,7 @@ def measure_shape(
         flm_nx = build_flm(s, xpos=False)
         runners["flm_noxpos"] = make_step(flm_nx, lambda a, b: flm_nx(a, targets=b))
     names = list(runners)
-    task = progress.add_task(name, total=len(names) * (warmup + repeats * steps))
+    task = progress.add_task(name, total=len(names) * (warmup + repeats))
     for key in names:
         for _ in range(warmup):
             runners[key](x, y)
@@ -181,10 +184,9 @@ def measure_shape(
     for r in range(repeats):  # interleaved, the order alternating, so that drift hits every variant alike
         for key in names if r % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
-            for _ in range(steps):
-                runners[key](x, y)
-            per_step[key].append((time.perf_counter() - t0) / steps)
-            progress.advance(task, steps)
+            runners[key](x, y)
+            per_step[key].append(time.perf_counter() - t0)
+            progress.advance(task)
     return per_step
 
 
@@ -198,6 +200,9 @@ def summarize(s: Shape, per_step: dict[str, list[float]], peak: float) -> dict[s
     def ratio(key: str) -> float:
         return statistics.median(h / f for h, f in zip(per_step["hf"], per_step[key]))
 
+    def ratio_best(key: str) -> float:  # the least disturbed repeat of each
+        return min(per_step["hf"]) / min(per_step[key])
+
     row = {
         "flm_tok_s": round(tok_s("flm"), 1),
         "hf_tok_s": round(tok_s("hf"), 1),
@@ -206,11 +211,22 @@ def summarize(s: Shape, per_step: dict[str, list[float]], peak: float) -> dict[s
         "hf_mfu": round(tok_s("hf") * fpt / (peak * 1e9), 3),
         "flm_logits_tok_s": round(tok_s("flm_logits"), 1),
         "ratio_logits": round(ratio("flm_logits"), 3),
+        "ratio_best": round(ratio_best("flm"), 3),
     }
     if "flm_noxpos" in per_step:
         row["flm_noxpos_tok_s"] = round(tok_s("flm_noxpos"), 1)
         row["ratio_noxpos"] = round(ratio("flm_noxpos"), 3)
     return row
+
+
+def cpu_busy() -> float:
+    """Seconds of CPU time all processes on this machine have used (from /proc/stat; 0 where absent)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_name() -> str:
@@ -223,28 +239,49 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def measure_in_child(name: str, args: argparse.Namespace, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Each shape runs in a fresh process: the allocator state (which decides whether the large temporary
+    tensors of a step are recycled or mapped anew every step) is then that of a training run of this shape,
+    not whatever the previous shape left behind."""
+    cmd = [sys.executable, __file__, "--one-shape", name, "--threads", str(args.threads)]
+    cmd += ["--warmup", str(warmup), "--repeats", str(repeats)] + (["--xpos-off"] if args.xpos_off else [])
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 warm-up step, 3 repeats of 1 step (noisier)")
+    p.add_argument("--quick", action="store_true", help="1 warm-up step and 3 timed steps per model (noisy)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both models (2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per model (default 7, quick 3)")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed steps per model (default: large 7, small 15; quick 3)"
+    )
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default 5, quick 1)")
     p.add_argument("--xpos-off", action="store_true", help="also time flm with xPos disabled")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["large", "small"])
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file ({RESULTS})")
+    p.add_argument("--one-shape", choices=sorted(SHAPES), help=argparse.SUPPRESS)  # the child process
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    warmup = 1 if args.quick else 2
-    repeats = args.repeats or (3 if args.quick else 7)
-    steps = {"large": 1, "small": 1 if args.quick else 3}
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    repeats = {"large": 7, "small": 15} if args.repeats is None else dict.fromkeys(SHAPES, args.repeats)
+    if args.quick and args.repeats is None:
+        repeats = dict.fromkeys(SHAPES, 3)
+    if args.one_shape:
+        with Progress(transient=True, console=Console(stderr=True)) as progress:
+            name = args.one_shape
+            times = measure_shape(name, SHAPES[name], warmup, repeats[name], args.xpos_off, progress)
+        print(json.dumps(times))
+        return 0
 
-    load_before = os.getloadavg()[0]
+    load_before, busy_before = os.getloadavg()[0], cpu_busy()
+    t_start = time.perf_counter()
     peaks = [peak_gflops()]
     per_step: dict[str, dict[str, list[float]]] = {}
-    with Progress(transient=True, console=Console(stderr=True)) as progress:
-        for name in args.shapes:
-            per_step[name] = measure_shape(name, SHAPES[name], warmup, repeats, steps[name], args.xpos_off, progress)
-            peaks.append(peak_gflops())
+    for name in args.shapes:
+        per_step[name] = measure_in_child(name, args, warmup, repeats[name])
+        peaks.append(peak_gflops())
     peak = max(peaks)  # measured before, between and after the shapes; the best counts
 
     result: dict[str, object] = {name: summarize(SHAPES[name], t, peak) for name, t in per_step.items()}
@@ -254,16 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     result["torch"] = torch.__version__
     result["machine"] = cpu_name()
     result["loadavg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    if max(result["loadavg"]) > args.threads + 0.5:  # type: ignore[arg-type]
+    busy, wall = cpu_busy() - busy_before, time.perf_counter() - t_start
+    own = sum(os.times()[:4])  # this process and its children
+    result["others_cpu_pct"] = round(100 * max(busy - own, 0.0) / (wall * (os.cpu_count() or 1)), 1)
+    if result["others_cpu_pct"] > 10:  # type: ignore[operator]
         print(
-            f"warning: load average {result['loadavg']} above {args.threads} threads: other processes shared "
-            "the CPU, so tokens/s and MFU are low (the ratios are paired in time and hold up better)",
+            f"warning: other processes used {result['others_cpu_pct']}% of the CPUs during the run, so "
+            "tokens/s and MFU are low and the ratios noisy: rerun on an idle machine",
             file=sys.stderr,
         )
-    line = json.dumps(result)
-    print(line)
+    print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    raw = {name: {k: [round(v, 4) for v in vals] for k, vals in t.items()} for name, t in per_step.items()}
+    args.out.write_text(json.dumps({**result, "step_seconds": raw}, indent=2) + "\n")
     return 0
 
 
