@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from proxy_config import proxy_config
 from rich.progress import Progress
 
-from flm.config import RunConfig, atomic_write, config_from_dict
+from flm.config import RunConfig, atomic_write
 from flm.scaling import predict as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,31 +36,9 @@ DEFAULT_OUT = ROOT / "runs" / "bench" / "loss_prediction"
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
-    corpus = ROOT / "data" / "pd-english"
-    return config_from_dict(
-        {
-            "name": "loss-prediction",
-            "model": {
-                "vocab_size": args.vocab, "d_model": args.base_width, "n_layers": args.layers,
-                "n_heads": args.base_width // args.head_dim, "head_dim": args.head_dim,
-                "max_seq_len": args.seq_len, "mup_base_width": args.base_width, "init_std": args.init_std,
-                "output_mult": args.output_mult,
-            },
-            "data": {
-                "train": [{"path": str(corpus / "train.jsonl.gz")}],
-                "valid": [{"path": str(corpus / "valid.jsonl.gz")}],
-                "tokenizer": {"kind": "bpe", "vocab_size": args.vocab},
-                "prepared_dir": str(ROOT / "data" / "prepared"),
-                "max_chars": args.max_chars,
-            },
-            "optim": {"lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": max(1, args.steps // 10)},
-            "train": {
-                "steps": args.steps, "batch_size": args.batch_size, "eval_every": 0,
-                "eval_batches": args.eval_batches, "log_every": 10, "device": "cpu", "progress": False,
-                "seed": args.seed,
-            },
-        }
-    )  # fmt: skip
+    return proxy_config(
+        args, name="loss-prediction", lr=args.lr, min_lr=args.lr / 10, eval_batches=args.eval_batches, seed=args.seed
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

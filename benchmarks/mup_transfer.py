@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from proxy_config import proxy_config
 from rich.progress import Progress
 
-from flm.config import RunConfig, atomic_write, config_from_dict
+from flm.config import RunConfig, atomic_write
 from flm.mup import with_width
 from flm.scaling.search import SearchPoint, run_search
 
@@ -34,30 +35,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def base_config(args: argparse.Namespace) -> RunConfig:
-    corpus = ROOT / "data" / "pd-english"
-    return config_from_dict(
-        {
-            "name": "mup-transfer",
-            "model": {
-                "vocab_size": args.vocab, "d_model": args.base_width, "n_layers": args.layers,
-                "n_heads": args.base_width // args.head_dim, "head_dim": args.head_dim,
-                "max_seq_len": args.seq_len, "mup_base_width": args.base_width, "init_std": args.init_std,
-                "output_mult": args.output_mult,
-            },
-            "data": {
-                "train": [{"path": str(corpus / "train.jsonl.gz")}],
-                "valid": [{"path": str(corpus / "valid.jsonl.gz")}],
-                "tokenizer": {"kind": "bpe", "vocab_size": args.vocab},
-                "prepared_dir": str(ROOT / "data" / "prepared"),
-                "max_chars": args.max_chars,
-            },
-            "optim": {"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": max(1, args.steps // 10)},
-            "train": {
-                "steps": args.steps, "batch_size": args.batch_size, "eval_every": 0, "eval_batches": 16,
-                "log_every": 10, "device": "cpu", "progress": False, "seed": 0,
-            },
-        }
-    )  # fmt: skip
+    return proxy_config(args, name="mup-transfer", lr=1e-2, min_lr=1e-3, eval_batches=16, seed=0)
 
 
 def run_config(base: RunConfig, width: int, parameterization: str) -> RunConfig:
