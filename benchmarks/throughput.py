@@ -1,11 +1,12 @@
 """Training throughput of flm vs Hugging Face GPTNeoXForCausalLM of the same shape, fp32 on the CPU.
 
 One training step = forward + mean cross-entropy over all tokens + backward + AdamW step (same settings,
-foreach), on the same batch for every model. All models run in the same process, interleaved (the order
-alternates every repeat, so drift and other processes hit all alike), on the same threads; warm-up steps are
-excluded; tokens/s are medians, ``ratio`` (HF step time / flm step time) is the median of per-repeat ratios
-and ``ratio_best`` the ratio of the fastest steps. The run also reports how much CPU other processes took
-(``others_cpu_pct``): on a shared machine, rerun when it is near 0. Per-step times go to the results file.
+fused, as flm's trainer runs it), on the same batch for every model. All models run in the same process,
+interleaved (the order alternates every repeat, so drift and other processes hit all alike), on the same
+threads; warm-up steps are excluded; tokens/s are medians, ``ratio`` (HF step time / flm step time) is the
+median of per-repeat ratios and ``ratio_best`` the ratio of the fastest steps. The run also reports how much
+CPU other processes took (``others_cpu_pct``): on a shared machine, rerun when it is near 0. Per-step times go
+to the results file.
 
 HF is GPT-NeoX with flm's shape: rotary on all dims, sequential residual, tied embeddings, biases, tanh GeLU
 (gelu_pytorch_tanh, the same kernel), SDPA attention. Three flm rows:
@@ -13,6 +14,12 @@ HF is GPT-NeoX with flm's shape: rotary on all dims, sequential residual, tied e
   row chunks, see flm.model.linear_cross_entropy), xPos on (the FLM default);
 - ``flm_logits``: ``model(x)`` logits then F.cross_entropy, exactly HF's path around the model;
 - ``flm_noxpos`` (with --xpos-off): as ``flm`` with xPos off.
+
+A fourth row, ``bound``, is the same shape stripped to the kernels MFU counts: embedding lookup, per block
+one fused QKV matmul, SDPA causal attention, the output and two MLP matmuls (no activation) and residual
+adds, then flm's chunked readout + cross-entropy and the same AdamW. No LayerNorm, GeLU, biases, rotary or
+masks: whatever a full model adds costs time on top of it, so ``bound_mfu`` is the practical MFU ceiling on
+this machine and ``flm_of_bound`` (flm tok/s over bound tok/s) says how much flm loses around its kernels.
 
 MFU = model FLOPs/s (flm.scaling.cost.flops_per_token) over the best fp32 n x n matmul rate measured in
 the same run on the same threads (flm.train.metrics.measure_matmul_peak, before, between and after the
@@ -48,7 +55,7 @@ from rich.progress import Progress  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from flm.config import ModelConfig  # noqa: E402
-from flm.model import FLM  # noqa: E402
+from flm.model import FLM, linear_cross_entropy  # noqa: E402
 from flm.scaling.cost import flops_per_token  # noqa: E402
 from flm.train.metrics import measure_matmul_peak  # noqa: E402
 
@@ -103,6 +110,34 @@ def build_flm(s: Shape, xpos: bool) -> FLM:
     return FLM(s.model_config(xpos))
 
 
+class KernelBound(nn.Module):
+    """The matmul + attention skeleton of a shape (see the module docstring, ``bound``)."""
+
+    def __init__(self, s: Shape) -> None:
+        super().__init__()
+        self.s = s
+        d, ff = s.d_model, s.d_ff
+
+        def w(rows: int, cols: int) -> nn.Parameter:
+            return nn.Parameter(torch.randn(rows, cols) * 0.02)
+
+        self.emb = w(s.vocab, d)
+        self.layers = nn.ModuleList(
+            nn.ParameterList([w(3 * d, d), w(d, d), w(ff, d), w(d, ff)]) for _ in range(s.n_layers)
+        )
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        b, t, nh = x.shape[0], x.shape[1], self.s.n_heads
+        h = F.embedding(x, self.emb)
+        for qkv_w, o_w, up_w, down_w in self.layers:  # type: ignore[misc]
+            q, k, v = F.linear(h, qkv_w).view(b, t, 3, nh, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, -1)
+            h = h + F.linear(a, o_w)
+            h = h + F.linear(F.linear(h, up_w), down_w)
+        y = y.reshape(-1)
+        return linear_cross_entropy(h.flatten(0, 1), self.emb, y, torch.full(y.shape, 1.0 / y.numel()))
+
+
 def build_hf(s: Shape) -> nn.Module:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -142,8 +177,9 @@ def logits_loss(forward: Callable[[Tensor], Tensor]) -> LossFn:
 
 
 def make_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
-    """forward + loss + backward + AdamW step; the same optimizer settings for every model."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+    """forward + loss + backward + AdamW step; the same optimizer settings for every model (fused, as flm's
+    trainer)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     model.train()
 
     def step(x: Tensor, y: Tensor) -> float:
@@ -163,13 +199,14 @@ def measure_shape(
     torch.manual_seed(0)
     x = torch.randint(0, s.vocab, (s.batch, s.seq))
     y = torch.randint(0, s.vocab, (s.batch, s.seq))
-    flm, flm_l, hf = build_flm(s, xpos=True), build_flm(s, xpos=True), build_hf(s)
+    flm, flm_l, hf, bound = build_flm(s, xpos=True), build_flm(s, xpos=True), build_hf(s), KernelBound(s)
     runners = {
         # flm as its trainer runs it: the loss comes out of forward (chunked readout + cross-entropy)
         "flm": make_step(flm, lambda a, b: flm(a, targets=b)),
         # flm through the same logits -> F.cross_entropy path as HF
         "flm_logits": make_step(flm_l, logits_loss(flm_l)),
         "hf": make_step(hf, logits_loss(lambda t: hf(input_ids=t, use_cache=False).logits)),
+        "bound": make_step(bound, bound),
     }
     if xpos_off:
         flm_nx = build_flm(s, xpos=False)
@@ -212,6 +249,9 @@ def summarize(s: Shape, per_step: dict[str, list[float]], peak: float) -> dict[s
         "flm_logits_tok_s": round(tok_s("flm_logits"), 1),
         "ratio_logits": round(ratio("flm_logits"), 3),
         "ratio_best": round(ratio_best("flm"), 3),
+        "bound_tok_s": round(tok_s("bound"), 1),
+        "bound_mfu": round(tok_s("bound") * fpt / (peak * 1e9), 3),
+        "flm_of_bound": round(statistics.median(b / f for b, f in zip(per_step["bound"], per_step["flm"])), 3),
     }
     if "flm_noxpos" in per_step:
         row["flm_noxpos_tok_s"] = round(tok_s("flm_noxpos"), 1)

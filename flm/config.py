@@ -202,7 +202,9 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     peak_flops: float | None = Field(None, gt=0, description="per-device peak FLOP/s for MFU")
-    compile: bool = False
+    compile: bool = Field(
+        False, description="torch.compile each block (fuses the elementwise work; pays off on GPU, ~0 on CPU)"
+    )
     progress: bool = True
 
 

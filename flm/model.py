@@ -110,8 +110,15 @@ class Rotary(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
         """q, k: (batch, seq, heads, head_dim); rotated copies."""
-        table_q, table_k = self.tables(start, q.shape[1], q.device)
-        return _rotate(q, table_q), _rotate(k, table_k)
+        return apply_rotary(q, k, self.tables(start, q.shape[1], q.device))
+
+
+Tables = tuple[Tensor, Tensor]
+
+
+def apply_rotary(q: Tensor, k: Tensor, tables: Tables) -> tuple[Tensor, Tensor]:
+    """q, k rotated by ``Rotary.tables`` (computed once per forward, outside any compiled block)."""
+    return _rotate(q, tables[0]), _rotate(k, tables[1])
 
 
 def _rotate(x: Tensor, table: Tensor) -> Tensor:
@@ -168,11 +175,12 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        rotary: Rotary,
+        rope: Tables,
         m: Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
+        """``rope``: the rotary tables of positions cache.pos .. cache.pos + seq - 1 (0 .. without a cache)."""
         b, t, _ = x.shape
         nh, hd = self.n_heads, self.head_dim
         q = self.q(x).view(b, t, nh, hd)
@@ -183,7 +191,7 @@ class Attention(nn.Module):
             hm = head_mask[:, None]
             q, k, v = q * hm, k * hm, v * hm
         start = cache.pos if cache is not None else 0
-        q, k = rotary(q, k, start)
+        q, k = apply_rotary(q, k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         attn_mask, causal = None, True
         if cache is not None:
@@ -235,13 +243,13 @@ class Block(nn.Module):
     def forward(
         self,
         h: Tensor,
-        rotary: Rotary,
+        rope: Tables,
         m: Tensor,
         hidden_mask: Tensor | None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        a = self.drop(self.attn(self.ln1(h, hidden_mask), rotary, m, cache, layer))
+        a = self.drop(self.attn(self.ln1(h, hidden_mask), rope, m, cache, layer))
         if hidden_mask is not None:
             a = a * hidden_mask
         out = h + a
@@ -249,7 +257,7 @@ class Block(nn.Module):
         if hidden_mask is not None:
             f = f * hidden_mask
         out = out + f
-        if self.depth_new is not None and bool(self.depth_new):
+        if self.depth_new is not None:  # only present (and True) while this block ramps in
             out = h + m * (out - h)
         return out
 
@@ -364,8 +372,9 @@ class FLM(nn.Module):
             h = self.drop(h)
         else:
             h = tokens
+        rope = self.rotary.tables(cache.pos if cache is not None else 0, h.shape[1], h.device)
         for i, block in self.blocks.items():
-            h = block(h, self.rotary, m, hidden_mask, cache, int(i))
+            h = block(h, rope, m, hidden_mask, cache, int(i))
         if cache is not None:
             cache.pos += h.shape[1]
         if self.ln_f is None:

@@ -66,6 +66,16 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
     return env
 
 
+def apply_compile(model: nn.Module) -> nn.Module:
+    """Compile each block in place (regional compilation, as torchtitan does): the blocks share one code
+    object, so one compilation serves every layer, and parameter names (checkpoints, muP groups, FSDP2)
+    do not change. Call before ``apply_fsdp``. A growth ramp adds mask buffers: one recompile when it
+    starts and one when it ends."""
+    for block in model.blocks.values():  # type: ignore[attr-defined]
+        block.compile()
+    return model
+
+
 def apply_fsdp(model: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
     """Shard each block, then the root (embedding, final norm), over the data-parallel mesh. With bf16 the
     all-gathers carry bf16 parameters and gradients are reduced in fp32 (the master weights stay fp32)."""

@@ -27,7 +27,7 @@ from flm.errors import FlmError
 from flm.growth.ramp import MaskRamp
 from flm.model import FLM
 from flm.mup import param_groups
-from flm.parallel import DistEnv, all_reduce_sum, apply_fsdp, barrier, init_distributed
+from flm.parallel import DistEnv, all_reduce_sum, apply_compile, apply_fsdp, barrier, init_distributed
 from flm.train.metrics import MetricsLog, measure_matmul_peak, read_metrics
 from flm.train.schedule import CosineSchedule
 
@@ -257,9 +257,14 @@ def train_stage(
         if init.growth_state:
             model.load_growth_state(init.growth_state)
     model.to(env.device)
+    if tc.compile:
+        apply_compile(model)
     apply_fsdp(model, env, bf16=use_bf16)
     groups = param_groups(model, oc.lr, oc.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay)
+    # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
+    optimizer = torch.optim.AdamW(
+        groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
+    )
     schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
     loader = TokenLoader(prepared, "train", seq_len=seq, batch_size=micro, rank=env.rank,
                          world_size=env.world_size, seed=tc.seed)
