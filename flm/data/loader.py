@@ -223,7 +223,17 @@ class TokenLoader:
             "data_hash": self.data_hash,
         }
 
+    def continues(self, state: dict[str, Any]) -> bool:
+        """Whether ``state`` is a position in this very stream (same split, data, seed and seq_len)."""
+        return (
+            state.get("split") == self.split
+            and state.get("data_hash") == self.data_hash
+            and state.get("seed") == self.seed
+            and state.get("seq_len") == self.seq_len
+        )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly at ``state``; anything that would make the stream differ is one clear error."""
         try:
             samples, counts = int(state["samples"]), [int(c) for c in state["counts"]]
             seq_len, split = int(state["seq_len"]), state["split"]
@@ -235,6 +245,18 @@ class TokenLoader:
             raise FlmError(
                 f"loader state was saved with seq_len {seq_len}, this run uses {self.seq_len}: "
                 "keep train.seq_len unchanged when resuming"
+            )
+        saved_hash, saved_seed = state.get("data_hash"), state.get("seed")
+        if saved_hash is not None and saved_hash != self.data_hash:
+            raise FlmError(
+                f"loader state was saved on prepared data {str(saved_hash)[:12]}, this run reads "
+                f"{self.data_hash[:12]}: the corpus, its weights or the tokenizer changed since the checkpoint; "
+                "resume with the same [data] (or start a new run folder)"
+            )
+        if saved_seed is not None and int(saved_seed) != self.seed:
+            raise FlmError(
+                f"loader state was saved with train.seed {saved_seed}, this run uses {self.seed}: the data order "
+                "would differ; keep train.seed unchanged when resuming"
             )
         if len(counts) != len(self.streams):
             raise FlmError(

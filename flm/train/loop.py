@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -273,8 +274,14 @@ def train_stage(
     seconds_before = 0.0
     if init is not None:
         load_optim_state(model, optimizer, init.optim_tensors, init.optim_step, env)
-        if init.loader_state:
-            loader.load_state_dict(init.loader_state)
+        if init.loader_state and loader.continues(init.loader_state):
+            loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
+        elif init.loader_state and env.is_main:
+            print(  # e.g. `flm train --init` on other data: a fresh stream, not an error
+                "note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
+                "this stage reads its data from the start",
+                file=sys.stderr,
+            )
         ramp.apply(model)
 
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")

@@ -179,6 +179,14 @@ def test_loader_errors(mixed: PreparedData) -> None:
         TokenLoader(mixed, "valid", seq_len=T, batch_size=2).load_state_dict(state | {"split": "valid"})
     with pytest.raises(ValueError):
         TokenLoader(mixed, "train", seq_len=T, batch_size=2, rank=2, world_size=2)
+    # a resume on other data or another seed would silently read another stream: refused
+    with pytest.raises(FlmError, match="train.seed 0, this run uses 3"):
+        TokenLoader(mixed, "train", seq_len=T, batch_size=2, seed=3).load_state_dict(state)
+    with pytest.raises(FlmError, match="prepared data 0123456789ab.*tokenizer changed"):
+        loader.load_state_dict(state | {"data_hash": "0123456789abcdef"})
+    assert loader.continues(state)
+    assert not TokenLoader(mixed, "train", seq_len=T, batch_size=2, seed=3).continues(state)
+    assert not loader.continues(state | {"data_hash": "0123456789abcdef"})
 
 
 def test_no_valid_sources_is_a_clear_error(corpus: Path, tmp_path: Path) -> None:

@@ -148,3 +148,16 @@ def test_train_init_from_an_offline_grown_checkpoint(tiny_cfg, tmp_path, capsys)
     assert [r["mask_m"] for r in rows[:2]] == [0.5, 1.0]
     small_loss = read_metrics(tmp_path / "small" / "metrics.jsonl")[-1]["loss"]
     assert rows[0]["loss"] < small_loss + 1.0  # starts from the trained function, not from scratch
+
+
+def test_init_on_another_seed_reads_the_data_from_the_start(tiny_cfg, tmp_path, capsys):
+    """--init from a run on another data stream is allowed (new data for a grown model), with a note;
+    from the same stream the loader reads on where the checkpoint stopped."""
+    first = write_cfg(tmp_path / "a.toml", tiny_cfg(steps=2))
+    assert main(["train", str(first), "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    same = main(["train", str(first), "--out", str(tmp_path / "same"), "--init", str(tmp_path / "a")])
+    assert same == 0 and "note:" not in capsys.readouterr().err
+    other = write_cfg(tmp_path / "b.toml", tiny_cfg(steps=2, seed=5))
+    assert main(["train", str(other), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a")]) == 0
+    assert "reads its data from the start" in capsys.readouterr().err
