@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from flm import checkpoint as ck
@@ -42,13 +41,6 @@ class StageResult:
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
-
-
-def masked_lm_loss(logits: Tensor, targets: Tensor, mask: Tensor, denom: float | Tensor) -> Tensor:
-    """Sum of per-token cross-entropy where ``mask`` is set, divided by ``denom`` (the token count of the
-    whole global batch, so that accumulation and data parallelism give the single-process gradient)."""
-    ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1), reduction="none")
-    return (ce * mask.view(-1)).sum() / denom
 
 
 def _rng_state() -> dict[str, Tensor]:

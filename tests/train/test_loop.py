@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from flm.checkpoint import latest_checkpoint, load_model
 from flm.cli import main
-from flm.config import config_from_dict, dump_toml
-from flm.train.loop import masked_lm_loss, train_stage
+from flm.config import ModelConfig, config_from_dict, dump_toml
+from flm.model import FLM
+from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 
 
@@ -21,17 +23,27 @@ def write_cfg(path: Path, cfg: dict) -> Path:
 
 
 def test_masked_loss_ignores_masked_tokens():
+    """The trainer's loss, ``model(x, targets=y, loss_weights=mask / count)``: targets at masked positions
+    change neither the loss nor the gradients, and the value is the mean CE over the unmasked tokens."""
     torch.manual_seed(0)
-    logits = torch.randn(2, 5, 11)
-    targets = torch.randint(0, 11, (2, 5))
+    model = FLM(ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, max_seq_len=8))
+    x, y = torch.randint(0, 64, (2, 5)), torch.randint(0, 64, (2, 5))
     mask = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0]], dtype=torch.float32)
-    loss = masked_lm_loss(logits, targets, mask, mask.sum())
-    # Changing the logits at masked positions must not change the loss.
-    logits2 = logits.clone()
-    logits2[mask == 0] += 100 * torch.randn_like(logits2[mask == 0])
-    assert torch.allclose(loss, masked_lm_loss(logits2, targets, mask, mask.sum()))
-    ce = torch.nn.functional.cross_entropy(logits[mask == 1], targets[mask == 1])
-    assert torch.allclose(loss, ce, atol=1e-6)
+
+    def loss_and_grads(targets):
+        model.zero_grad()
+        loss = model(x, targets=targets, loss_weights=mask / mask.sum())
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss, grads = loss_and_grads(y)
+    y2 = torch.where(mask == 0, (y + 1 + torch.randint(0, 62, y.shape)) % 64, y)
+    assert not torch.equal(y2, y)
+    loss2, grads2 = loss_and_grads(y2)
+    assert torch.equal(loss, loss2) and all(torch.equal(a, b) for a, b in zip(grads, grads2))
+    with torch.no_grad():
+        ce = F.cross_entropy(model(x)[mask == 1], y[mask == 1])
+    torch.testing.assert_close(loss, ce, rtol=1e-5, atol=1e-6)
 
 
 def test_training_lowers_loss_and_writes_run(tiny_cfg, tmp_path):
