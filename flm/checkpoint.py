@@ -50,6 +50,21 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def fsync_folder(folder: Path, files: bool = True) -> None:
+    """Flush the folder's files (with ``files``) and its entries to disk, so that a manifest written after
+    this never describes data a power loss could still take away."""
+    if files:
+        for p in folder.iterdir():
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_manifest(folder: Path) -> None:
     files = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -125,6 +140,7 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
         save_config(cfg, tmp / "config.toml")
         if tokenizer is not None:
             tokenizer.save(tmp)
+        fsync_folder(tmp)
         write_manifest(tmp)
         if folder.exists():
             old = folder.parent / f".old-{folder.name}-{os.getpid()}"
@@ -133,6 +149,7 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
             shutil.rmtree(old)
         else:
             tmp.rename(folder)
+        fsync_folder(folder.parent, files=False)  # the rename itself
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,8 +198,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints; also remove what a save killed mid-way left behind
+    (``.tmp-*`` / ``.old-*`` folders: one writer per run, and this runs after its save completed)."""
     for p in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)
+    root = Path(run_dir) / CKPT_SUBDIR
+    for pattern in (".tmp-*", ".old-*"):
+        for p in root.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -212,6 +212,9 @@ class ParallelConfig(_Strict):
     dp: int = Field(-1, description="-1 = all remaining ranks")
     tp: int = Field(1, gt=0)
     pp: int = Field(1, gt=0)
+    timeout_s: int = Field(
+        1800, gt=0, description="collective timeout, seconds; covers rank 0 writing the largest checkpoint"
+    )
 
 
 class StageConfig(_Strict):

@@ -444,16 +444,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logp = torch.log_softmax((hc @ w.t()).float(), dim=-1)
                 loss -= (logp.gather(-1, y[:, None]) * wt).sum()
                 if need_grad:
-                    # d loss / d logits = wt * (softmax - onehot), applied through the two matmuls: the
-                    # one-hot part is a row gather for dh and a row scatter for dw
-                    p = logp.exp_().to(cdtype)
+                    # d loss / d logits = wt * (softmax - onehot), formed in fp32 before any cast: for a
+                    # confident token both terms are near 1 and would cancel badly after rounding to bf16
+                    g = logp.exp_()
+                    g[torch.arange(len(y), device=g.device), y] -= 1.0
+                    g = g.to(cdtype)
+                    dh[s : s + chunk] = (g @ w) * wt
                     hw = hc * wt.to(cdtype)
-                    dh[s : s + chunk] = (p @ w - w[y]) * wt
-                    if p.dtype == dw.dtype:
-                        dw.addmm_(p.t(), hw)
+                    if g.dtype == dw.dtype:
+                        dw.addmm_(g.t(), hw)
                     else:
-                        dw.add_((p.t() @ hw).float())
-                    dw.index_add_(0, y, hw.to(dw.dtype), alpha=-1.0)
+                        dw.add_((g.t() @ hw).float())
         ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
         return loss
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,12 @@ def pick_device(train: TrainConfig, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (CUDA Ampere or newer): what ``train.dtype = 'auto'`` trains in. Older GPUs (V100,
+    T4) only emulate bf16, slower than fp32, so 'auto' keeps fp32 there."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -59,7 +66,11 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # rank 0 alone writes (and hashes) each checkpoint while the others wait in a collective:
+            # the timeout must cover the largest save, not just a training step
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=parallel.timeout_s)
+            )
         from torch.distributed.device_mesh import init_device_mesh
 
         env.mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
@@ -71,6 +82,9 @@ def apply_compile(model: nn.Module) -> nn.Module:
     object, so one compilation serves every layer, and parameter names (checkpoints, muP groups, FSDP2)
     do not change. Call before ``apply_fsdp``. A growth ramp adds mask buffers: one recompile when it
     starts and one when it ends."""
+    # A fresh compile cache: every block of every stage shares Block.forward's code object, and the shapes
+    # of earlier stages would otherwise fill dynamo's recompile limit (8), after which it runs eager.
+    torch.compiler.reset()
     for block in model.blocks.values():  # type: ignore[attr-defined]
         block.compile()
     return model

@@ -98,7 +98,8 @@ class TokenLoader:
         self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle = (split == "train") if shuffle is None else shuffle
-        self.data_hash = prepared.hash
+        # what a saved position is valid for: the training stream (moving or re-validating it keeps it)
+        self.data_hash = prepared.train_hash if split == "train" else prepared.hash
         infos = prepared.sources(split)
         if not infos:
             raise FlmError(

@@ -108,6 +108,11 @@ class PreparedData:
         return self.index["hash"]
 
     @property
+    def train_hash(self) -> str:
+        """The training stream's identity (see ``_content_hash``); older indexes: the whole hash."""
+        return self.index.get("train_hash", self.index["hash"])
+
+    @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.index["dtype"])
 
@@ -333,8 +338,12 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _content_hash(data_cfg: DataConfig, sources: dict[str, list[_Source]], root: Path) -> tuple[str, dict]:
-    """Hash of everything that decides the shards' bytes (not the worker count: output is independent)."""
+def _content_hash(
+    data_cfg: DataConfig, sources: dict[str, list[_Source]], root: Path
+) -> tuple[str, str, dict]:
+    """Hash of everything that decides the shards' bytes (not the worker count: output is independent), and
+    the hash of the training stream alone (file contents, weights, tokenizer; no paths, no validation data):
+    a checkpoint's data position stays valid exactly as long as the latter does."""
     files: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         for s in sources[split]:
@@ -361,8 +370,14 @@ def _content_hash(data_cfg: DataConfig, sources: dict[str, list[_Source]], root:
             for split in SPLITS
         },
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return digest, files
+    train_key = {k: v for k, v in key.items() if k != "splits"} | {
+        "train": [{"weight": s["weight"], "files": s["files"]} for s in key["splits"]["train"]]  # type: ignore[index]
+    }
+
+    def digest(k: dict) -> str:
+        return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+
+    return digest(key), digest(train_key), files
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -595,7 +610,7 @@ def prepare_data(
     """
     root = Path(root)
     sources = _resolve_all(data_cfg, root)
-    digest, file_info = _content_hash(data_cfg, sources, root)
+    digest, train_digest, file_info = _content_hash(data_cfg, sources, root)
     base = Path(data_cfg.prepared_dir)
     base = base if base.is_absolute() else root / base
     final = base / digest
@@ -638,6 +653,7 @@ def prepare_data(
         index = {
             "format": FORMAT,
             "hash": digest,
+            "train_hash": train_digest,
             "dtype": dtype.name,
             "vocab_size": tokenizer.vocab_size,
             "special": tokenizer.special,

@@ -163,8 +163,9 @@ def grow_checkpoint(
             if p.is_file() and p.name not in files:
                 files[p.name] = {"bytes": p.stat().st_size, "sha256": ck.sha256_file(p)}
         (tmp / ck.MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        _fsync_dir(tmp)
+        ck.fsync_folder(tmp)
         tmp.rename(out)
+        ck.fsync_folder(out.parent, files=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -199,13 +200,6 @@ def _write_small_files(
             shutil.copytree(p, tmp / p.name)
         else:
             shutil.copy2(p, tmp / p.name)
-
-
-def _fsync_dir(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
 
 
 @torch.no_grad()

@@ -27,7 +27,15 @@ from flm.errors import FlmError
 from flm.growth.ramp import MaskRamp
 from flm.model import FLM
 from flm.mup import param_groups
-from flm.parallel import DistEnv, all_reduce_sum, apply_compile, apply_fsdp, barrier, init_distributed
+from flm.parallel import (
+    DistEnv,
+    all_reduce_sum,
+    apply_compile,
+    apply_fsdp,
+    barrier,
+    init_distributed,
+    native_bf16,
+)
 from flm.train.metrics import MetricsLog, measure_matmul_peak, read_metrics
 from flm.train.schedule import CosineSchedule
 
@@ -41,6 +49,15 @@ class StageResult:
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
+
+
+def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's rows of a validation batch. A rank beyond the batch's rows still runs one row (FSDP2
+    needs every rank in every forward), with a zero loss mask, so it adds nothing."""
+    x, y, mk = batch
+    if rank < x.shape[0]:
+        return x[rank::world], y[rank::world], mk[rank::world]
+    return x[:1], y[:1], torch.zeros_like(mk[:1])
 
 
 def _rng_state() -> dict[str, Tensor]:
@@ -218,7 +235,7 @@ def train_stage(
     ckpt_dir = ckpt_dir or out_dir
     if save_config_file:
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
-    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and env.device.type == "cuda")
+    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and native_bf16(env.device))
     if use_bf16 and env.device.type == "cpu":
         raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
 
@@ -317,11 +334,9 @@ def train_stage(
         """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every
         stage and for any number of ranks, so losses before and after a growth compare like for like."""
         nonlocal valid_cache
-        if valid_cache is None:
-            rows = max(1, VAL_ROWS // env.world_size)
-            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=rows, rank=env.rank,
-                             world_size=env.world_size, seed=0)
-            valid_cache = list(vl.valid_batches(tc.eval_batches))
+        if valid_cache is None:  # every rank reads the whole fixed set and keeps rows rank, rank + W, ...
+            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=VAL_ROWS, seed=0)
+            valid_cache = [_rank_rows(b, env.rank, env.world_size) for b in vl.valid_batches(tc.eval_batches)]
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
         with torch.no_grad(), autocast():

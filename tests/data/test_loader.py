@@ -175,8 +175,9 @@ def test_loader_errors(mixed: PreparedData) -> None:
     state = loader.state_dict()
     with pytest.raises(FlmError, match="seq_len"):
         TokenLoader(mixed, "train", seq_len=T * 2, batch_size=2).load_state_dict(state)
+    valid = TokenLoader(mixed, "valid", seq_len=T, batch_size=2)
     with pytest.raises(FlmError, match="4 data sources, the config has 1"):
-        TokenLoader(mixed, "valid", seq_len=T, batch_size=2).load_state_dict(state | {"split": "valid"})
+        valid.load_state_dict(state | {"split": "valid", "data_hash": valid.data_hash})
     with pytest.raises(ValueError):
         TokenLoader(mixed, "train", seq_len=T, batch_size=2, rank=2, world_size=2)
     # a resume on other data or another seed would silently read another stream: refused

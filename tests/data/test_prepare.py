@@ -86,6 +86,21 @@ def test_cache_reuse_and_invalidation(corpus: Path, tmp_path: Path) -> None:
     assert load_prepared(first.dir).tokens == first.tokens
 
 
+def test_train_hash_follows_the_training_stream_only(corpus: Path, tmp_path: Path) -> None:
+    """A checkpoint's data position stays valid when the same training files move or the validation data
+    changes, and not when the training content does."""
+    first = prepare_data(data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}]), progress=False)
+    moved = tmp_path / "elsewhere.jsonl"
+    moved.write_bytes((corpus / "c.jsonl").read_bytes())
+    other_valid = [{"path": str(corpus / "d.jsonl.gz")}]
+    same_stream = prepare_data(data_cfg(tmp_path, [{"path": str(moved)}], valid=other_valid), progress=False)
+    assert same_stream.hash != first.hash and same_stream.train_hash == first.train_hash
+    with open(moved, "a") as f:
+        f.write(json.dumps({"text": "one more document"}) + "\n")
+    changed = prepare_data(data_cfg(tmp_path, [{"path": str(moved)}], valid=other_valid), progress=False)
+    assert changed.train_hash != first.train_hash
+
+
 def test_parallel_workers_write_the_same_bytes(corpus: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(P, "CHUNK_CHARS", 3000)  # many work items, so ordering across workers matters
     train = [{"path": str(corpus / "txt" / "*.txt")}, {"path": str(corpus / "d.jsonl.gz")}]

@@ -14,7 +14,6 @@ def test_compiled_blocks_train_like_eager(tiny_cfg, tmp_path):
     pytest.importorskip("torch._inductor")
     losses = {}
     for compiled in (False, True):
-        torch._dynamo.reset()
         cfg = config_from_dict(tiny_cfg(steps=4, eval_every=2, compile=compiled))
         train_stage(cfg, tmp_path / str(compiled))
         rows = read_metrics(tmp_path / str(compiled) / "metrics.jsonl")

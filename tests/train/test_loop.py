@@ -173,3 +173,29 @@ def test_init_on_another_seed_reads_the_data_from_the_start(tiny_cfg, tmp_path, 
     other = write_cfg(tmp_path / "b.toml", tiny_cfg(steps=2, seed=5))
     assert main(["train", str(other), "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a")]) == 0
     assert "reads its data from the start" in capsys.readouterr().err
+
+
+def test_validation_rows_cover_the_fixed_set_once_for_any_world_size():
+    from flm.train.loop import VAL_ROWS, _rank_rows
+
+    x = torch.arange(VAL_ROWS)[:, None].expand(VAL_ROWS, 4)
+    batch = (x, x + 1, torch.ones(VAL_ROWS, 4))
+    for world in (1, 2, 3, 5, 16, 32):
+        parts = [_rank_rows(batch, r, world) for r in range(world)]
+        counted = torch.cat([p[0][p[2].sum(1) > 0, 0] for p in parts])  # rows that carry loss
+        assert sorted(counted.tolist()) == list(range(VAL_ROWS)), world
+        assert all(p[0].shape[0] >= 1 for p in parts)
+
+
+def test_a_save_killed_mid_way_leaves_nothing_behind_after_the_next_save(tiny_cfg, tmp_path):
+    from flm.checkpoint import CKPT_SUBDIR, list_checkpoints
+
+    cfg = config_from_dict(tiny_cfg(steps=4, ckpt_every=2, keep_last=1))
+    train_stage(cfg, tmp_path / "run", stop_after=2)
+    root = tmp_path / "run" / CKPT_SUBDIR
+    for stale in (".tmp-step_00000004-999999", ".old-step_00000002-999999"):  # a kill -9 during a save
+        (root / stale).mkdir()
+        (root / stale / "model.safetensors").write_bytes(b"x" * 1000)
+    train_stage(cfg, tmp_path / "run", resume=True)
+    assert sorted(p.name for p in root.iterdir()) == [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert len(list_checkpoints(tmp_path / "run")) == 1
