@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # an output path that cannot be written, a folder where a file should be, ...
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"flm {args.command}: error: cannot use{where}: {e.strerror or e}; check the path and its permissions",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("flm: interrupted", file=sys.stderr)
         return 130

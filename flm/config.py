@@ -372,21 +372,51 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.strip().split("."), value
+    keys: list[str] = []
+    for part in key.strip().split("."):  # stages[1].lr and stages.1.lr both index the list
+        name, *idx = part.replace("]", "").split("[")
+        keys += ([name] if name else []) + idx
+    return keys, value
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
+    node: Any = data
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise FlmError(f"--set {text}: '{k}' is not an index of a list of {len(node)} (0-based)")
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                node = node.setdefault(k, {})
+        else:
+            raise FlmError(f"--set {text}: '{keys[i - 1]}' is not a table")
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config", overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise FlmError(f"--set {text}: '{k}' is not a table")
-        node[keys[-1]] = value
+        _set(data, keys, value, text)
     cfg = _validated(RunConfig, data, where)
     cfg.stage_models()  # a growth spec that cannot work is a config error too
     return cfg
+
+
+def check_stage_overrides(cfg: RunConfig, overrides: list[str]) -> None:
+    """``--set train.steps=N`` on a plan whose stages all set their steps would be silently ignored."""
+    if cfg.stages and all(st.steps or st.tokens for st in cfg.stages):
+        for text in overrides:
+            if parse_override(text)[0] == ["train", "steps"]:
+                raise FlmError(
+                    f"--set {text}: this config's [[stages]] set their own steps, so train.steps is unused; "
+                    "set a stage's, e.g. --set stages[0].steps=50"
+                )
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> RunConfig:
@@ -394,9 +424,11 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> RunC
     if not p.is_file():
         raise FlmError(f"config file not found: {p} (pass a TOML file, e.g. configs/demo.toml)")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise FlmError(f"{p}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FlmError(f"{p}: not UTF-8 text (byte {e.start}); a config is a UTF-8 TOML file") from None
     return config_from_dict(data, where=str(p), overrides=overrides)
 
 
@@ -410,12 +442,19 @@ def dump_toml(cfg: BaseModel) -> str:
     return tomli_w.dumps(config_to_dict(cfg))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write to a temp file beside ``path``, fsync, then rename: readers never see half a file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()

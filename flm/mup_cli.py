@@ -22,6 +22,16 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     values = _floats(text)
     if any(v != int(v) or v <= 0 for v in values):
@@ -72,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cc.add_argument(
         "--steps", type=int, default=3, help="optimizer steps to record after the init (default 3)"
     )
-    cc.add_argument("--lr", type=float, help="Adam learning rate at the base width (default: optim.lr)")
+    cc.add_argument("--lr", type=_positive, help="Adam learning rate at the base width (default: optim.lr)")
     cc.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     cc.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
     cc.add_argument(

@@ -105,6 +105,7 @@ class TokenLoader:
             raise FlmError(
                 f"no {split} data: the config lists no data.{split} sources; "
                 f'add [[data.{split}]] path = "..."'
+                + (" (or set train.eval_every = 0 to train without validation)" if split == "valid" else "")
             )
         self.streams = [_Stream(info, prepared.dtype) for info in infos]
         self.windows = np.array([(s.n - 1) // seq_len for s in self.streams], dtype=np.int64)

@@ -71,7 +71,23 @@ class SourceShard:
     tokens: int
     mask: Path | None
 
+    def problem(self, dtype: np.dtype) -> str | None:
+        """Why this shard cannot be read as indexed (a truncated or replaced file), or None."""
+        for path, itemsize in ((self.path, np.dtype(dtype).itemsize), (self.mask, 1)):
+            if path is None:
+                continue
+            want = self.tokens * itemsize
+            size = path.stat().st_size if path.is_file() else None
+            if size != want:
+                return f"{path} is {'missing' if size is None else f'{size:,} bytes'}, the index says {want:,}"
+        return None
+
     def open(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+        problem = self.problem(dtype)
+        if problem:
+            raise FlmError(
+                f"prepared data damaged: {problem}; delete {self.path.parent} and run `flm data prepare` again"
+            )
         toks = np.memmap(self.path, dtype=dtype, mode="r", shape=(self.tokens,))
         mask = (
             None
@@ -616,8 +632,15 @@ def prepare_data(
     final = base / digest
     if (final / INDEX_FILE).is_file():
         prepared = load_prepared(final)
-        prepared.reused = True
-        return prepared
+        problems = [
+            pr for split in SPLITS for src in prepared.sources(split) for sh in src.shards
+            if (pr := sh.problem(prepared.dtype))
+        ]
+        if not problems:
+            prepared.reused = True
+            return prepared
+        print(f"note: cached data damaged ({problems[0]}); preparing it again", file=sys.stderr)
+        shutil.rmtree(final)
 
     tok_cfg = data_cfg.tokenizer
     if model is not None and tok_cfg.kind == "bpe" and tok_cfg.vocab_size > model.vocab_size:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flm.config import load_config
+from flm.config import check_stage_overrides, load_config
 from flm.errors import FlmError
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config (TOML), e.g. configs/demo.toml")
+    p.add_argument(
+        "config", help="run config (TOML) without [[stages]], e.g. configs/demo.toml --set 'stages=[]'"
+    )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.steps=50 (repeatable)",
@@ -65,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.stages:
         raise FlmError(
             f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
-            f"{args.config}`"
+            f"{args.config}`, or train its first shape alone with --set 'stages=[]'"
         )
     out = args.out or Path("runs") / cfg.name
     init = stage_init_from(args.init, cfg) if args.init else None
@@ -117,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     from flm.train.run import run_plan, scratch_config
 
     cfg = load_config(args.config, args.overrides)
+    check_stage_overrides(cfg, args.overrides)
     env = None
     if args.scratch:
         cfg = scratch_config(cfg, args.scratch)

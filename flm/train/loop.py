@@ -187,6 +187,11 @@ def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
             raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
         return
     old = ck.read_config(existing)
+    if old.stages and not cfg.stages:  # `flm train` into an `flm run` folder would replace its records
+        raise FlmError(
+            f"{out_dir} holds a progressive run (flm run, {len(old.stages)} stages); continue it with "
+            f"`flm run {existing} --out {out_dir} --resume`, or train into another --out"
+        )
     if resume:
         if old.model != cfg.model:
             raise FlmError(
@@ -258,6 +263,14 @@ def train_stage(
             f"train.micro_batch_size ({micro}) must divide the per-rank batch ({per_rank}); adjust either"
         )
     accum = per_rank // micro
+    validate = bool(tc.eval_every or eval_at_start)
+    try:  # a validation set that cannot be read fails now, not at the first evaluation
+        TokenLoader(prepared, "valid", seq_len=seq, batch_size=1)
+    except FlmError:
+        if validate:
+            raise
+    else:
+        validate = True  # with eval_every = 0: one validation loss at the end, when there is data
 
     peak = tc.peak_flops or device_peak(env.device)
     seed_everything(tc.seed)
@@ -317,6 +330,8 @@ def train_stage(
         if data.rng:
             _set_rng_state(data.rng)
         metrics.truncate_after(step, stage)
+        if save_config_file and env.is_main:  # the run's config.toml is what this continuation runs
+            write_run_config(out_dir, cfg)
     else:
         metrics.truncate_after(-1, stage)  # a resume before the first checkpoint starts the stage over
         if save_config_file and env.is_main:
@@ -419,7 +434,7 @@ def train_stage(
                 raise FlmError(
                     f"loss became {last_loss} at step {step}; lower optim.lr or raise optim.warmup_steps"
                 )
-            do_eval = tc.eval_every and (step % tc.eval_every == 0) or step == tc.steps
+            do_eval = validate and (bool(tc.eval_every) and step % tc.eval_every == 0 or step == tc.steps)
             rec: dict[str, Any] | None = None
             if step % tc.log_every == 0 or do_eval or step == tc.steps:
                 now = time.perf_counter()

@@ -100,8 +100,10 @@ def plan_stages(cfg: RunConfig) -> list[StagePlan]:
 def _preflight(plans: list[StagePlan], env: DistEnv) -> None:
     """What would otherwise fail in the middle of the run: batch layout per stage, the tokenizer's size
     against the model's vocabulary (this prepares the data, which is cached), bf16 on a CPU."""
+    from flm.data.loader import TokenLoader
     from flm.data.prepare import prepare_data
     from flm.data.tokenizer import check_vocab
+    from flm.growth.plan import make_plan
 
     for p in plans:
         tc = p.cfg.train
@@ -113,11 +115,18 @@ def _preflight(plans: list[StagePlan], env: DistEnv) -> None:
             )
         if tc.dtype == "bf16" and env.device.type == "cpu":
             raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+    for prev, p in zip(plans, plans[1:]):  # depth positions, copy sources, ...: the whole growth plan
+        assert p.growth is not None
+        try:
+            make_plan(prev.cfg.model, p.growth)
+        except FlmError as e:
+            raise FlmError(f"stages[{p.index - 1}]: {e}") from None
     first = plans[0].cfg
     prepared = rank0_first(env, lambda: prepare_data(first.data, progress=first.train.progress),
                            lambda: prepare_data(first.data, progress=False))
     for p in plans:
         check_vocab(prepared.tokenizer, p.cfg.model)
+        TokenLoader(prepared, "valid", seq_len=p.cfg.seq_len, batch_size=1)  # val loss frames every growth
 
 
 def _final_checkpoint(run_dir: Path, plan: StagePlan) -> Path | None:
@@ -153,6 +162,16 @@ def _grown_init(prev_ckpt: Path, plan: StagePlan, seed: int) -> StageInit:
     )
 
 
+def _changed_keys(a: object, b: object, prefix: str = "") -> list[str]:
+    """Dotted keys (list items as key[i]) whose values differ between two config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _changed_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [k for i, (x, y) in enumerate(zip(a, b)) for k in _changed_keys(x, y, f"{prefix}[{i}]")]
+    return [] if a == b else [prefix or "(the whole config)"]
+
+
 def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: DistEnv | None = None) -> Path:
     """Train every stage of ``cfg``, growing in between; write report.md and loss.png. Returns out_dir."""
     out_dir = Path(out_dir)
@@ -161,10 +180,12 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
     if env.is_main:
         if resume and (out_dir / "config.toml").is_file():
             old = ck.read_config(out_dir / "config.toml")
-            if config_to_dict(old) != config_to_dict(cfg):
+            changed = _changed_keys(config_to_dict(old), config_to_dict(cfg))
+            if changed:
                 raise FlmError(
-                    f"--resume: {out_dir}/config.toml differs from the given config; resume with the run's own "
-                    "config (or drop --resume and pick a new --out)"
+                    f"--resume: the given config differs from {out_dir}/config.toml in {', '.join(changed[:4])}"
+                    f"{' ...' if len(changed) > 4 else ''}; resume with the run's own config (or drop --resume "
+                    "and pick a new --out)"
                 )
         elif resume:
             raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")

@@ -68,7 +68,13 @@ def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_p
 
 @pytest.mark.parametrize(
     "grow, needle",
-    [({"d_model": 16}, "cannot shrink"), ({"n_layers": 1}, "cannot shrink"), ({"d_model": 40}, "head_dim")],
+    [
+        ({"d_model": 16}, "cannot shrink"),
+        ({"n_layers": 1}, "cannot shrink"),
+        ({"d_model": 40}, "head_dim"),
+        ({"n_layers": 3, "depth_position": [7]}, "stages[1]: grow.depth_position"),
+        ({"n_layers": 3, "depth_copy_from": 9}, "stages[1]: "),
+    ],
 )
 def test_bad_plans_are_rejected_before_training(tiny_cfg, tmp_path, capsys, grow, needle):
     d = plan_dict(tiny_cfg())
@@ -93,3 +99,33 @@ def test_scratch_baseline_matches_tokens_or_flops(tiny_cfg):
     by_flops = scratch_config(cfg, "flops")
     assert by_flops.train.steps < by_tokens.train.steps
     assert dump_toml(by_flops)
+
+
+def test_a_run_without_validation_data_fails_before_writing(tiny_cfg, tmp_path, capsys):
+    d = plan_dict(tiny_cfg())
+    d["data"] = {**d["data"], "valid": []}
+    path = tmp_path / "plan.toml"
+    path.write_text(dump_toml(config_from_dict(d)))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "no valid data" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_names_the_keys_that_changed_and_flm_train_keeps_out_of_a_run_folder(tiny_cfg, tmp_path, capsys):
+    d = plan_dict(tiny_cfg())
+    d["stages"] = d["stages"][:2]
+    d["stages"][0]["steps"], d["stages"][1]["steps"] = 2, 3
+    path = tmp_path / "plan.toml"
+    path.write_text(dump_toml(config_from_dict(d)))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    metrics = (out / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out), "--resume", "--set", "optim.lr=0.01"]) == 2
+    assert "in optim.lr;" in capsys.readouterr().err
+    single = tmp_path / "single.toml"
+    single.write_text(dump_toml(config_from_dict(tiny_cfg(steps=2))))
+    for extra in ([], ["--resume"]):
+        assert main(["train", str(single), "--out", str(out), *extra]) == 2
+        assert "holds a progressive run" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_bytes() == metrics
