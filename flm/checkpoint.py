@@ -65,6 +65,16 @@ def fsync_folder(folder: Path, files: bool = True) -> None:
         os.close(fd)
 
 
+def _earlier_hint(folder: Path) -> str:
+    """How to get past a damaged checkpoint: the one before it, when there is one."""
+    if not folder.name.startswith("step_"):
+        return "; use another checkpoint"
+    earlier = [p for p in list_checkpoints(folder.parent.parent) if p.name < folder.name]
+    if not earlier:
+        return "; no earlier checkpoint in this run: train again into a new --out"
+    return f"; the previous one is {earlier[-1]} (delete {folder} to --resume from it, or pass it directly)"
+
+
 def write_manifest(folder: Path) -> None:
     files = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -89,11 +99,11 @@ def verify_manifest(folder: Path, full: bool = True) -> None:
         if p.stat().st_size != meta["bytes"]:
             raise FlmError(
                 f"checkpoint {folder}: {name} is {p.stat().st_size} bytes, manifest says {meta['bytes']} "
-                "(truncated or corrupt); resume from an earlier checkpoint"
+                "(truncated or corrupt)" + _earlier_hint(folder)
             )
         if full and sha256_file(p) != meta["sha256"]:
             raise FlmError(
-                f"checkpoint {folder}: {name} fails its sha256 check (corrupt); resume from an earlier checkpoint"
+                f"checkpoint {folder}: {name} fails its sha256 check (corrupt)" + _earlier_hint(folder)
             )
 
 

@@ -71,10 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=100,
+        help="tokens to add (default 100; capped at the model's max_seq_len minus the prompt)",
+    )
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k most likely tokens (0 = all; default 50)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (slow)")
     p.set_defaults(func=_run)
 

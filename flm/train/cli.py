@@ -70,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
             f"{args.config}`, or train its first shape alone with --set 'stages=[]'"
         )
     out = args.out or Path("runs") / cfg.name
+    if args.resume and args.init:
+        raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
     init = stage_init_from(args.init, cfg) if args.init else None
     env = init_distributed(cfg.train, cfg.parallel)
     try:
@@ -78,8 +80,8 @@ def _train(args: argparse.Namespace) -> int:
         shutdown(env)
     if env.is_main:
         val = f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
-        print(f"trained {res.steps} steps, {res.tokens:,} tokens in {res.seconds:.1f}s: loss {res.train_loss:.4f}"
-              f"{val}; checkpoint {res.checkpoint}")
+        print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
+              f"{res.train_loss:.4f}{val}; checkpoint {res.checkpoint}")
     return 0
 
 

@@ -324,6 +324,11 @@ def train_stage(
         load_optim_state(model, optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)), env)
         tr = data.trainer
         step, tokens, flops_done = tr["step"], tr["tokens"], tr["flops"]
+        if step > tc.steps:
+            raise FlmError(
+                f"--resume: {latest} is at step {step}, past train.steps = {tc.steps}; raise train.steps to "
+                "train further"
+            )
         seconds_before = float(tr.get("seconds", 0.0))
         loader.load_state_dict(tr["loader"])
         ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
@@ -401,7 +406,7 @@ def train_stage(
         val_loss = evaluate()
         metrics.write({"stage": stage, "step": 0, "tokens": tokens, "flops": flops_done, "val_loss": val_loss,
                        "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers, "time": 0.0})
-    with progress as bar:
+    with progress as bar, _say_where_on_interrupt(lambda: (step, last_ckpt or latest), env):
         task = bar.add_task("train", total=tc.steps, completed=step) if bar else None
         while step < end_step:
             lr = schedule(step)
@@ -464,6 +469,21 @@ def train_stage(
         train_loss=last_loss, val_loss=val_loss, checkpoint=last_ckpt,
     )
     return result
+
+
+@contextlib.contextmanager
+def _say_where_on_interrupt(where: Callable[[], tuple[int, Path | None]], env: DistEnv):
+    """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if env.is_main:
+            step, ckpt = where()
+            kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (
+                "no checkpoint was written yet (train.ckpt_every sets how often); --resume restarts the stage"
+            )
+            print(f"interrupted at step {step}: {kept}", file=sys.stderr)
+        raise
 
 
 def _desc(stage: int, loss: float, val: float | None) -> str:

@@ -20,6 +20,9 @@ def _growth_points(rows: list[dict], key: str) -> list[float]:
 
 
 def plot_runs(run_dirs: list[Path], out: Path, smooth: int = 5) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise FlmError(f"--out {out}: the plot is a PNG; give a path ending in .png")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +36,8 @@ def plot_runs(run_dirs: list[Path], out: Path, smooth: int = 5) -> Path:
         runs.append((Path(d).name, rows))
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for col, key, label in ((0, "tokens", "tokens"), (1, "flops", "training FLOPs")):
-        for row, (what, title) in enumerate((("loss", "training loss"), ("val_loss", "validation loss"))):
+        train_title = f"training loss (mean of the last {smooth} logs)" if smooth > 1 else "training loss"
+        for row, (what, title) in enumerate((("loss", train_title), ("val_loss", "validation loss"))):
             ax = axes[row][col]
             for i, (name, rows) in enumerate(runs):
                 pts = [(r[key], r[what]) for r in rows if what in r]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from flm.checkpoint import latest_checkpoint, load_model
 from flm.cli import main
 from flm.config import ModelConfig, config_from_dict, dump_toml
+from flm.errors import FlmError
 from flm.model import FLM
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
@@ -78,6 +80,8 @@ def test_checkpoint_round_trip(tiny_cfg, tmp_path):
 def test_resume_continues_exactly_in_process(tiny_cfg, tmp_path):
     full = config_from_dict(tiny_cfg(steps=8, ckpt_every=4, keep_last=5))
     train_stage(full, tmp_path / "a")
+    with pytest.raises(FlmError, match="past train.steps = 4"):
+        train_stage(config_from_dict(tiny_cfg(steps=4, ckpt_every=4)), tmp_path / "a", resume=True)
     train_stage(full, tmp_path / "b", stop_after=4)
     train_stage(full, tmp_path / "b", resume=True)
     a = load_file(str(latest_checkpoint(tmp_path / "a") / "model.safetensors"))
@@ -140,7 +144,7 @@ def test_corrupt_and_truncated_checkpoints_are_refused(tiny_cfg, tmp_path, capsy
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     code, err = _run_cli(["train", str(cfg_path), "--out", str(out), "--set", "train.steps=4", "--resume"], capsys)
-    assert code == 2 and "sha256" in err
+    assert code == 2 and "sha256" in err and "no earlier checkpoint" in err
     weights.write_bytes(bytes(data[:100]))
     code, err = _run_cli(["generate", str(out), "--prompt", "The"], capsys)
     assert code == 2 and "truncated" in err
@@ -199,3 +203,20 @@ def test_a_save_killed_mid_way_leaves_nothing_behind_after_the_next_save(tiny_cf
     train_stage(cfg, tmp_path / "run", resume=True)
     assert sorted(p.name for p in root.iterdir()) == [p.name for p in list_checkpoints(tmp_path / "run")]
     assert len(list_checkpoints(tmp_path / "run")) == 1
+
+
+def test_ctrl_c_says_which_checkpoint_is_kept(tiny_cfg, tmp_path, monkeypatch, capsys):
+    from flm.train import loop
+
+    real_write = loop.MetricsLog.write
+
+    def write(self, rec):
+        if rec.get("step") == 3 and "loss" in rec:
+            raise KeyboardInterrupt
+        real_write(self, rec)
+
+    monkeypatch.setattr(loop.MetricsLog, "write", write)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(config_from_dict(tiny_cfg(steps=6, ckpt_every=2)), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "interrupted at step 3" in err and "step_00000002" in err and "--resume" in err
