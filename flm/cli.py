@@ -33,21 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flm {__import__('flm').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # a subsystem not built yet: skip it, keep the rest usable
-            if e.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
+    _tag_subparsers(parser)
     return parser
+
+
+def _tag_subparsers(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command parser records itself as ``_parser``, so that an unknown option is reported with
+    that command's usage line rather than the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.set_defaults(_parser=sp)
+                _tag_subparsers(sp)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = " (config values: --set key=value, e.g. --set train.steps=50)" if "--set" in (
+            getattr(args, "_parser", parser).format_usage()) else ""
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

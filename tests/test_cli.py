@@ -91,3 +91,14 @@ def test_set_indexes_lists_and_flm_run_refuses_an_unused_train_steps(capsys):
         assert needle in _err(capsys)
     assert main(["run", DEMO, "--set", "train.steps=5", "--out", "/nonexistent/x"]) == 2
     assert "stages[0].steps" in _err(capsys)
+
+
+def test_an_unknown_option_gets_the_subcommands_usage(capsys):
+    try:
+        main(["train", DEMO, "--stpes", "5"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown option was accepted")
+    err = _err(capsys)
+    assert err.startswith("usage: flm train") and "--stpes 5" in err and "--set train.steps=50" in err
