@@ -33,6 +33,8 @@ def run_harness(argv: Sequence[str]) -> int:
         cli_evaluate()
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except ValueError as e:  # lm-eval's way of refusing its arguments (unknown task, bad model_args, ...)
+        raise FlmError(f"lm-eval: {e}") from None
     finally:
         sys.argv = saved
     return 0
