@@ -11,7 +11,10 @@ them:
 
 The prompts are lm-evaluation-harness's default prompts for the same tasks, so numbers are comparable
 with published lm-eval results on the same splits (these are validation splits; MMLU is its test split,
-0-shot by default, with the subject line of lm-eval's ``mmlu`` as a per-document description).
+0-shot by default, with the subject line of lm-eval's ``mmlu`` as a per-document description) — except
+three flm variants, not comparable with lm-eval's numbers: ``triviaqa`` ("Q: ...?\nA:" prompts),
+``commonsense_qa`` (the answer texts scored as a cloze, not lm-eval's lettered A-E choices) and ``copa``
+(one space before the choice where lm-eval has two).
 MMLU's 57 subjects are concatenated in a fixed shuffled order so ``--limit`` samples every subject.
 """
 
@@ -178,7 +181,7 @@ _add(
     ),
     "SciQ, validation (1,000)",
 )
-_add("copa", "mc", _from("super_glue/copa/validation", _copa), "COPA, validation (100)")
+_add("copa", "mc", _from("super_glue/copa/validation", _copa), "COPA, validation (100); flm prompt variant")
 _add(
     "social_iqa",
     "mc",
@@ -203,7 +206,7 @@ _add(
             r["choices"]["label"].index(r["answerKey"]),
         ),
     ),
-    "CommonsenseQA, validation (1,221)",
+    "CommonsenseQA, validation (1,221); flm cloze variant",
 )
 _add(
     "rte",
@@ -281,7 +284,7 @@ _add(
         "trivia_qa/rc.wikipedia.nocontext/validation",
         lambda r: {"question": r["question"], "answers": r["answer"]["aliases"]},
     ),
-    "TriviaQA (no context), validation (7,993)",
+    "TriviaQA (no context), validation (7,993); flm prompt variant",
 )
 
 MMLU_PREFIX = "mmlu_"

@@ -35,6 +35,11 @@ def run_harness(argv: Sequence[str]) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     except ValueError as e:  # lm-eval's way of refusing its arguments (unknown task, bad model_args, ...)
         raise FlmError(f"lm-eval: {e}") from None
+    except ConnectionError as e:  # the datasets library, offline, for a task whose data lives on the hub
+        raise FlmError(
+            f"lm-eval needs the Hugging Face hub for this task's data ({e}); offline, use `flm eval bench` "
+            "(local data) or lm-eval's --include_path with local task configs"
+        ) from None
     finally:
         sys.argv = saved
     return 0

@@ -51,14 +51,21 @@ class FlmLM(LM):
         progress: bool = True,
         batch_size: Any = None,  # lm-eval passes these; batches here are sized by tokens
         max_batch_size: Any = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:
+            raise FlmError(
+                f"--model_args: unknown {', '.join(sorted(unknown))}; the flm model takes path, device, dtype, "
+                "max_length, batch_tokens, gen_batch"
+            )
         if scorer is None:
             spec = path or pretrained
             if not spec:
                 raise FlmError("--model flm needs --model_args path=<run, checkpoint, HF folder, .gguf or smollm2>")
             if device and device.startswith("cuda") and not torch.cuda.is_available():
-                log.warning("device %s requested but CUDA is not available: using the CPU", device)
+                # lm-eval's --device defaults to cuda: on a CPU machine that is no user request, so no warning
+                log.info("device %s requested but CUDA is not available: using the CPU", device)
                 device = "cpu"
             scorer = load_scorer(
                 str(spec),

@@ -44,7 +44,9 @@ KNOWN_GPUS: dict[str, GpuSpec] = {
     "A100": GpuSpec(312.0, 400.0),
     "A800": GpuSpec(312.0, 400.0),  # the paper's cluster; it takes 312 TFLOP/s as the peak
     "H100-PCIE": GpuSpec(756.0, 350.0),
+    "H100-NVL": GpuSpec(835.0, 400.0),
     "H100": GpuSpec(989.0, 700.0),
+    "H800-PCIE": GpuSpec(756.0, 350.0),
     "H800": GpuSpec(989.0, 700.0),
     "H200": GpuSpec(989.0, 700.0),
 }

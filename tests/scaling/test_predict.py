@@ -36,6 +36,16 @@ def test_fit_with_noise_predicts_within_noise():
     assert fit.rmse < 0.02
 
 
+def test_fit_warns_when_it_cannot_be_trusted():
+    n = np.array([1e5, 2e5, 4e5, 8e5])
+    good = P.fit_power_law(n, 2.0 * (n / 1e6) ** -0.35 + 3.0)
+    assert good.warnings == []
+    three = P.fit_power_law(n[:3], 2.0 * (n[:3] / 1e6) ** -0.35 + 3.0)
+    assert any("3 runs" in w for w in three.warnings)
+    log_linear = P.fit_power_law(n, 8.3 - 0.01 * np.log(n))  # no curvature: b runs to the edge of its range
+    assert any("edge of its range" in w for w in log_linear.warnings)
+
+
 def test_fit_refuses_too_few_or_rising_losses():
     with pytest.raises(FlmError, match="at least 3"):
         P.fit_power_law([1e6, 2e6], [3.0, 2.9])

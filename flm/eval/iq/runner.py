@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,6 +47,20 @@ def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], 
             outputs[i] = out
             passed[i] = normalize(out) == normalize(items[i].answer)
     return outputs, passed
+
+
+def truncated_items(scorer: Scorer, items: Sequence[Item]) -> int:
+    """How many items do not fit the model's context: their prompts lose their beginning (demonstrations)
+    to left truncation, as in lm-eval, so the subtask is then effectively fewer-shot."""
+    n = 0
+    for it in items:
+        prompt = len(scorer.encode(it.prompt))
+        if it.is_choice:
+            need = prompt + max(len(scorer.encode(" " + c)) for c in it.choices) - 1
+        else:
+            need = prompt + len(scorer.encode(" " + it.answer)) + EXTRA_TOKENS
+        n += need > scorer.max_length
+    return n
 
 
 def run_iq(
@@ -96,6 +111,7 @@ def run_iq(
                 "correct": sum(passed),
                 "score": 100.0 * sum(passed) / len(items),
                 "shots": st.shots if shots is None else shots,
+                "truncated": truncated_items(scorer, items),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             if name == "symbol_mapping":
@@ -132,12 +148,20 @@ def print_report(report: dict[str, Any]) -> None:
     for fam, f in report["families"].items():
         for name in f["subtasks"]:
             s = report["subtasks"][name]
-            rows.append([fam, name, s["shots"], s["n"], f"{s['score']:.1f}"])
-        rows.append([fam, "[b]family average[/b]", "", "", f"[b]{f['score']:.1f}[/b]"])
-    rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", f"[b]{report['average']:.1f}[/b]"])
+            rows.append([fam, name, s["shots"], s["n"], s.get("truncated", ""), f"{s['score']:.1f}"])
+        rows.append([fam, "[b]family average[/b]", "", "", "", f"[b]{f['score']:.1f}[/b]"])
+    rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", "", f"[b]{report['average']:.1f}[/b]"])
+    sources = ",".join(report.get("symbol_sources") or [])
     print_table(
-        f"IQ suite: {report['model']} (seed {report['seed']}, passing rate %)",
-        ["family", "subtask", "shots", "items", "pass %"],
+        f"IQ suite: {report['model']} (seed {report['seed']}, symbol sources {sources}, passing rate %)",
+        ["family", "subtask", "shots", "items", "cut", "pass %"],
         rows,
         left=2,
     )
+    cut = sum(s.get("truncated", 0) for s in report["subtasks"].values())
+    if cut:
+        print(
+            f"note: {cut} items ('cut') do not fit the model's {report['max_length']}-token context and lose the "
+            "start of their prompt (demonstrations); compare those scores only at equal context lengths",
+            file=sys.stderr,
+        )
