@@ -8,7 +8,7 @@ import pytest
 
 from flm.errors import FlmError
 from flm.eval.iq import FAMILIES, SUBTASKS, generate_items, normalize, run_iq, select_subtasks
-from flm.eval.iq.runner import truncated_items
+from flm.eval.iq.runner import DEMO_SEPARATOR, fit_items
 from flm.eval.iq.words import CATEGORIES, CATEGORY_PAIRS
 from flm.eval.olmo_data import olmo_root
 
@@ -42,15 +42,22 @@ def test_random_model_scores_zero_on_generation_and_chance_on_symbols():
     assert 40.0 <= sym["subtasks"]["symbol_mapping"]["score"] <= 60.0  # chance = 50%, sd 3.5 points
 
 
-def test_items_that_overflow_the_context_are_counted():
-    """Byte-level scorer: prompts of hundreds of bytes overflow a 128-token context, never a 2048 one."""
-    short, long = RandomScorer(), RandomScorer()
-    short.max_length = 128
+def test_prompts_longer_than_the_context_lose_whole_demonstrations():
+    """Byte-level scorer: 4-shot replace_word prompts (~700 bytes) overflow a 400-token context; the
+    fitted prompts keep the query and whole demonstrations only, and fit."""
     items = generate_items("replace_word", seed=0, n=10)
-    assert truncated_items(long, items) == 0
-    assert truncated_items(short, items) == sum(len(it.prompt.encode()) > 100 for it in items) > 0
-    report = run_iq(short, ["replace_word"], limit=10, progress=False)
-    assert report["subtasks"]["replace_word"]["truncated"] == truncated_items(short, items)
+    roomy, tight = RandomScorer(), RandomScorer()
+    tight.max_length = 400
+    same, shortened, cut = fit_items(roomy, items)
+    assert (shortened, cut) == (0, 0) and same == items
+    fitted, shortened, cut = fit_items(tight, items)
+    assert shortened > 0 and cut == 0
+    for old, new in zip(items, fitted):
+        assert old.prompt.endswith(new.prompt) and new.answer == old.answer
+        assert new.prompt == old.prompt or old.prompt[: -len(new.prompt)].endswith(DEMO_SEPARATOR)
+        assert len(new.prompt.encode()) + len(new.answer) < tight.max_length
+    report = run_iq(tight, ["replace_word"], limit=10, progress=False)
+    assert report["subtasks"]["replace_word"]["fewer_shots"] == shortened
 
 
 def test_same_seed_same_items_other_seed_other_items():

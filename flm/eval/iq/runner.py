@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from flm.errors import FlmError
@@ -49,18 +50,31 @@ def score_items(scorer: Scorer, items: Sequence[Item], advance: Callable[[int], 
     return outputs, passed
 
 
-def truncated_items(scorer: Scorer, items: Sequence[Item]) -> int:
-    """How many items do not fit the model's context: their prompts lose their beginning (demonstrations)
-    to left truncation, as in lm-eval, so the subtask is then effectively fewer-shot."""
-    n = 0
+DEMO_SEPARATOR = "\n\n"  # every generator joins its demonstrations and the query with a blank line
+
+
+def _tokens_needed(scorer: Scorer, it: Item) -> int:
+    prompt = len(scorer.encode(it.prompt))
+    if it.is_choice:
+        return prompt + max(len(scorer.encode(" " + c)) for c in it.choices) - 1
+    return prompt + len(scorer.encode(" " + it.answer)) + EXTRA_TOKENS
+
+
+def fit_items(scorer: Scorer, items: Sequence[Item]) -> tuple[list[Item], int, int]:
+    """Items that fit the model's context: whole demonstrations are dropped from the front of a prompt
+    that is too long (fewer shots, instead of a prompt cut mid-demonstration). Returns (items, how many
+    were shortened, how many still overflow with no demonstration left: those are cut from the left)."""
+    out, shortened, cut = [], 0, 0
     for it in items:
-        prompt = len(scorer.encode(it.prompt))
-        if it.is_choice:
-            need = prompt + max(len(scorer.encode(" " + c)) for c in it.choices) - 1
-        else:
-            need = prompt + len(scorer.encode(" " + it.answer)) + EXTRA_TOKENS
-        n += need > scorer.max_length
-    return n
+        blocks = it.prompt.split(DEMO_SEPARATOR)
+        dropped = 0
+        while _tokens_needed(scorer, it) > scorer.max_length and len(blocks) - dropped > 1:
+            dropped += 1
+            it = replace(it, prompt=DEMO_SEPARATOR.join(blocks[dropped:]))
+        shortened += dropped > 0
+        cut += _tokens_needed(scorer, it) > scorer.max_length
+        out.append(it)
+    return out, shortened, cut
 
 
 def run_iq(
@@ -103,6 +117,7 @@ def run_iq(
     with progress_bar(total, "iq", progress) as advance:
         for name, items in all_items.items():
             t0 = time.perf_counter()
+            items, shortened, cut = fit_items(scorer, items)
             outputs, passed = score_items(scorer, items, advance)
             st = SUBTASKS[name]
             entry: dict[str, Any] = {
@@ -111,7 +126,8 @@ def run_iq(
                 "correct": sum(passed),
                 "score": 100.0 * sum(passed) / len(items),
                 "shots": st.shots if shots is None else shots,
-                "truncated": truncated_items(scorer, items),
+                "fewer_shots": shortened,
+                "truncated": cut,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             if name == "symbol_mapping":
@@ -148,20 +164,23 @@ def print_report(report: dict[str, Any]) -> None:
     for fam, f in report["families"].items():
         for name in f["subtasks"]:
             s = report["subtasks"][name]
-            rows.append([fam, name, s["shots"], s["n"], s.get("truncated", ""), f"{s['score']:.1f}"])
+            short = s.get("fewer_shots", 0) + s.get("truncated", 0)
+            rows.append([fam, name, s["shots"], s["n"], short or "", f"{s['score']:.1f}"])
         rows.append([fam, "[b]family average[/b]", "", "", "", f"[b]{f['score']:.1f}[/b]"])
     rows.append(["[b]all[/b]", "[b]average of families[/b]", "", "", "", f"[b]{report['average']:.1f}[/b]"])
     sources = ",".join(report.get("symbol_sources") or [])
     print_table(
         f"IQ suite: {report['model']} (seed {report['seed']}, symbol sources {sources}, passing rate %)",
-        ["family", "subtask", "shots", "items", "cut", "pass %"],
+        ["family", "subtask", "shots", "items", "short", "pass %"],
         rows,
         left=2,
     )
+    fewer = sum(s.get("fewer_shots", 0) for s in report["subtasks"].values())
     cut = sum(s.get("truncated", 0) for s in report["subtasks"].values())
-    if cut:
+    if fewer or cut:
         print(
-            f"note: {cut} items ('cut') do not fit the model's {report['max_length']}-token context and lose the "
-            "start of their prompt (demonstrations); compare those scores only at equal context lengths",
+            f"note: {fewer + cut} items ('short') do not fit the model's {report['max_length']}-token "
+            f"context with all their demonstrations: {fewer} ran with fewer shots, {cut} were cut from the left "
+            "even without demonstrations; compare such scores only at equal context lengths",
             file=sys.stderr,
         )
