@@ -380,15 +380,13 @@ def _content_hash(
         "max_chars": data_cfg.max_chars,
         "splits": {
             split: [
-                {"path": s.path, "weight": s.weight, "files": [files[str(f)]["sha256"] for f in s.files]}
+                {"weight": s.weight, "files": [files[str(f)]["sha256"] for f in s.files]}  # content, not names
                 for s in sources[split]
             ]
             for split in SPLITS
         },
     }
-    train_key = {k: v for k, v in key.items() if k != "splits"} | {
-        "train": [{"weight": s["weight"], "files": s["files"]} for s in key["splits"]["train"]]  # type: ignore[index]
-    }
+    train_key = {k: v for k, v in key.items() if k != "splits"} | {"train": key["splits"]["train"]}  # type: ignore[index]
 
     def digest(k: dict) -> str:
         return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
@@ -638,6 +636,9 @@ def prepare_data(
         ]
         if not problems:
             prepared.reused = True
+            for split in SPLITS:  # the hash is of contents: name the sources as this config does
+                for entry, src in zip(prepared.index["splits"].get(split, {}).get("sources", []), sources[split]):
+                    entry["path"] = src.path
             return prepared
         print(f"note: cached data damaged ({problems[0]}); preparing it again", file=sys.stderr)
         shutil.rmtree(final)

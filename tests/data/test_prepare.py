@@ -95,6 +95,9 @@ def test_train_hash_follows_the_training_stream_only(corpus: Path, tmp_path: Pat
     other_valid = [{"path": str(corpus / "d.jsonl.gz")}]
     same_stream = prepare_data(data_cfg(tmp_path, [{"path": str(moved)}], valid=other_valid), progress=False)
     assert same_stream.hash != first.hash and same_stream.train_hash == first.train_hash
+    renamed_only = prepare_data(data_cfg(tmp_path, [{"path": str(moved)}]), progress=False)
+    assert renamed_only.reused and renamed_only.hash == first.hash  # same bytes under another name: cached
+    assert renamed_only.sources("train")[0].path == str(moved)
     with open(moved, "a") as f:
         f.write(json.dumps({"text": "one more document"}) + "\n")
     changed = prepare_data(data_cfg(tmp_path, [{"path": str(moved)}], valid=other_valid), progress=False)
