@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        hint = " (config values: --set key=value, e.g. --set train.steps=50)" if "--set" in (
-            getattr(args, "_parser", parser).format_usage()) else ""
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        command = getattr(args, "_parser", parser)
+        wants_set = "--set" in command.format_usage()
+        hint = " (config values: --set key=value, e.g. --set train.steps=50)" if wants_set else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

@@ -43,10 +43,13 @@ def pick_device(train: TrainConfig, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def native_bf16(device: torch.device) -> bool:
-    """bf16 in hardware (CUDA Ampere or newer): what ``train.dtype = 'auto'`` trains in. Older GPUs (V100,
-    T4) only emulate bf16, slower than fp32, so 'auto' keeps fp32 there."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+def use_bf16(train: TrainConfig, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast. 'auto' means bf16 in hardware (CUDA Ampere or newer); older
+    GPUs (V100, T4) only emulate it, slower than fp32, so 'auto' keeps fp32 there. bf16 on a CPU is refused."""
+    if train.dtype == "bf16" and device.type == "cpu":
+        raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+    native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return train.dtype == "bf16" or (train.dtype == "auto" and native)
 
 
 def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:

@@ -34,7 +34,7 @@ from flm.parallel import (
     apply_fsdp,
     barrier,
     init_distributed,
-    native_bf16,
+    use_bf16,
 )
 from flm.train.metrics import MetricsLog, measure_matmul_peak, read_metrics
 from flm.train.schedule import CosineSchedule
@@ -240,9 +240,7 @@ def train_stage(
     ckpt_dir = ckpt_dir or out_dir
     if save_config_file:
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
-    use_bf16 = tc.dtype == "bf16" or (tc.dtype == "auto" and native_bf16(env.device))
-    if use_bf16 and env.device.type == "cpu":
-        raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+    bf16 = use_bf16(tc, env.device)
 
     from flm.data.loader import TokenLoader
     from flm.data.prepare import prepare_data
@@ -282,7 +280,7 @@ def train_stage(
     model.to(env.device)
     if tc.compile:
         apply_compile(model)
-    apply_fsdp(model, env, bf16=use_bf16)
+    apply_fsdp(model, env, bf16=bf16)
     groups = param_groups(model, oc.lr, oc.weight_decay)
     # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
     optimizer = torch.optim.AdamW(
@@ -335,18 +333,16 @@ def train_stage(
         if data.rng:
             _set_rng_state(data.rng)
         metrics.truncate_after(step, stage)
-        if save_config_file and env.is_main:  # the run's config.toml is what this continuation runs
-            write_run_config(out_dir, cfg)
     else:
         metrics.truncate_after(-1, stage)  # a resume before the first checkpoint starts the stage over
-        if save_config_file and env.is_main:
-            write_run_config(out_dir, cfg)
+    if save_config_file and env.is_main:  # on a resume too: config.toml is what this continuation runs
+        write_run_config(out_dir, cfg)
 
     from flm.scaling.cost import flops_per_token
 
     flops_tok = flops_per_token(cfg.model, seq)
     autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     )
     valid_cache: list[tuple[Tensor, Tensor, Tensor]] | None = None
 

@@ -23,7 +23,7 @@ from typing import Any
 from flm import checkpoint as ck
 from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict
 from flm.errors import FlmError
-from flm.parallel import DistEnv, barrier, init_distributed
+from flm.parallel import DistEnv, barrier, init_distributed, use_bf16
 from flm.train.loop import StageInit, check_out_dir, rank0_first, train_stage, write_run_config
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.schedule import CosineSchedule, StageSchedule
@@ -113,8 +113,7 @@ def _preflight(plans: list[StagePlan], env: DistEnv) -> None:
                 f"stage {p.index}: batch_size {tc.batch_size} does not split into {env.world_size} ranks of "
                 f"micro_batch_size {tc.micro_batch_size or per_rank}; change stages[{p.index - 1}].batch_size"
             )
-        if tc.dtype == "bf16" and env.device.type == "cpu":
-            raise FlmError("train.dtype = 'bf16' on CPU: this CPU has no bf16 units (100x slower); use fp32")
+        use_bf16(tc, env.device)  # refuses bf16 on a CPU now, not at the stage that asks for it
     for prev, p in zip(plans, plans[1:]):  # depth positions, copy sources, ...: the whole growth plan
         assert p.growth is not None
         try:

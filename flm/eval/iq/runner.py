@@ -67,12 +67,13 @@ def fit_items(scorer: Scorer, items: Sequence[Item]) -> tuple[list[Item], int, i
     out, shortened, cut = [], 0, 0
     for it in items:
         blocks = it.prompt.split(DEMO_SEPARATOR)
-        dropped = 0
-        while _tokens_needed(scorer, it) > scorer.max_length and len(blocks) - dropped > 1:
+        dropped, need = 0, _tokens_needed(scorer, it)
+        while need > scorer.max_length and len(blocks) - dropped > 1:
             dropped += 1
             it = replace(it, prompt=DEMO_SEPARATOR.join(blocks[dropped:]))
+            need = _tokens_needed(scorer, it)
         shortened += dropped > 0
-        cut += _tokens_needed(scorer, it) > scorer.max_length
+        cut += need > scorer.max_length
         out.append(it)
     return out, shortened, cut
 
