@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from flm import checkpoint as ck
+from flm.checkpoint import write_manifest
 from flm.config import ModelConfig, RunConfig, save_config
 from flm.growth.plan import param_shapes
 from flm.growth.tensorio import SafetensorsWriter
@@ -56,7 +56,7 @@ def write_checkpoint(folder: Path, cfg: ModelConfig) -> int:
     save_config(RunConfig(model=cfg), folder / "config.toml")
     (folder / "optim.json").write_text(json.dumps({"step": 1000}))
     (folder / "trainer.json").write_text(json.dumps({"step": 1000, "tokens": 0, "flops": 0.0, "ramp": None}))
-    ck.write_manifest(folder)
+    write_manifest(folder)
     return (folder / "model.safetensors").stat().st_size
 
 

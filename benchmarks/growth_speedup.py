@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from flm.config import load_config
+from flm.stages import resolve_stages
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 from flm.train.plot import plot_runs
-from flm.train.run import plan_stages, run_plan, scratch_config
+from flm.train.run import run_plan, scratch_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,7 +76,7 @@ def main() -> None:
     scratch_flops, scratch_wall = scratch[-1]["flops"], scratch[-1]["wall"]
     reach_flops = first_reach(prog, target, "flops")
     reach_wall = first_reach(prog, target, "wall")
-    final = plan_stages(cfg)[-1].cfg.model
+    final = resolve_stages(cfg)[-1].model
     result = {
         "config": args.config,
         "final_shape": final.shape(),

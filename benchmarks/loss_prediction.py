@@ -27,7 +27,8 @@ import torch
 from proxy_config import proxy_config
 from rich.progress import Progress
 
-from flm.config import RunConfig, atomic_write
+from flm.config import RunConfig
+from flm.io import atomic_write
 from flm.scaling import predict as P
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ import torch
 from proxy_config import proxy_config
 from rich.progress import Progress
 
-from flm.config import RunConfig, atomic_write
+from flm.config import RunConfig
+from flm.io import atomic_write
 from flm.mup import with_width
 from flm.scaling.search import SearchPoint, run_search
 

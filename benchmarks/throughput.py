@@ -11,7 +11,7 @@ to the results file.
 HF is GPT-NeoX with flm's shape: rotary on all dims, sequential residual, tied embeddings, biases, tanh GeLU
 (gelu_pytorch_tanh, the same kernel), SDPA attention. Three flm rows:
 - ``flm``: as flm's trainer runs it, the loss out of ``model(x, targets=y)`` (readout and cross-entropy in
-  row chunks, see flm.model.linear_cross_entropy), xPos on (the FLM default);
+  row chunks, see flm.loss.linear_cross_entropy), xPos on (the FLM default);
 - ``flm_logits``: ``model(x)`` logits then F.cross_entropy, exactly HF's path around the model;
 - ``flm_noxpos`` (with --xpos-off): as ``flm`` with xPos off.
 
@@ -21,8 +21,8 @@ adds, then flm's chunked readout + cross-entropy and the same AdamW. No LayerNor
 masks: whatever a full model adds costs time on top of it, so ``bound_mfu`` is the practical MFU ceiling on
 this machine and ``flm_of_bound`` (flm tok/s over bound tok/s) says how much flm loses around its kernels.
 
-MFU = model FLOPs/s (flm.scaling.cost.flops_per_token) over the best fp32 n x n matmul rate measured in
-the same run on the same threads (flm.train.metrics.measure_matmul_peak, before, between and after the
+MFU = model FLOPs/s (flm.flops.flops_per_token) over the best fp32 n x n matmul rate measured in
+the same run on the same threads (flm.hardware.measure_matmul_peak, before, between and after the
 shapes).
 
     .venv/bin/python benchmarks/throughput.py            # full run (about 4 minutes on 2 cores)
@@ -55,9 +55,10 @@ from rich.progress import Progress  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from flm.config import ModelConfig  # noqa: E402
-from flm.model import FLM, linear_cross_entropy  # noqa: E402
-from flm.scaling.cost import flops_per_token  # noqa: E402
-from flm.train.metrics import measure_matmul_peak  # noqa: E402
+from flm.flops import flops_per_token  # noqa: E402
+from flm.hardware import measure_matmul_peak  # noqa: E402
+from flm.loss import linear_cross_entropy  # noqa: E402
+from flm.model import FLM  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 

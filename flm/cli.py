@@ -16,10 +16,9 @@ from flm.errors import FlmError
 COMMANDS = [
     "flm.data.cli",  # flm data prepare
     "flm.train.cli",  # flm train, flm run, flm plot
-    "flm.generate",  # flm generate
-    "flm.growth.cli",  # flm grow
-    "flm.mup_cli",  # flm mup coord-check / search, flm predict
-    "flm.scaling.cli",  # flm cost
+    "flm.generate.cli",  # flm generate
+    "flm.checkpoint.cli",  # flm grow
+    "flm.scaling.cli",  # flm cost, flm mup coord-check / search, flm predict
     "flm.eval.cli",  # flm eval ppl / bench / iq
 ]
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flm.errors import FlmError
+from flm.io import atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,15 +207,36 @@ class TrainConfig(_Strict):
         False, description="torch.compile each block (fuses the elementwise work; pays off on GPU, ~0 on CPU)"
     )
     progress: bool = True
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "none",
+        description="recompute block activations in the backward instead of keeping them: 'full' = every "
+        "block, 'selective' = every second block (torchtitan's layer-selective mode); saves memory, costs "
+        "one more forward of the recomputed blocks",
+    )
 
 
 class ParallelConfig(_Strict):
-    dp: int = Field(-1, description="-1 = all remaining ranks")
-    tp: int = Field(1, gt=0)
-    pp: int = Field(1, gt=0)
+    dp: int = Field(-1, description="data-parallel (FSDP2) degree; -1 = all remaining ranks")
+    tp: int = Field(1, gt=0, description="tensor-parallel degree; divides n_heads, d_ff and the padded vocabulary")
+    pp: int = Field(1, gt=0, description="pipeline-parallel degree (stages); at most n_layers")
+    sequence_parallel: bool = Field(
+        False, description="under tp > 1, shard LayerNorm and dropout over the sequence (less activation memory)"
+    )
+    pp_schedule: Literal["gpipe", "1f1b", "interleaved_1f1b"] = Field(
+        "1f1b", description="pipeline schedule under pp > 1"
+    )
+    microbatches: int | None = Field(
+        None, gt=0, description="pipeline micro-batches per step, dividing the batch; default = pp"
+    )
     timeout_s: int = Field(
         1800, gt=0, description="collective timeout, seconds; covers rank 0 writing the largest checkpoint"
     )
+
+    @model_validator(mode="after")
+    def _check_dp(self) -> ParallelConfig:
+        if self.dp != -1 and self.dp < 1:
+            raise ValueError(f"parallel.dp = {self.dp}: give a positive degree, or -1 for all remaining ranks")
+        return self
 
 
 class StageConfig(_Strict):
@@ -344,11 +366,23 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(cls.model_fields)
 
 
-def _validated(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+def _origin(loc: tuple[Any, ...], where: str, overrides: list[str]) -> str:
+    """Where the value at ``loc`` came from: the last ``--set`` that set it (or a table holding it), else
+    ``where`` (the file)."""
+    path = [str(part) for part in loc]
+    for text in reversed(overrides):
+        keys = parse_override(text)[0]
+        if path[: len(keys)] == keys:
+            return f"--set {text}"
+    return where
+
+
+def _validated(model: type[BaseModel], data: dict[str, Any], where: str, overrides: list[str] = ()) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
+        where = _origin(err["loc"], where, overrides)
         loc = _loc(err["loc"])
         if err["type"] == "extra_forbidden":
             known = _known_keys(model, err["loc"])
@@ -403,9 +437,18 @@ def config_from_dict(data: dict[str, Any], where: str = "config", overrides: lis
     for text in overrides:
         keys, value = parse_override(text)
         _set(data, keys, value, text)
-    cfg = _validated(RunConfig, data, where)
+    cfg = _validated(RunConfig, data, where, overrides)
     cfg.stage_models()  # a growth spec that cannot work is a config error too
     return cfg
+
+
+def check_warmup(key: str, warmup: int, steps: int, span: str, why: str = "", other_fix: str = "") -> None:
+    """Refuse a warmup longer than the steps it covers (``span``): the LR would never reach its peak."""
+    if warmup > steps:
+        raise FlmError(
+            f"{key} ({warmup}) is longer than {span} ({steps} steps{why}): the learning rate would never reach "
+            f"its peak; lower {key} to at most {steps}{other_fix}"
+        )
 
 
 def check_stage_overrides(cfg: RunConfig, overrides: list[str]) -> None:
@@ -429,7 +472,10 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> RunC
         raise FlmError(f"{p}: not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise FlmError(f"{p}: not UTF-8 text (byte {e.start}); a config is a UTF-8 TOML file") from None
-    return config_from_dict(data, where=str(p), overrides=overrides)
+    cfg = config_from_dict(data, where=str(p), overrides=overrides)
+    if not cfg.stages:  # `flm train`'s schedule; flm.stages checks a plan's (not here: stage checkpoints)
+        check_warmup("optim.warmup_steps", cfg.optim.warmup_steps, cfg.train.steps, "train.steps")
+    return cfg
 
 
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
@@ -437,32 +483,7 @@ def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
 
 
 def dump_toml(cfg: BaseModel) -> str:
-    import tomli_w
-
     return tomli_w.dumps(config_to_dict(cfg))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: BaseModel, path: str | os.PathLike[str]) -> None:

@@ -5,7 +5,7 @@ Nothing here knows about parallelism or training. Growth masks are module buffer
 growth ramp is running; without them the forward pass is the plain one. They are non-persistent, so
 ``state_dict()`` has the same keys mid-ramp; checkpoints carry them through ``growth_state()``.
 
-Masks (MSG, see design.md). One scalar ``m`` (buffer ``grow_m``) ramps 0 -> 1; boolean buffers mark the
+Masks (MSG, see docs/growth.md). One scalar ``m`` (buffer ``grow_m``) ramps 0 -> 1; boolean buffers mark the
 new units. For a marked unit the mask is ``m``, otherwise 1:
 - hidden: residual writes (embedding, attention out, MLP out) and LayerNorm outputs are multiplied by the
   hidden mask, and LayerNorm statistics are taken over the active dims only (weighted by the mask);
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flm.config import ModelConfig
+from flm.loss import linear_cross_entropy
+from flm.mup import init_weights
 
 
 def _mask(new: Tensor | None, m: Tensor) -> Tensor | None:
@@ -64,8 +66,8 @@ class Rotary(nn.Module):
     with optional xPos decay.
 
     Each pair is one complex number, so rotating is a single complex multiply by a cached table.
-    (GPT-NeoX/Llama in Hugging Face pair dim i with i + head_dim/2 instead: ``rotate_half_rows`` converts
-    q/k projection weights between the two layouts.)
+    (GPT-NeoX/Llama in Hugging Face pair dim i with i + head_dim/2 instead: ``flm.conversion.rotate_half_rows``
+    converts q/k projection weights between the two layouts.)
 
     xPos (Sun et al. 2023): q is scaled by zeta^(p/scale_base), k by zeta^(-p/scale_base), so q.k decays
     with relative distance as zeta^((n - m)/scale_base). Positions are centred on max_seq_len/2 to keep the
@@ -133,15 +135,6 @@ def _rotate(x: Tensor, table: Tensor) -> Tensor:
     return out.flatten(-2).to(x.dtype)
 
 
-def rotate_half_rows(t: Tensor, head_dim: int, inverse: bool = False) -> Tensor:
-    """Reorder the output rows of a q or k projection (weight or bias) from flm's interleaved rotary layout
-    to the rotate-half layout of GPT-NeoX/Llama in Hugging Face (``inverse``: back). Attention is unchanged
-    when q and k are permuted alike, so this is how a checkpoint moves between the two conventions."""
-    if inverse:
-        return t.unflatten(0, (-1, 2, head_dim // 2)).transpose(1, 2).flatten(0, 2)
-    return t.unflatten(0, (-1, head_dim // 2, 2)).transpose(1, 2).flatten(0, 2)
-
-
 @dataclass
 class KVCache:
     """Preallocated keys and values per layer, for incremental decoding."""
@@ -182,10 +175,10 @@ class Attention(nn.Module):
     ) -> Tensor:
         """``rope``: the rotary tables of positions cache.pos .. cache.pos + seq - 1 (0 .. without a cache)."""
         b, t, _ = x.shape
-        nh, hd = self.n_heads, self.head_dim
-        q = self.q(x).view(b, t, nh, hd)
-        k = self.k(x).view(b, t, nh, hd)
-        v = self.v(x).view(b, t, nh, hd)
+        hd = self.head_dim  # heads = -1: a tensor-parallel rank holds only its own heads
+        q = self.q(x).view(b, t, -1, hd)
+        k = self.k(x).view(b, t, -1, hd)
+        v = self.v(x).view(b, t, -1, hd)
         head_mask = _mask(self.head_new, m)
         if head_mask is not None:
             hm = head_mask[:, None]
@@ -267,6 +260,8 @@ class FLM(nn.Module):
 
     For pipeline parallelism, ``tok_emb`` or ``ln_f`` may be set to None: the forward then takes hidden
     states in and/or gives hidden states out, and ``blocks`` (a ModuleDict keyed "0".."L-1") may be a subset.
+    A floating-point input is always taken as hidden states: the last stage keeps a ``tok_emb`` only for the
+    tied readout (see flm.distributed.pipeline).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -292,8 +287,6 @@ class FLM(nn.Module):
         """N(0, std) weights, zero biases, unit LayerNorms, with the muP init scales of flm.mup: hidden
         matrices have variance init_std^2 / (fan_in / base fan_in), output projections are further divided
         by sqrt(2 * n_layers), the embedding keeps init_std."""
-        from flm.mup import init_weights
-
         init_weights(self, generator)
 
     # ----- growth masks ------------------------------------------------------------------------------
@@ -363,7 +356,7 @@ class FLM(nn.Module):
         """
         m = self.grow_m
         hidden_mask = _mask(self.hidden_new, m)
-        if self.tok_emb is not None:
+        if self.tok_emb is not None and not tokens.is_floating_point():  # token ids, not hidden states
             h = self.tok_emb(tokens)
             if self.cfg.input_mult != 1.0:
                 h = h * self.cfg.input_mult
@@ -405,60 +398,3 @@ class FLM(nn.Module):
     def new_cache(self, batch: int) -> KVCache:
         p = next(self.parameters())
         return KVCache.empty(self.cfg, len(self.blocks), batch, p.device, p.dtype)
-
-
-def linear_cross_entropy(
-    h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int | None = None
-) -> Tensor:
-    """``sum(weights * cross_entropy(h @ weight.T, targets))`` for h (N, d), weight (V, d), targets and
-    weights (N,), computed ``chunk`` rows at a time.
-
-    The logits of a batch are large (N x V fp32: 134 MB for 16 x 256 tokens and V = 8192), and the plain
-    path writes and re-reads them several times (logits, log-softmax, its gradient, a zero-filled one-hot
-    gradient). Here each chunk's logits stay in cache, and the gradients for h and weight are computed in
-    the forward pass (the weights are known then), so the backward only scales them by the incoming
-    gradient. Logits and softmax are fp32; under autocast the matmuls run in the autocast dtype.
-    """
-    if chunk is None:  # ~8 MB of fp32 logits per chunk on the CPU (cache-sized); larger on accelerators
-        budget = 2**21 if h.device.type == "cpu" else 2**27
-        chunk = max(64, budget // weight.shape[0])
-    need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(h, weight, targets, weights, chunk, need_grad)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int, need_grad: bool
-    ) -> Tensor:
-        dev = h.device.type
-        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        dh = torch.empty_like(h) if need_grad else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-        with torch.autocast(dev, enabled=False):
-            w = weight.to(cdtype)
-            for s in range(0, h.shape[0], chunk):
-                hc, y = h[s : s + chunk].to(cdtype), targets[s : s + chunk]
-                wt = weights[s : s + chunk, None]
-                logp = torch.log_softmax((hc @ w.t()).float(), dim=-1)
-                loss -= (logp.gather(-1, y[:, None]) * wt).sum()
-                if need_grad:
-                    # d loss / d logits = wt * (softmax - onehot), formed in fp32 before any cast: for a
-                    # confident token both terms are near 1 and would cancel badly after rounding to bf16
-                    g = logp.exp_()
-                    g[torch.arange(len(y), device=g.device), y] -= 1.0
-                    g = g.to(cdtype)
-                    dh[s : s + chunk] = (g @ w) * wt
-                    hw = hc * wt.to(cdtype)
-                    if g.dtype == dw.dtype:
-                        dw.addmm_(g.t(), hw)
-                    else:
-                        dw.add_((g.t() @ hw).float())
-        ctx.save_for_backward(dh, None if dw is None else dw.to(weight.dtype))
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        dh, dw = ctx.saved_tensors
-        return dh * grad, dw * grad, None, None, None, None

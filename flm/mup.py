@@ -39,13 +39,10 @@ LRs instead of overwriting them. After growth, rebuild the groups from the grown
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from flm.config import ModelConfig
 from flm.errors import FlmError
@@ -195,94 +192,3 @@ def with_width(cfg: ModelConfig, width: int, *, mup: bool = True) -> ModelConfig
             "μP needs model.mup_base_width (the width the hyperparameters were tuned at, e.g. 256)"
         )
     return ModelConfig.model_validate(data)
-
-
-# ----- coordinate check ------------------------------------------------------------------------------
-
-
-def _activation_points(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules whose output size a coordinate check records, keyed by a short layer name."""
-    points: dict[str, nn.Module] = {"embed": model.tok_emb}  # type: ignore[dict-item]
-    for i, block in model.blocks.items():  # type: ignore[union-attr]
-        points[f"{i}.q"] = block.attn.q
-        points[f"{i}.attn"] = block.attn
-        points[f"{i}.mlp_up"] = block.mlp.up
-        points[f"{i}.mlp"] = block.mlp
-        points[f"{i}.out"] = block
-    points["ln_f"] = model.ln_f  # type: ignore[assignment]
-    return points
-
-
-def _std_hook(into: dict[str, float], key: str) -> Callable[..., None]:
-    def hook(_module: nn.Module, _inputs: Any, out: Tensor) -> None:
-        into[key] = out.detach().float().std().item()
-
-    return hook
-
-
-@dataclass
-class CoordRecord:
-    parameterization: str  # "mup" or "sp"
-    width: int
-    step: int  # 0 = at init; t = after t optimizer steps
-    layer: str
-    std: float
-
-
-def coord_check(
-    cfg: ModelConfig,
-    widths: Iterable[int],
-    batches: Callable[[int], tuple[Tensor, Tensor]],
-    *,
-    steps: int = 3,
-    lr: float = 1e-2,
-    parameterizations: Iterable[str] = ("mup", "sp"),
-    seed: int = 0,
-    progress: Callable[[], None] | None = None,
-) -> list[CoordRecord]:
-    """Std of every recorded activation at steps 0..``steps`` of AdamW (μP groups, no weight decay,
-    fp32) for each width, under μP and/or standard parameterization. ``batches(step)`` gives the
-    (inputs, targets) of a step; use the same batches for every width."""
-    from flm.model import FLM  # the model imports this module for its init
-
-    records: list[CoordRecord] = []
-    for par in parameterizations:
-        for width in widths:
-            mcfg = with_width(cfg, width, mup=par == "mup")
-            torch.manual_seed(seed)
-            model = FLM(mcfg)
-            model.train()
-            opt = torch.optim.AdamW(param_groups(model, lr, 0.0), lr=lr, betas=(0.9, 0.95))
-            captured: dict[str, float] = {}
-            hooks = [
-                mod.register_forward_hook(_std_hook(captured, key))
-                for key, mod in _activation_points(model).items()
-            ]
-            try:
-                for step in range(steps + 1):
-                    inputs, targets = batches(step)
-                    captured.clear()
-                    logits = model(inputs)
-                    captured["logits"] = logits.detach().std().item()
-                    for layer, std in captured.items():
-                        records.append(CoordRecord(par, width, step, layer, std))
-                    if step == steps:
-                        break
-                    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            finally:
-                for h in hooks:
-                    h.remove()
-            if progress is not None:
-                progress()
-    return records
-
-
-def width_ratios(records: list[CoordRecord], step: int, parameterization: str) -> dict[str, float]:
-    """Per layer: activation std at the widest width / at the narrowest, at ``step``."""
-    rows = [r for r in records if r.step == step and r.parameterization == parameterization]
-    lo, hi = min(r.width for r in rows), max(r.width for r in rows)
-    by = {(r.layer, r.width): r.std for r in rows}
-    return {layer: by[(layer, hi)] / by[(layer, lo)] for layer, w in by if w == lo}

@@ -1,4 +1,5 @@
 """Parallelism applied to the model from outside (torchtitan's pattern): the device mesh and FSDP2.
+(Being folded into ``flm.distributed``, which holds the FSDP2 and compile logic and 3-D layouts.)
 
 Single process: nothing is wrapped. Under torchrun (WORLD_SIZE > 1): a 1-D data-parallel mesh, every block
 and then the root sharded with ``fully_shard``; gloo on CPU, NCCL on GPU.
@@ -15,7 +16,10 @@ import torch.distributed as dist
 from torch import nn
 
 from flm.config import ParallelConfig, TrainConfig
+from flm.distributed.parallelize import apply_compile as apply_compile  # re-exported until this module folds in
+from flm.distributed.parallelize import apply_fsdp as fsdp_over_mesh
 from flm.errors import FlmError
+from flm.hardware import pick_device
 
 
 @dataclass
@@ -35,14 +39,6 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(train: TrainConfig, local_rank: int = 0) -> torch.device:
-    if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise FlmError("train.device = 'cuda' but no CUDA device is visible; set train.device = 'cpu'")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def use_bf16(train: TrainConfig, device: torch.device) -> bool:
     """Whether to train under bf16 autocast. 'auto' means bf16 in hardware (CUDA Ampere or newer); older
     GPUs (V100, T4) only emulate it, slower than fp32, so 'auto' keeps fp32 there. bf16 on a CPU is refused."""
@@ -56,7 +52,7 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(train, local_rank)
+    device = pick_device(train.device, local_rank, where="train.device")
     if parallel.tp != 1 or parallel.pp != 1:
         raise FlmError(
             f"parallel.tp = {parallel.tp}, parallel.pp = {parallel.pp}: only data parallelism (FSDP2) is "
@@ -80,32 +76,12 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
     return env
 
 
-def apply_compile(model: nn.Module) -> nn.Module:
-    """Compile each block in place (regional compilation, as torchtitan does): the blocks share one code
-    object, so one compilation serves every layer, and parameter names (checkpoints, muP groups, FSDP2)
-    do not change. Call before ``apply_fsdp``. A growth ramp adds mask buffers: one recompile when it
-    starts and one when it ends."""
-    # A fresh compile cache: every block of every stage shares Block.forward's code object, and the shapes
-    # of earlier stages would otherwise fill dynamo's recompile limit (8), after which it runs eager.
-    torch.compiler.reset()
-    for block in model.blocks.values():  # type: ignore[attr-defined]
-        block.compile()
-    return model
-
-
 def apply_fsdp(model: nn.Module, env: DistEnv, bf16: bool = False) -> nn.Module:
-    """Shard each block, then the root (embedding, final norm), over the data-parallel mesh. With bf16 the
-    all-gathers carry bf16 parameters and gradients are reduced in fp32 (the master weights stay fp32)."""
+    """FSDP2 over the data-parallel mesh of ``env`` (``flm.distributed.parallelize.apply_fsdp``); nothing in
+    one process."""
     if not env.distributed:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kw = {"mesh": env.mesh} | ({"mp_policy": mp} if mp else {})
-    for block in model.blocks.values():  # type: ignore[attr-defined]
-        fully_shard(block, **kw)
-    fully_shard(model, **kw)
-    return model
+    return fsdp_over_mesh(model, env.mesh, bf16)  # type: ignore[arg-type]
 
 
 def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:

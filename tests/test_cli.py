@@ -7,8 +7,9 @@ import stat
 from pathlib import Path
 
 from flm.cli import main
-from flm.config import atomic_write, config_from_dict, dump_toml
+from flm.config import config_from_dict, dump_toml
 from flm.data.prepare import prepare_data
+from flm.io import atomic_write
 
 
 def _err(capsys) -> str:
@@ -102,3 +103,10 @@ def test_an_unknown_option_gets_the_subcommands_usage(capsys):
         raise AssertionError("an unknown option was accepted")
     err = _err(capsys)
     assert err.startswith("usage: flm train") and "--stpes 5" in err and "--set train.steps=50" in err
+
+
+def test_a_bad_set_value_is_blamed_on_the_set_not_the_file(capsys):
+    assert main(["train", DEMO, "--set", "train.steps=-1"]) == 2
+    err = _err(capsys)
+    assert err.startswith("flm train: error: --set train.steps=-1: train.steps: Input should be greater than 0")
+    assert "demo.toml" not in err and len(err.splitlines()) == 1

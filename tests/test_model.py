@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from flm.config import ModelConfig, config_from_dict
+from flm.conversion import rotate_half_rows
 from flm.errors import FlmError
-from flm.model import FLM, Rotary, linear_cross_entropy, rotate_half_rows
+from flm.loss import linear_cross_entropy
+from flm.model import FLM, Rotary
 
 
 def tiny(**kw) -> ModelConfig:
@@ -324,7 +326,6 @@ def test_forward_with_targets_under_bf16_autocast_is_close_to_fp32() -> None:
 def test_readout_gradients_under_bf16_stay_accurate_for_confident_tokens() -> None:
     """softmax - onehot is formed in fp32 before the bf16 cast: for a token predicted with p ~ 0.998 the
     two terms nearly cancel, and cancelling after rounding gave 13% error in the readout gradient."""
-    from flm.model import linear_cross_entropy
 
     torch.manual_seed(0)
     n, d, v = 64, 32, 256

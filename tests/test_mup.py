@@ -3,7 +3,6 @@ growth."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -19,6 +18,7 @@ from flm import mup
 from flm.config import GrowthConfig, ModelConfig
 from flm.errors import FlmError
 from flm.model import FLM
+from flm.scaling import coord_check
 
 HIDDEN = (
     "attn.q.weight",
@@ -135,10 +135,10 @@ def test_coord_check_is_flat_under_mup_and_grows_under_sp():
     cfg = small_cfg(64, base=64, max_seq_len=64)
     gen = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 256, (8, 65), generator=gen) for _ in range(4)]
-    records = mup.coord_check(
+    records = coord_check.coord_check(
         cfg, [64, 512], lambda s: (data[s][:, :-1], data[s][:, 1:]), steps=3, lr=3e-3
     )  # fmt: skip
-    mu, sp = mup.width_ratios(records, 3, "mup"), mup.width_ratios(records, 3, "sp")
+    mu, sp = coord_check.width_ratios(records, 3, "mup"), coord_check.width_ratios(records, 3, "sp")
     assert len(mu) == 1 + 5 * cfg.n_layers + 2  # embed, 5 points per block, ln_f, logits
     for layer, ratio in mu.items():
         assert 0.5 < ratio < 2.0, f"μP: {layer} changes {ratio:.2f}x from width 64 to 512"
@@ -239,7 +239,7 @@ def _adamw_steps(
 
 
 def test_mup_survives_a_checkpoint_round_trip(tmp_path):
-    from flm import checkpoint as ck
+    from flm.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
     from flm.config import RunConfig
     from flm.growth.ramp import grow_model
 
@@ -259,7 +259,7 @@ def test_mup_survives_a_checkpoint_round_trip(tmp_path):
         for k in ("exp_avg", "exp_avg_sq")
     }
     cfg = RunConfig(model=grown.cfg)
-    data = ck.CheckpointData(
+    data = CheckpointData(
         model={k: v.clone() for k, v in grown.state_dict().items()},
         optim_tensors=moments,
         optim_meta={"step": 1},
@@ -267,9 +267,9 @@ def test_mup_survives_a_checkpoint_round_trip(tmp_path):
         growth=grown.growth_state(),
         rng={},
     )
-    ck.save_checkpoint(tmp_path / "ckpt", data, cfg, None)
+    save_checkpoint(tmp_path / "ckpt", data, cfg, None)
 
-    loaded, loaded_cfg = ck.load_checkpoint(tmp_path / "ckpt")
+    loaded, loaded_cfg = load_checkpoint(tmp_path / "ckpt")
     back = FLM(loaded_cfg.model)
     back.load_state_dict(loaded.model)
     back.load_growth_state(loaded.growth)
@@ -322,24 +322,3 @@ def test_grown_model_follows_the_mup_rules_of_its_new_width():
     stale_upd = update_rms(grown, mup.param_groups(stale, 1e-2, 0.1))
     ratios = [stale_upd[n] / fresh_upd[n] for n in fresh_upd if mup.param_kind(n) == "hidden"]
     assert min(ratios) > 1.6, ratios
-
-
-def test_coord_check_cli_writes_json_and_png(tmp_path, capsys):
-    from flm.cli import main
-    from flm.config import config_from_dict, dump_toml
-
-    cfg = {"model": {"vocab_size": 256, "d_model": 32, "n_layers": 1, "n_heads": 2, "mup_base_width": 32}}
-    path = tmp_path / "c.toml"
-    path.write_text(dump_toml(config_from_dict(cfg)))
-    out = tmp_path / "cc"
-    argv = ["mup", "coord-check", str(path), "--widths", "32,64", "--steps", "2", "--data", "random"]
-    assert main([*argv, "--seq-len", "16", "--out", str(out)]) == 0
-    data = json.loads((out / "coord_check.json").read_text())
-    assert data["widths"] == [32, 64]
-    layers = 1 + 5 + 2
-    assert len(data["records"]) == 2 * 2 * 3 * layers  # parameterizations x widths x steps 0..2 x layers
-    assert (out / "coord_check.png").stat().st_size > 10_000
-    assert "flat (within 2x)" in capsys.readouterr().out
-    (tmp_path / "sp.toml").write_text(dump_toml(config_from_dict({})))
-    assert main(["mup", "coord-check", str(tmp_path / "sp.toml")]) == 2
-    assert "mup_base_width" in capsys.readouterr().err

@@ -8,7 +8,9 @@ import os
 import time
 from pathlib import Path
 
-from flm.errors import FlmError
+from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config
+from flm.data.prepare import load_prepared, prepare_data, prepared_folders
+from flm.data.tokenizer import check_vocab
 
 
 def _shown(p: Path) -> str:
@@ -19,15 +21,15 @@ def _shown(p: Path) -> str:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from flm.config import RunConfig, config_from_dict, load_config
-    from flm.data.prepare import prepare_data
-    from flm.data.tokenizer import check_vocab
+    """tokenize the config's data sources into cached token shards
 
-    cfg = (
-        load_config(args.config, args.set)
-        if args.config
-        else (config_from_dict({}, "defaults", args.set) if args.set else RunConfig())
-    )
+    Train or load the tokenizer named by [data.tokenizer], tokenize the [[data.train]] and [[data.valid]]
+    sources (.txt, .md, .jsonl with a "text" field or "prompt"/"completion", each optionally .gz; globs
+    allowed) in worker processes, and write uint16/uint32 token shards plus an index to
+    data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are relative to the
+    current directory.
+    """
+    cfg = load_run_config(args)
     t0 = time.time()
     prepared = prepare_data(cfg.data, progress=not args.quiet, model=cfg.model)
     check_vocab(prepared.tokenizer, cfg.model)
@@ -44,17 +46,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from flm.data.prepare import INDEX_FILE, load_prepared
+    """show what a prepared data folder holds
 
-    d = Path(args.dir)
-    if not d.is_dir():
-        raise FlmError(
-            f"flm data stats: no such folder: {d}; give a prepared data folder (data/prepared/<hash>)"
-        )
-    folders = [d] if (d / INDEX_FILE).is_file() else sorted(p.parent for p in d.glob(f"*/{INDEX_FILE}"))
-    if not folders:
-        raise FlmError(f"{d} holds no prepared data ({INDEX_FILE} missing); run `flm data prepare` first")
-    for folder in folders:
+    Token, document and character counts per split and source of a prepared data folder (or of every
+    prepared folder under DIR).
+    """
+    for folder in prepared_folders(Path(args.dir)):
         prepared = load_prepared(folder)
         idx = prepared.index
         if args.json:
@@ -78,44 +75,17 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser(
-        "data", help="prepare token shards from text", description="Corpus -> tokenizer + token shards."
+    sub = add_command_group(
+        subparsers, "data", help="prepare token shards from text", description="Corpus -> tokenizer + token shards."
     )
-    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    prep = sub.add_parser(
-        "prepare",
-        help="tokenize the config's data sources into cached token shards",
-        description="Train or load the tokenizer named by [data.tokenizer], tokenize the [[data.train]] and "
-        '[[data.valid]] sources (.txt, .md, .jsonl with a "text" field or "prompt"/"completion", each '
-        "optionally .gz; globs allowed) in worker processes, and write uint16/uint32 token shards plus an "
-        "index to data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are "
-        "relative to the current directory.",
-    )
-    prep.add_argument(
-        "config", nargs="?", help="run config (TOML); default: the built-in defaults (data/pd-english)"
-    )
-    prep.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.tokenizer.vocab_size=4096 (repeatable)",
+    prep = add_command(sub, "prepare", _prepare)
+    add_config_args(
+        prep,
+        "run config (TOML); default: the built-in defaults (data/pd-english)",
+        example="data.tokenizer.vocab_size=4096",
+        optional=True,
     )
     prep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    prep.set_defaults(func=_prepare)
-
-    stats = sub.add_parser(
-        "stats",
-        help="show what a prepared data folder holds",
-        description="Token, document and character counts per split and source of a prepared data folder "
-        "(or of every prepared folder under DIR).",
-    )
+    stats = add_command(sub, "stats", _stats)
     stats.add_argument("dir", help="a prepared folder (data/prepared/<hash>) or the folder holding them")
     stats.add_argument("--json", action="store_true", help="print each index as one JSON line")
-    stats.set_defaults(func=_stats)
-
-    def _help(args: argparse.Namespace) -> int:
-        data.print_help()
-        return 2
-
-    data.set_defaults(func=_help)

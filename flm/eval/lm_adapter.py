@@ -26,8 +26,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from flm.errors import FlmError
 from flm.eval.models import load_scorer
-from flm.eval.report import progress_bar
 from flm.eval.scorer import GenRequest, Scorer
+from flm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_GEN_TOKS = 256
@@ -86,8 +86,8 @@ class FlmLM(LM):
     # ----- the three request types --------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [tuple(r.args) for r in requests]
-        with progress_bar(len(pairs), "loglikelihood", self.progress and not disable_tqdm) as advance:
-            results = self.scorer.loglikelihood(pairs, advance)
+        with progress_bar("loglikelihood", len(pairs), enabled=self.progress and not disable_tqdm) as bar:
+            results = self.scorer.loglikelihood(pairs, bar.advance)
         for pair, res in zip(pairs, results):
             self.cache_hook.add_partial("loglikelihood", pair, res)
         return results
@@ -101,8 +101,8 @@ class FlmLM(LM):
                 windows.append(make_disjoint_window(w))
                 owner.append(n)
         totals = [0.0] * len(requests)
-        with progress_bar(len(windows), "loglikelihood_rolling", self.progress and not disable_tqdm) as advance:
-            for n, (lp, _) in zip(owner, s.loglikelihood_tokens(windows, advance)):
+        with progress_bar("loglikelihood_rolling", len(windows), enabled=self.progress and not disable_tqdm) as bar:
+            for n, (lp, _) in zip(owner, s.loglikelihood_tokens(windows, bar.advance)):
                 totals[n] += lp
         for r, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", r.args, total)
@@ -113,8 +113,8 @@ class FlmLM(LM):
         for r in requests:
             context, kwargs = r.args
             reqs.append(gen_request(context, dict(kwargs or {}), self.scorer))
-        with progress_bar(len(reqs), "generate_until", self.progress and not disable_tqdm) as advance:
-            outs = self.scorer.generate_until(reqs, advance)
+        with progress_bar("generate_until", len(reqs), enabled=self.progress and not disable_tqdm) as bar:
+            outs = self.scorer.generate_until(reqs, bar.advance)
         for r, out in zip(requests, outs):
             self.cache_hook.add_partial("generate_until", r.args, out)
         return outs

@@ -22,22 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flm.checkpoint import load_model, resolve_checkpoint
 from flm.errors import FlmError
 from flm.eval.scorer import Scorer
+from flm.hardware import pick_device
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FlmError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise FlmError(f"--device {device!r} is not a device; use auto, cpu or cuda") from None
 
 
 def pick_dtype(dtype: str) -> torch.dtype:
@@ -227,8 +218,6 @@ def model_kind(spec: str) -> tuple[str, Path]:
     if (p / "model.safetensors").is_file() and (p / "config.toml").is_file():
         return "flm", p
     if (p / "checkpoints").is_dir() or any(p.glob("stage*/checkpoints")):
-        from flm.checkpoint import resolve_checkpoint
-
         return "flm", resolve_checkpoint(p)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
@@ -253,8 +242,6 @@ def load_scorer(
     dev, dt = pick_device(device), pick_dtype(dtype)
     opts = dict(batch_tokens=batch_tokens, gen_batch=gen_batch)
     if kind == "flm":
-        from flm.checkpoint import load_model
-
         try:
             model, _, tok = load_model(path, device=dev)
         except FlmError:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flm.errors import FlmError
-from flm.eval.report import progress_bar
 from flm.eval.scorer import Scorer, TokenPair, rolling_windows
+from flm.progress import progress_bar
 
 
 @dataclass
@@ -115,8 +115,8 @@ def perplexity(
         n_bytes += len(text.encode("utf-8"))
     if not n_tokens:
         raise FlmError("no text to score: the data holds no non-empty documents")
-    with progress_bar(len(windows), "ppl", progress) as advance:
-        nll = -sum(lp for lp, _ in scorer.loglikelihood_tokens(windows, advance))
+    with progress_bar("ppl", len(windows), enabled=progress) as bar:
+        nll = -sum(lp for lp, _ in scorer.loglikelihood_tokens(windows, bar.advance))
     loss = nll / n_tokens
     return PplResult(
         docs=n_docs,

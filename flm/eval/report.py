@@ -1,48 +1,16 @@
-"""Progress bars, tables and JSON output shared by the ``flm eval`` commands."""
+"""Tables and JSON output shared by the ``flm eval`` commands."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from flm.config import atomic_write
-
-console = Console(stderr=True)
-
-
-@contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n)``; draws a rich bar on stderr when enabled and stderr is a terminal."""
-    if not enabled or total <= 0 or not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+from flm.io import atomic_write
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> None:
@@ -59,6 +27,8 @@ def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(path), json.dumps(data, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path, 0o666 & ~umask)  # atomic_write's temp file is private (0600); results are not
+
+
+def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One JSON object per line (``--samples``)."""
+    atomic_write(Path(path), "".join(json.dumps(r) + "\n" for r in rows))

@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from flm.errors import FlmError
 
@@ -142,12 +145,9 @@ class DcpReader:
     """A torch.distributed.checkpoint folder (one ``.metadata`` + shard files), read tensor by tensor."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
         self.path = Path(path)
         try:
-            md = FileSystemReader(str(self.path)).read_metadata()
+            md = dcp.FileSystemReader(str(self.path)).read_metadata()
         except Exception as e:  # noqa: BLE001 - any failure here means an unreadable folder
             raise FlmError(f"{self.path}: not a readable DCP checkpoint ({e})") from None
         self._meta = {k: v for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
@@ -157,9 +157,6 @@ class DcpReader:
         return self._meta[name].properties.dtype
 
     def read(self, name: str) -> Tensor:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
         out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name))}
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)

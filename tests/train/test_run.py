@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import tomli_w
 import torch
 from safetensors.torch import load_file
 
@@ -13,7 +14,7 @@ from flm.checkpoint import latest_checkpoint, list_checkpoints
 from flm.cli import main
 from flm.config import config_from_dict, dump_toml
 from flm.train.metrics import read_metrics
-from flm.train.run import run_plan, stage_summaries
+from flm.train.run import run_plan, scratch_config, stage_summaries
 
 
 def plan_dict(base: dict) -> dict:
@@ -25,6 +26,17 @@ def plan_dict(base: dict) -> dict:
         {"steps": 6, "grow": {"n_layers": 4, "ramp_steps": 3, "depth_position": "interleave"}},
     ]
     return base
+
+
+def refusal(plan: dict, tmp_path, capsys) -> str:
+    """The one error line of `flm run` on ``plan``, which must stop before it writes anything."""
+    path = tmp_path / "plan.toml"
+    path.write_text(tomli_w.dumps(plan))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not out.exists()
+    return err
 
 
 def final_weights(run, stage=3):
@@ -67,6 +79,21 @@ def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_p
 
 
 @pytest.mark.parametrize(
+    "lr_mode, stage, warmup, needle",
+    [
+        ("inherit", None, 21, "optim.warmup_steps (21) is longer than the whole plan (20 steps"),
+        ("inherit", 1, 7, "stages[1].warmup_steps (7) is longer than stage 2 (6 steps)"),
+        ("restart", None, 7, "optim.warmup_steps (7) is longer than stage 2 (6 steps; lr_mode 'restart'"),
+    ],
+)
+def test_a_warmup_longer_than_its_steps_is_refused_before_training(tiny_cfg, tmp_path, capsys, lr_mode, stage,
+                                                                   warmup, needle):
+    d = {**plan_dict(tiny_cfg()), "lr_mode": lr_mode}
+    (d["optim"] if stage is None else d["stages"][stage])["warmup_steps"] = warmup
+    assert needle in refusal(d, tmp_path, capsys)
+
+
+@pytest.mark.parametrize(
     "grow, needle",
     [
         ({"d_model": 16}, "cannot shrink"),
@@ -79,20 +106,10 @@ def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_p
 def test_bad_plans_are_rejected_before_training(tiny_cfg, tmp_path, capsys, grow, needle):
     d = plan_dict(tiny_cfg())
     d["stages"][1]["grow"] = {**grow, "ramp_steps": 1}
-    path = tmp_path / "plan.toml"
-    import tomli_w
-
-    path.write_text(tomli_w.dumps(d))
-    out = tmp_path / "out"
-    assert main(["run", str(path), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1
-    assert not out.exists()
+    assert needle in refusal(d, tmp_path, capsys)
 
 
 def test_scratch_baseline_matches_tokens_or_flops(tiny_cfg):
-    from flm.train.run import scratch_config
-
     cfg = config_from_dict(plan_dict(tiny_cfg()))
     by_tokens = scratch_config(cfg, "tokens")
     assert by_tokens.model == cfg.stage_models()[-1] and by_tokens.train.steps == 20

@@ -11,8 +11,9 @@ from typing import Any
 from flm.errors import FlmError
 from flm.eval.iq.items import FAMILIES, SUBTASKS, Item, generate_items, normalize
 from flm.eval.iq.symbolic import parse_sources
-from flm.eval.report import print_table, progress_bar
+from flm.eval.report import print_table
 from flm.eval.scorer import GenRequest, Scorer
+from flm.progress import progress_bar
 
 STOP = ["\n"]
 EXTRA_TOKENS = 8  # generation budget beyond the answer's own length in the model's tokens
@@ -115,11 +116,11 @@ def run_iq(
         "families": {},
     }
     total = sum(len(v) for v in all_items.values())
-    with progress_bar(total, "iq", progress) as advance:
+    with progress_bar("iq", total, enabled=progress) as bar:
         for name, items in all_items.items():
             t0 = time.perf_counter()
             items, shortened, cut = fit_items(scorer, items)
-            outputs, passed = score_items(scorer, items, advance)
+            outputs, passed = score_items(scorer, items, bar.advance)
             st = SUBTASKS[name]
             entry: dict[str, Any] = {
                 "family": st.family,

@@ -20,16 +20,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from flm import checkpoint as ck
+from flm.checkpoint.store import MANIFEST, read_config, resolve_checkpoint, verify_manifest
 from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict, save_config
 from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
 from flm.growth.tensorio import SafetensorsWriter, TensorSource, open_tensors
+from flm.io import fsync_folder, sha256_file
+from flm.model import FLM
 
 # Files this module writes itself; every other file of the checkpoint (tokenizer, rng, ...) is copied.
 _HANDLED = {"model.safetensors", "model", "optim.safetensors", "optim", "optim.json", "growth.safetensors",
-            "trainer.json", "config.toml", ck.MANIFEST}  # fmt: skip
+            "trainer.json", "config.toml", MANIFEST}  # fmt: skip
 
 Progress = Callable[[int], None]  # called with the bytes just written
 
@@ -49,7 +51,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if (p / "model" / ".metadata").is_file():
         return p
-    return ck.resolve_checkpoint(p)
+    return resolve_checkpoint(p)
 
 
 def _stream_file(
@@ -119,9 +121,9 @@ def grow_checkpoint(
     out = Path(out)
     if out.exists():
         raise FlmError(f"--out {out} already exists; growth never overwrites, pick a new folder")
-    if (folder / ck.MANIFEST).is_file():
-        ck.verify_manifest(folder, full=False)
-    cfg = ck.read_config(folder / "config.toml")
+    if (folder / MANIFEST).is_file():
+        verify_manifest(folder, full=False)
+    cfg = read_config(folder / "config.toml")
     if (folder / "growth.safetensors").is_file():
         raise FlmError(
             f"{folder} is in the middle of a growth ramp (growth.safetensors); train until the ramp ends, "
@@ -161,11 +163,11 @@ def grow_checkpoint(
         _write_small_files(folder, tmp, cfg, plan, growth)
         for p in sorted(tmp.iterdir()):
             if p.is_file() and p.name not in files:
-                files[p.name] = {"bytes": p.stat().st_size, "sha256": ck.sha256_file(p)}
-        (tmp / ck.MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        ck.fsync_folder(tmp)
+                files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+        fsync_folder(tmp)
         tmp.rename(out)
-        ck.fsync_folder(out.parent, files=False)
+        fsync_folder(out.parent, files=False)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -205,10 +207,8 @@ def _write_small_files(
 @torch.no_grad()
 def max_logit_delta(old_dir: Path, new_dir: Path, batch: int = 2, seq: int = 32, seed: int = 0) -> float:
     """Largest |logit difference| between two checkpoints on one batch of random tokens (masks applied)."""
-    from flm.model import FLM
-
     def logits(folder: Path, tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = ck.read_config(folder / "config.toml").model
+        cfg = read_config(folder / "config.toml").model
         src = open_tensors(folder, "model")
         assert src is not None
         model = FLM(cfg)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 
+from flm.checkpoint.grow import grow_checkpoint, max_logit_delta
+from flm.cli_args import add_command
 from flm.growth.spec import parse_growth_spec
-from flm.growth.stream import grow_checkpoint, max_logit_delta
+from flm.progress import progress_bar
 
 CHECK_TOLERANCE = 1e-4
 
@@ -31,35 +32,17 @@ the keys. Keys (unset dimensions stay as they are):
 example: --to d_model=256,d_ff=1024,n_layers=8,ramp_steps=200"""
 
 
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return None, None
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-
-    def start(total: int):
-        task = bar.add_task("growing", total=total)
-        return lambda n: bar.advance(task, n)
-
-    return bar, start
-
-
 def run(args: argparse.Namespace) -> int:
+    """grow a saved checkpoint with function-preserving MSG operators
+
+    Grow a checkpoint (width, FFN, heads, depth; any subset at once) into a new checkpoint folder. The
+    grown model computes the same function as the old one (growth masks at m = 0, saved in
+    growth.safetensors; training ramps them to 1 over ramp_steps). Tensors are streamed one at a time,
+    so checkpoints larger than RAM can be grown. Exit code 2 on a bad spec or checkpoint.
+    """
     growth = parse_growth_spec(args.to)
-    bar, start = _progress_bar(not args.no_progress and sys.stderr.isatty())
-    if bar is not None:
-        with bar:
-            rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed, progress=start)
-    else:
-        rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed)
+    with progress_bar("growing", enabled=not args.no_progress, unit="bytes") as bar:
+        rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed, progress=bar.start)
     changed = ", ".join(f"{k} {rep.old[k]} -> {rep.new[k]}" for k in rep.new if rep.new[k] != rep.old[k])
     print(f"grew {changed or 'nothing (same shape)'}")
     print(f"wrote {rep.out} ({rep.bytes_written / 1e9:.3f} GB of tensors in {rep.seconds:.1f} s)")
@@ -76,19 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "grow",
-        help="grow a saved checkpoint with function-preserving MSG operators",
-        description=textwrap.fill(
-            "Grow a checkpoint (width, FFN, heads, depth; any subset at once) into a new checkpoint folder. "
-            "The grown model computes the same function as the old one (growth masks at m = 0, saved in "
-            "growth.safetensors; training ramps them to 1 over ramp_steps). Tensors are streamed one at a "
-            "time, so checkpoints larger than RAM can be grown. Exit code 2 on a bad spec or checkpoint.",
-            width=100,
-        ),
-        epilog=SPEC_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "grow", run, epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "ckpt", metavar="CKPT", help="checkpoint folder (checkpoints/step_*) or run folder (its newest)"
     )
@@ -104,4 +75,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the new weights' random init (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
-    p.set_defaults(func=run)

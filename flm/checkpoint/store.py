@@ -19,7 +19,6 @@ checkpoint written by N ranks loads into M ranks, or into one process, unchanged
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,8 +30,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flm.config import RunConfig, atomic_write, config_from_dict, save_config, tomllib
+from flm.config import RunConfig, config_from_dict, save_config, tomllib
+from flm.data.tokenizer import load_tokenizer
 from flm.errors import FlmError
+from flm.io import atomic_write, fsync_folder, sha256_file
+from flm.model import FLM
 
 CKPT_SUBDIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -40,29 +42,6 @@ MANIFEST = "manifest.json"
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_folder(folder: Path, files: bool = True) -> None:
-    """Flush the folder's files (with ``files``) and its entries to disk, so that a manifest written after
-    this never describes data a power loss could still take away."""
-    if files:
-        for p in folder.iterdir():
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _earlier_hint(folder: Path) -> str:
@@ -237,9 +216,6 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"):
     """(FLM, RunConfig, Tokenizer) from a run folder or a checkpoint folder, in eval mode, masks restored."""
-    from flm.data.tokenizer import load_tokenizer
-    from flm.model import FLM
-
     folder = resolve_checkpoint(path)
     verify_manifest(folder, full=False)
     cfg = read_config(folder / "config.toml")

@@ -1,0 +1,59 @@
+"""Build an FLM without memory (meta device), parallelize it, then give every rank its shard of the same weights.
+
+Each parameter's values come from its own generator, seeded from (seed, canonical parameter name) with the
+per-tensor seed growth uses (``flm.growth.ops.tensor_seed``), drawn with the muP init of ``flm.mup`` (via
+``flm.growth.plan.init_for``). Nothing depends on a global RNG stream or on the order in which tensors are
+visited, so the full weights are bitwise the same in one process, under tp2, dp (FSDP2), a pipeline stage
+holding a subset of the blocks (its parameters keep the full model's names), or any mix: only the device
+type matters (CPU and CUDA generators draw different numbers).
+
+Each rank draws a parameter's full tensor, then keeps its local shard: peak extra memory is one full tensor
+(the largest is the embedding, padded vocabulary x d_model), never the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from flm.config import ModelConfig
+from flm.growth.ops import build_tensor
+from flm.growth.plan import TensorPlan, init_for
+from flm.model import FLM
+from flm.mup import canonical_name
+
+
+def meta_model(cfg: ModelConfig) -> FLM:
+    """An FLM whose tensors have shapes but no storage: parallelize it, then ``materialize`` it."""
+    with torch.device("meta"):
+        return FLM(cfg)
+
+
+def full_init(name: str, shape: tuple[int, ...], cfg: ModelConfig, seed: int, device: torch.device | str) -> Tensor:
+    """The initial value of parameter ``name`` (any wrapper prefixes allowed), whole."""
+    name = canonical_name(name)
+    return build_tensor(TensorPlan(name, shape, None, init_for(name, cfg), True), None, seed, device=device)
+
+
+@torch.no_grad()
+def materialize(model: FLM, device: torch.device | str, seed: int) -> FLM:
+    """Allocate ``model``'s tensors on ``device`` (``to_empty``) and fill each rank's shard with the layout-free
+    initial values described above. Works on a plain, tensor-parallel, FSDP2-sharded or pipeline-stage model;
+    non-persistent buffers get their fresh values (growth ramp m = 0, no masks)."""
+    model.to_empty(device=device)
+    cfg = model.cfg
+    for name, p in model.named_parameters():
+        full = full_init(name, tuple(p.shape), cfg, seed, device)
+        _copy_shard(p, full)
+    model.end_growth()
+    model.grow_m.zero_()
+    return model
+
+
+def _copy_shard(p: nn.Parameter | Tensor, full: Tensor) -> None:
+    if isinstance(p, DTensor):  # each rank keeps its own chunk: no communication (src_data_rank=None)
+        local = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+        p.to_local().copy_(local)
+    else:
+        p.copy_(full)

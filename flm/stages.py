@@ -1,0 +1,137 @@
+"""The stage plan of a run: what every stage trains, derived once for `flm run`, its preflight and `flm cost`.
+
+A config without ``[[stages]]`` is a one-stage plan. A stage gives its length in ``steps`` or in ``tokens``;
+one given in tokens keeps that exact count (what `flm cost` prices) and trains
+``ceil(tokens / (batch_size · seq_len))`` steps. Every check that needs the whole plan (a growth spec that
+cannot work, a ramp or a warmup longer than the steps it covers) happens here, before anything trains or is priced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from flm.config import (
+    GrowthConfig,
+    ModelConfig,
+    ParallelConfig,
+    RunConfig,
+    StageConfig,
+    check_warmup,
+    config_from_dict,
+    config_to_dict,
+)
+from flm.errors import FlmError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a plan."""
+
+    index: int  # 1-based, as people count stages
+    name: str  # stages[i].name, else "stage N"; the run's name for a plan without [[stages]]
+    where: str  # the config table that defines it, for error messages: "stages[i]", or "config" without stages
+    cfg: RunConfig  # a single-stage config for training: this stage's model, steps, batch, LR, parallel layout
+    steps: int  # optimizer steps
+    tokens: int  # what the stage trains on: as given, or steps · batch_size · seq_len
+    growth: GrowthConfig | None  # how it grows out of the previous stage; None for the first
+    tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU, for `flm cost`
+    lr: float | None  # stage-start LR (stages[i].lr); None: inherited
+    warmup_steps: int | None  # stages[i].warmup_steps; None: optim.warmup_steps
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.cfg.model
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.train.batch_size
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return self.cfg.parallel
+
+    @property
+    def folder(self) -> str:
+        """The stage's folder inside a run folder."""
+        return f"stage{self.index}"
+
+
+def resolve_stages(cfg: RunConfig) -> list[Stage]:
+    """Every stage of ``cfg`` (one when it lists no ``[[stages]]``); raises FlmError on a plan that cannot run."""
+    models = cfg.stage_models()  # raises FlmError on a bad growth spec
+    entries: list[StageConfig | None] = list(cfg.stages) or [None]
+    stages: list[Stage] = []
+    for i, (st, model) in enumerate(zip(entries, models)):
+        stage_cfg = _stage_config(cfg, i, st, model)
+        steps = stage_cfg.train.steps
+        tokens = steps * stage_cfg.train.batch_size * cfg.seq_len  # all > 0: the config refuses 0 steps or tokens
+        if st is None:
+            stages.append(Stage(
+                index=1, name=cfg.name, where="config", cfg=stage_cfg, steps=steps, tokens=tokens, growth=None,
+                tflops_per_gpu=None, lr=None, warmup_steps=None,
+            ))
+            continue
+        where = f"stages[{i}]"
+        if st.grow is not None and st.grow.ramp_steps > steps:
+            raise FlmError(
+                f"{where}.grow.ramp_steps ({st.grow.ramp_steps}) is longer than the stage ({steps} steps): "
+                "the masks would still be on when the next stage starts; shorten the ramp"
+            )
+        stages.append(Stage(
+            index=i + 1, name=st.name or f"stage {i + 1}", where=where, cfg=stage_cfg, steps=steps,
+            tokens=st.tokens or tokens, growth=st.grow, tflops_per_gpu=st.tflops_per_gpu, lr=st.lr,
+            warmup_steps=st.warmup_steps,
+        ))
+    _check_warmups(cfg, stages)
+    return stages
+
+
+def _stage_config(cfg: RunConfig, i: int, st: StageConfig | None, model: ModelConfig) -> RunConfig:
+    """The plan's config with stage ``i``'s model, batch, LR, parallel layout and steps, without [[stages]]."""
+    data = config_to_dict(cfg)
+    data.pop("stages", None)
+    data["model"] = config_to_dict(model)
+    train, optim = data["train"], data["optim"]
+    if st is not None:
+        if st.batch_size:
+            train["batch_size"] = st.batch_size
+        if st.lr:
+            optim["lr"] = st.lr
+        if st.parallel:
+            data["parallel"] = config_to_dict(st.parallel)
+        if st.steps:
+            train["steps"] = st.steps
+        elif st.tokens:
+            train["steps"] = math.ceil(st.tokens / (train["batch_size"] * cfg.seq_len))
+        else:
+            raise FlmError(f"stages[{i}] sets neither steps nor tokens; give one, e.g. steps = 200")
+    return config_from_dict(data, where=f"stages[{i}]")
+
+
+def _check_warmups(cfg: RunConfig, stages: list[Stage]) -> None:
+    """A warmup longer than the steps it covers never lets the LR reach its peak (flm.train.schedule):
+    without stages optim.warmup_steps covers train.steps; under lr_mode 'restart' each stage warms up on its
+    own; under 'inherit' the first stage's warmup covers the whole plan and a later stage's re-warms it."""
+    if not cfg.stages:
+        check_warmup("optim.warmup_steps", cfg.optim.warmup_steps, stages[0].steps, "train.steps")
+        return
+    first = stages[0]
+    if cfg.lr_mode == "inherit":
+        key = "stages[0].warmup_steps" if first.warmup_steps is not None else "optim.warmup_steps"
+        warmup = first.warmup_steps if first.warmup_steps is not None else cfg.optim.warmup_steps
+        total = sum(s.steps for s in stages)
+        check_warmup(key, warmup, total, "the whole plan", "; lr_mode 'inherit' warms up once")
+        for s in stages[1:]:
+            if s.warmup_steps is not None:
+                check_warmup(f"{s.where}.warmup_steps", s.warmup_steps, s.steps, f"stage {s.index}")
+        return
+    for s in stages:
+        if s.warmup_steps is not None:
+            check_warmup(f"{s.where}.warmup_steps", s.warmup_steps, s.steps, f"stage {s.index}")
+        else:
+            check_warmup(
+                "optim.warmup_steps", cfg.optim.warmup_steps, s.steps,
+                f"stage {s.index}", "; lr_mode 'restart' warms up every stage", f" or set {s.where}.warmup_steps",
+            )
+

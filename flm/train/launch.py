@@ -1,0 +1,41 @@
+"""Starting training from the command line: the process group around a job (one process, or one rank of
+torchrun), and a stage that starts from a saved checkpoint (``flm train --init``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flm.checkpoint import load_checkpoint, resolve_checkpoint
+from flm.config import RunConfig
+from flm.errors import FlmError
+from flm.parallel import DistEnv, init_distributed, shutdown
+from flm.train.loop import StageInit
+
+
+@contextmanager
+def process_group(cfg: RunConfig) -> Iterator[DistEnv]:
+    """This process's place in the job (a process group under torchrun), torn down however the job ends."""
+    env = init_distributed(cfg.train, cfg.parallel)
+    try:
+        yield env
+    finally:
+        shutdown(env)
+
+
+def stage_init_from(path: Path, cfg: RunConfig) -> StageInit:
+    """A StageInit from a checkpoint (weights, moments, masks and ramp; the step count restarts)."""
+    folder = resolve_checkpoint(path)
+    data, ckpt_cfg = load_checkpoint(folder)
+    if ckpt_cfg.model != cfg.model:
+        raise FlmError(
+            f"--init {folder}: its model {ckpt_cfg.model.shape()} differs from the config's {cfg.model.shape()}; "
+            "set [model] to the checkpoint's shape (its config.toml has it)"
+        )
+    tr = data.trainer
+    return StageInit(
+        model_state=data.model, optim_tensors=data.optim_tensors, optim_step=int(data.optim_meta.get("step", 0)),
+        growth_state=data.growth, ramp=tr.get("ramp"), tokens=int(tr.get("tokens", 0)),
+        flops=float(tr.get("flops", 0.0)), loader_state=tr.get("loader"),
+    )

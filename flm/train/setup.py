@@ -1,0 +1,96 @@
+"""What a stage checks and prepares before its first step: the run folder, the data, the batch layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from flm.checkpoint import read_config
+from flm.config import RunConfig, save_config
+from flm.data.prepare import PreparedData, prepare_data
+from flm.data.tokenizer import check_vocab
+from flm.errors import FlmError
+from flm.parallel import DistEnv
+
+
+def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] | None = None) -> Any:
+    """Run ``fn`` on rank 0 (it may write files), then ``others`` on the other ranks. An FlmError on rank 0
+    is raised on every rank, instead of leaving the others waiting at a barrier."""
+    result, err = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except FlmError as e:
+            err = str(e)
+    if env.distributed:
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise FlmError(err)
+    if not env.is_main and others is not None:
+        result = others()
+    return result
+
+
+def prepare_stage_data(cfg: RunConfig, env: DistEnv) -> PreparedData:
+    """Tokenizer and token shards (rank 0 builds them, the others read the cache), checked against the
+    model's vocabulary."""
+    prepared = rank0_first(
+        env, lambda: prepare_data(cfg.data, progress=cfg.train.progress), lambda: prepare_data(cfg.data, progress=False)
+    )
+    check_vocab(prepared.tokenizer, cfg.model)
+    return prepared
+
+
+def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:
+    """(micro-batch rows, micro-batches per step) of this rank, or one clear error."""
+    tc = cfg.train
+    if tc.batch_size % env.world_size:
+        raise FlmError(
+            f"train.batch_size ({tc.batch_size}) must be divisible by the {env.world_size} data-parallel ranks"
+        )
+    per_rank = tc.batch_size // env.world_size
+    micro = tc.micro_batch_size or per_rank
+    if per_rank % micro:
+        raise FlmError(
+            f"train.micro_batch_size ({micro}) must divide the per-rank batch ({per_rank}); adjust either"
+        )
+    return micro, per_rank // micro
+
+
+def write_run_config(out_dir: Path, cfg: RunConfig) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.toml")
+    except OSError as e:
+        raise FlmError(f"cannot write the run folder {out_dir} ({e.strerror}); pick another --out") from None
+
+
+def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """Refuse to write into a folder that holds another run; never overwrite finished work."""
+    existing = out_dir / "config.toml"
+    if not existing.is_file():
+        if resume:
+            raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
+        return
+    old = read_config(existing)
+    if old.stages and not cfg.stages:  # `flm train` into an `flm run` folder would replace its records
+        raise FlmError(
+            f"{out_dir} holds a progressive run (flm run, {len(old.stages)} stages); continue it with "
+            f"`flm run {existing} --out {out_dir} --resume`, or train into another --out"
+        )
+    if resume:
+        if old.model != cfg.model:
+            raise FlmError(
+                f"--resume: the run in {out_dir} has model {old.model.shape()}, the config asks for "
+                f"{cfg.model.shape()}; resume with the run's own config or train into a new --out"
+            )
+        return
+    what = "a different run" if old.model_dump() != cfg.model_dump() else "a run"
+    raise FlmError(
+        f"{out_dir} already holds {what} (config.toml exists); pass --resume to continue it or choose another --out"
+    )
