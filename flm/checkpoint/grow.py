@@ -2,7 +2,7 @@
 
 Reads one old tensor, builds the grown one (ops.build_tensor), writes it to the new safetensors file and
 drops both, so peak memory is about one old plus one new tensor, not the model: a checkpoint larger than
-RAM can be grown. The output is a complete checkpoint folder (checkpoint.py's layout) with the growth masks
+RAM can be grown. The output is a complete checkpoint folder (store.py's layout) with the growth masks
 at m = 0 in growth.safetensors and the ramp in trainer.json, built under a temporary name and renamed into
 place at the end.
 """

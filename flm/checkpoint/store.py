@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from flm.config import RunConfig, config_from_dict, save_config, tomllib
 from flm.data.tokenizer import load_tokenizer
 from flm.errors import FlmError
+from flm.growth.ops import check_shapes
 from flm.io import atomic_write, fsync_folder, sha256_file
 from flm.model import FLM
 
@@ -232,18 +233,4 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
 
 def check_state_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
     """One clear line when a state dict does not fit the model built from the config."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise FlmError(
-            f"{where}: tensors do not match the model shape in its config (missing {missing[:3]}, "
-            f"unexpected {extra[:3]}); the config and weights come from different models"
-        )
-    for k, t in expected.items():
-        if tuple(state[k].shape) != tuple(t.shape):
-            raise FlmError(
-                f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the config's model needs "
-                f"{tuple(t.shape)}; the config and weights come from different models (or --resume with a "
-                "different model shape)"
-            )
+    check_shapes(model.cfg, {k: tuple(v.shape) for k, v in state.items()}, str(where))  # type: ignore[arg-type]

@@ -572,6 +572,26 @@ def _count(src: _Source, max_chars: int | None) -> tuple[int, int]:
     return docs, chars
 
 
+def _reuse_cached(final: Path, sources: dict[str, list[_Source]]) -> PreparedData | None:
+    """The prepared folder of the same contents, if it is there and undamaged (a damaged one is removed)."""
+    if not (final / INDEX_FILE).is_file():
+        return None
+    prepared = load_prepared(final)
+    problems = [
+        pr for split in SPLITS for src in prepared.sources(split) for sh in src.shards
+        if (pr := sh.problem(prepared.dtype))
+    ]
+    if not problems:
+        prepared.reused = True
+        for split in SPLITS:  # the hash is of contents: name the sources as this config does
+            for entry, src in zip(prepared.index["splits"].get(split, {}).get("sources", []), sources[split]):
+                entry["path"] = src.path
+        return prepared
+    print(f"note: cached data damaged ({problems[0]}); preparing it again", file=sys.stderr)
+    shutil.rmtree(final)
+    return None
+
+
 def prepare_data(
     data_cfg: DataConfig,
     *,
@@ -589,20 +609,9 @@ def prepare_data(
     base = Path(data_cfg.prepared_dir)
     base = base if base.is_absolute() else root / base
     final = base / digest
-    if (final / INDEX_FILE).is_file():
-        prepared = load_prepared(final)
-        problems = [
-            pr for split in SPLITS for src in prepared.sources(split) for sh in src.shards
-            if (pr := sh.problem(prepared.dtype))
-        ]
-        if not problems:
-            prepared.reused = True
-            for split in SPLITS:  # the hash is of contents: name the sources as this config does
-                for entry, src in zip(prepared.index["splits"].get(split, {}).get("sources", []), sources[split]):
-                    entry["path"] = src.path
-            return prepared
-        print(f"note: cached data damaged ({problems[0]}); preparing it again", file=sys.stderr)
-        shutil.rmtree(final)
+    cached = _reuse_cached(final, sources)
+    if cached is not None:
+        return cached
 
     tok_cfg = data_cfg.tokenizer
     if model is not None and tok_cfg.kind == "bpe" and tok_cfg.vocab_size > model.vocab_size:

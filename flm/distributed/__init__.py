@@ -6,5 +6,6 @@
   embedding and readout, optional sequence parallelism) and the growth masks of a sharded model.
 - ``init``: meta-device construction, then per-tensor-seeded values, identical for every layout.
 - ``parallelize``: the fixed order TP -> activation checkpointing -> compile -> FSDP2.
+- ``clip``: gradient-norm clipping over any mix of sharded, replicated and pipeline-staged gradients.
 - ``pipeline``: pipeline parallelism (``torch.distributed.pipelining``).
 """

@@ -29,13 +29,27 @@ batch, and the sum of the micro-batch losses is the batch loss, as in one proces
 Validation runs the stages forward only, by hand (send/recv of hidden states, the whole batch at once), so
 the training schedule's state is left alone and any batch size works; the loss is broadcast from the last
 stage to every pp rank.
+
+Contract with the stage modules: between stages travel plain tensors of hidden states (batch, seq, d_model),
+the same on every tp rank (tensor parallelism without sequence parallelism gives that). One ``Pipeline``
+serves one batch shape (the schedule sizes its buffers on the first step): build a new one when it changes.
+
+Use (every rank)::
+
+    parts = split_model(model, pp_rank, pp, schedule)        # model: on the meta device or with weights
+    for part in parts.values(): parallelize(part, ...)       # then materialize(part, ...) after a meta split
+    pipe = Pipeline(parts, mesh, schedule, microbatches, device)
+    opt = AdamW(pipe.param_groups(lr, wd))
+    loss = pipe.step(x, y, mask, denom)    # one call per optimizer step: micro-batching is the schedule's
+    norm = pipe.clip_grad_norm_(clip); opt.step(); opt.zero_grad(); ramp.step(pipe)
+    pipe.eval(); val = pipe.eval_loss(x, y, mask); pipe.train()
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -170,6 +184,14 @@ def _first_last_group(mesh: DeviceMesh, pp_dim: str) -> dist.ProcessGroup | None
     return group
 
 
+def _by_mesh(tensors: Iterable[Tensor]) -> list[list[Tensor]]:
+    """Tensors grouped by DTensor mesh (plain tensors together): foreach kernels take no mix of the two."""
+    groups: dict[object, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device_mesh if isinstance(t, DTensor) else None, []).append(t)
+    return list(groups.values())
+
+
 def _scaled_loss(out: Tensor, target: Tensor, denom: float = 1.0) -> Tensor:
     """The schedule's loss_fn: the last stage already returns sum(mask * CE) over its micro-batch."""
     return out / denom
@@ -235,8 +257,8 @@ class Pipeline:
         return loss
 
     def sync_tied_grads(self) -> None:
-        """Sum the gradients of the embedding (first stage) and its readout copy (last stage). Under FSDP2 the
-        two are sharded alike over dp, so the local shards correspond."""
+        """Sum the gradients of the embedding (first stage) and its readout copy (last stage). Under FSDP2 / TP
+        the two are sharded alike (over the same dp / tp coordinates), so the local shards correspond."""
         if self._tied_group is None:
             return
         part = self.first if self.first is not None else self.last
@@ -244,22 +266,23 @@ class Pipeline:
         w = part.tok_emb.weight
         if w.grad is None:
             w.grad = torch.zeros_like(w)
+        if isinstance(w.grad, DTensor) and w.grad.placements != w.placements:  # e.g. a Replicate grad under TP
+            w.grad = w.grad.redistribute(w.device_mesh, w.placements)  # type: ignore[union-attr]
         g = w.grad
-        print(self.pp_rank, 'grad', type(g).__name__, getattr(g, 'placements', None), (g.to_local() if isinstance(g, DTensor) else g).shape, getattr(w, 'placements', None), flush=True)
         dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=self._tied_group)
 
     def clip_grad_norm_(self, max_norm: float) -> Tensor:
         """Clip all stages' gradients by their global 2-norm (over pp and, for DTensors, dp/tp), counting the
         tied embedding once; returns the norm before clipping, the same on every rank."""
-        grads = [p.grad for p in self._params(include_copy=False) if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        sq = norm.to(self.device, torch.float64).square()
+        sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        for grads in _by_mesh(p.grad for p in self._params(include_copy=False) if p.grad is not None):
+            norm = torch.nn.utils.get_total_norm(grads)
+            sq += (norm.full_tensor() if isinstance(norm, DTensor) else norm).double().square()
         dist.all_reduce(sq, group=self.group)
         total = sq.sqrt().float()
         if math.isfinite(max_norm):
-            torch.nn.utils.clip_grads_with_norm_(list(self._params()), max_norm, total)
+            for params in _by_mesh(p for p in self._params() if p.grad is not None):
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

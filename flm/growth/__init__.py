@@ -2,7 +2,7 @@
 
 - ``grow`` (ops.py): pure function on (model config, state dict, AdamW moments) -> bigger ones + masks.
 - ``grow_model`` / ``MaskRamp`` (ramp.py): the same on a live model, and the 0 -> 1 mask ramp.
-- ``grow_checkpoint`` (stream.py): streaming growth of a checkpoint folder (``flm grow``).
+- ``grow_checkpoint`` (flm/checkpoint/grow.py): streaming growth of a checkpoint folder (``flm grow``).
 """
 
 from flm.growth.ops import GrowthResult, grow

@@ -24,8 +24,7 @@ from flm.cli_args import (
 from flm.config import ModelConfig, load_config
 from flm.errors import FlmError
 from flm.progress import progress_bar
-from flm.scaling import coord_check as cc
-from flm.scaling import predict, search
+from flm.scaling import coord_check, predict, search
 from flm.scaling.cost import plan_cost
 from flm.scaling.cost_report import render_markdown, render_text
 
@@ -134,17 +133,18 @@ def _coord_check(args: argparse.Namespace) -> int:
     """
     cfg = load_run_config(args)
     shape = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len}
-    widths = cc.check_setup(cfg, args.widths, **shape)
+    widths = coord_check.check_setup(cfg, args.widths, **shape)
     lr = args.lr or cfg.optim.lr
     out = args.out or Path("runs") / cfg.name / "coord-check"
-    batches = cc.coord_batches(cfg, args.data, **shape, seed=args.seed)
+    batches = coord_check.coord_batches(cfg, args.data, **shape, seed=args.seed)
     console = Console()
     with progress_bar("coord check", 2 * len(widths), console=console) as bar:
-        records = cc.coord_check(
+        records = coord_check.coord_check(
             cfg.model, widths, batches, steps=args.steps, lr=lr, seed=args.seed, progress=bar.advance
         )
-    json_path, png_path = cc.save_coord_check(records, out, meta={"lr": lr, "widths": widths, "data": args.data})
-    summary = cc.summarize(records, args.steps)
+    meta = {"lr": lr, "widths": widths, "data": args.data}
+    json_path, png_path = coord_check.save_coord_check(records, out, meta=meta)
+    summary = coord_check.summarize(records, args.steps)
     table = Table(title=f"activation std, width {widths[-1]} / width {widths[0]}, after {args.steps} steps")
     table.add_column("layer")
     table.add_column("μP", justify="right")

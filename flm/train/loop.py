@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console
 from torch import Tensor
 
 from flm.checkpoint import (
@@ -49,6 +42,7 @@ from flm.hardware import device_peak
 from flm.model import FLM
 from flm.mup import param_groups
 from flm.parallel import DistEnv, all_reduce_sum, apply_compile, apply_fsdp, barrier, init_distributed, use_bf16
+from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.schedule import CosineSchedule
 from flm.train.setup import batch_layout, check_out_dir, prepare_stage_data, write_run_config
@@ -329,8 +323,9 @@ class Trainer:
             self._log_start()
         window = Throughput()
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
-        with _progress(tc.progress and self.env.is_main) as bar, self._say_where_on_interrupt():
-            task = bar.add_task("train", total=tc.steps, completed=c.step) if bar else None
+        shown = tc.progress and self.env.is_main
+        bar_cm = progress_bar("train", tc.steps, completed=c.step, enabled=shown, transient=False, console=Console())
+        with bar_cm as bar, self._say_where_on_interrupt():
             while c.step < end:
                 self.last_loss, lr, grad_norm = self.train_step()
                 window.add(self.tokens_per_step)
@@ -341,8 +336,7 @@ class Trainer:
                     if do_eval:
                         rec["val_loss"] = self.evaluate()
                     self.metrics.write(rec)
-                if bar:
-                    bar.update(task, completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss))
+                bar.update(completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss))
                 if (tc.ckpt_every and c.step % tc.ckpt_every == 0) or final:
                     self.save()
         self.metrics.close()
@@ -415,12 +409,3 @@ def train_stage(
 def _desc(stage: int, loss: float, val: float | None) -> str:
     head = f"stage {stage} " if stage else ""
     return f"{head}loss {loss:.3f}" + (f" val {val:.3f}" if val is not None else "")
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), transient=False,
-    )

@@ -116,3 +116,15 @@ def grown(kind: str) -> tuple[FLM, GrowthResult]:
 def ramp_data(cfg: ModelConfig) -> list[tuple[Tensor, Tensor]]:
     """One batch, repeated for every ramp step: the loss must fall."""
     return batches(cfg, steps=1, seed=3) * len(RAMP)
+
+
+def readout_case() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """h (N, d), a readout weight (V, d), targets (some in the vocabulary padding) and per-token weights (some
+    zero, as masked tokens are), for the fused readout loss; chunks of 64 rows cover it in several pieces."""
+    g = torch.Generator().manual_seed(5)
+    n, v, d = 300, 256, 16
+    h = torch.randn(n, d, generator=g)
+    w = torch.randn(v, d, generator=g) * 0.5
+    y = torch.randint(0, v, (n,), generator=g)
+    wts = torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.2) / n
+    return h, w, y, wts

@@ -26,9 +26,15 @@ def _entry(rank: int, fn: Callable, world: int, tmp: str, args: tuple) -> None:
         dist.destroy_process_group()
 
 
+# Ranks are forked from one clean server process that has imported torch and flm once ("forkserver"): a
+# fresh interpreter per rank ("spawn") would import them again each time, most of a test's time on 2 cores;
+# forking the pytest process itself ("fork") would copy its OpenMP thread pool, which can hang the children.
+mp.set_forkserver_preload(["torch", "flm.distributed.parallelize", "flm.distributed.init", "flm.growth.ops"])
+
+
 def spawn(fn: Callable, world: int, tmp_path: Path, *args, timeout: float = TIMEOUT_S) -> None:
     ctx = mp.start_processes(_entry, args=(fn, world, str(tmp_path), args), nprocs=world, join=False,
-                             start_method="spawn")
+                             start_method="forkserver")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:

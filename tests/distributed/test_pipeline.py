@@ -1,8 +1,9 @@
-"""Pipeline parallelism (flm.distributed.pipeline) on gloo, spawned CPU processes: every schedule under pp2
-and 1f1b under pp2·dp2 (FSDP2 over dp) match one-process training on the same global batch (loss at each
-of 5 AdamW steps with μP groups and gradient clipping, validation loss, final weights); the tied embedding's
-two copies stay bitwise equal; a grown model (width, heads, FFN, depth; masks at m = 0) split in two gives
-the one-process logits, and trains through its mask ramp. Plus the layout checks, without processes.
+"""Pipeline parallelism (flm.distributed.pipeline) on gloo, spawned CPU processes: every schedule under pp2,
+1f1b under pp2·dp2 (FSDP2 over dp) and interleaved_1f1b under tp2·pp2 (meta init, ``parallelize``) match
+one-process training on the same global batch (loss at each of 5 AdamW steps with μP groups and gradient
+clipping, validation loss, final weights); the tied embedding's two copies stay bitwise equal; a grown model
+(width, heads, FFN, depth; masks at m = 0) split in two gives the one-process logits, and trains through its
+mask ramp. Plus the split itself and the layout checks, without processes.
 
 Each spawned run is one fixture (module scope) shared by the tests that read its results.
 """
@@ -18,8 +19,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from flm.config import GrowthConfig, ModelConfig
+from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig
 from flm.distributed.init import materialize, meta_model
+from flm.distributed.mesh import ParallelDims
+from flm.distributed.parallelize import parallelize
 from flm.distributed.pipeline import (
     Pipeline,
     check_layout,
@@ -39,7 +42,7 @@ CFG = ModelConfig(vocab_size=200, d_model=32, n_layers=4, n_heads=4, max_seq_len
                   input_mult=1.5, output_mult=2.0)
 BASE = CFG.model_copy(update={"n_layers": 2})  # grown to GROWTH below
 GROWTH = GrowthConfig(d_model=48, d_ff=160, n_layers=4, depth_position="interleave", ramp_steps=4)
-BATCH, SEQ, STEPS, LR, WD, CLIP = 8, 16, 5, 1e-2, 0.1, 0.5
+BATCH, SEQ, STEPS, LR, WD, CLIP, SEED = 8, 16, 5, 1e-2, 0.1, 0.5, 7
 PLAIN_SCHEDULES = ("gpipe", "interleaved_1f1b")  # 1f1b trains the grown model through its ramp
 
 
@@ -57,9 +60,8 @@ def batches(cfg: ModelConfig, n: int = STEPS + 1, seed: int = 1) -> list[tuple[t
 
 
 def plain_model() -> FLM:
-    model = FLM(CFG)
-    model.init_weights(torch.Generator().manual_seed(0))
-    return model
+    """The initial weights every layout gets from ``materialize`` (per-name seeds)."""
+    return materialize(meta_model(CFG), "cpu", SEED)
 
 
 def base_model() -> FLM:
@@ -151,8 +153,9 @@ def pp2_worker(rank: int, world: int, out: Path) -> None:
     torch.save(res, out / f"pp2_{rank}.pt")
 
 
-def pp2_dp2_worker(rank: int, world: int, out: Path) -> None:
-    """pp = 2 x dp = 2: FSDP2 on each stage module over the dp sub-mesh, then the 1f1b pipeline."""
+def four_rank_worker(rank: int, world: int, out: Path) -> None:
+    """pp2·dp2: FSDP2 on each stage module over the dp sub-mesh, 1f1b. Then tp2·pp2 the trainer's way: split
+    on the meta device, ``parallelize`` each stage (tensor parallel), materialise, interleaved_1f1b."""
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("pp", "dp"))
     pp_rank, dp_rank = mesh.get_local_rank("pp"), mesh.get_local_rank("dp")
     parts = split_model(plain_model(), pp_rank, 2, "1f1b")
@@ -166,6 +169,18 @@ def pp2_dp2_worker(rank: int, world: int, out: Path) -> None:
     if dp_rank == 0:
         torch.save(res, out / f"pp2dp2_{pp_rank}.pt")
 
+    dims = ParallelDims.from_config(ParallelConfig(tp=2, pp=2, dp=1), world)
+    mesh = dims.build_mesh("cpu")
+    pp_rank = mesh.get_local_rank("pp")
+    parts = split_model(meta_model(CFG), pp_rank, 2, "interleaved_1f1b")
+    for part in parts.values():
+        materialize(parallelize(part, dims, mesh, TrainConfig()), "cpu", SEED)
+    pipe = Pipeline(parts, mesh, "interleaved_1f1b", 2, torch.device("cpu"))
+    res = _pipeline_run(pipe, batches(CFG))
+    res |= {"state": pipe.full_state_dict(), "tied": _tied(pipe)}
+    if mesh.get_local_rank("tp") == 0:
+        torch.save(res, out / f"tp2pp2_{pp_rank}.pt")
+
 
 # ----- fixtures: one spawned run each, then the references ----------------------------------------------------
 @pytest.fixture(scope="module")
@@ -176,10 +191,10 @@ def pp2(tmp_path_factory) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pp2_dp2(tmp_path_factory) -> list[dict]:
-    folder = tmp_path_factory.mktemp("pp2dp2")
-    spawn(pp2_dp2_worker, 4, folder)
-    return [torch.load(folder / f"pp2dp2_{r}.pt", weights_only=False) for r in range(2)]
+def four_ranks(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("four")
+    spawn(four_rank_worker, 4, folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +252,9 @@ def test_pp2_1f1b_trains_grown_model_through_the_ramp(pp2) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_pp2_dp2_fsdp2_matches_one_process(pp2_dp2, reference) -> None:
-    _assert_matches(pp2_dp2, reference)
+@pytest.mark.parametrize("layout", ["pp2dp2", "tp2pp2"])
+def test_pp2_with_fsdp2_or_tp_matches_one_process(four_ranks, reference, layout) -> None:
+    _assert_matches([torch.load(four_ranks / f"{layout}_{r}.pt", weights_only=False) for r in range(2)], reference)
 
 
 def test_stage_split_keeps_names_and_shares_nothing_but_values() -> None:

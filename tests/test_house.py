@@ -1,0 +1,60 @@
+"""The house rules that a reader should not have to check by eye: every module sits in a layer of the
+import contract, imports stay at module top (lazy only for heavy optional dependencies), and no function
+runs past 80 lines without a comment saying why."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "flm"
+# Optional or heavy dependencies that may be imported inside the function that needs them.
+# flm.eval.lm_adapter subclasses lm-eval's model class, so importing it imports lm-eval.
+LAZY_OK = ("lm_eval", "transformers", "datasets", "matplotlib", "gguf", "torch.utils.tensorboard", "tiktoken",
+           "pyarrow", "tqdm", "flm.eval.lm_adapter")
+MAX_LINES = 80
+
+
+def _modules() -> list[tuple[Path, ast.Module]]:
+    return [(f, ast.parse(f.read_text())) for f in sorted(PACKAGE.rglob("*.py"))]
+
+
+def test_every_top_level_module_is_in_the_layer_contract():
+    parser = configparser.ConfigParser()
+    parser.read(REPO / ".importlinter")
+    layers = parser["importlinter:contract:layers"]["layers"]
+    named = {name.strip() for line in layers.splitlines() for name in line.split("|") if name.strip()}
+    tops = {f"flm.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    tops |= {f"flm.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert tops - named == set(), "add these modules to a layer in .importlinter"
+
+
+def test_imports_inside_functions_are_only_for_heavy_optional_dependencies():
+    found = []
+    for path, tree in _modules():
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names if not n.startswith(LAZY_OK)]
+    assert found == [], "move these imports to the top of their module"
+
+
+def test_no_function_is_longer_than_80_lines_without_a_reason():
+    long = []
+    for path, tree in _modules():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > MAX_LINES:
+                head = lines[fn.lineno - 1 : fn.lineno + 1]
+                if not any("long:" in line for line in head):  # e.g. `def f(...):  # long: one table, kept whole`
+                    long.append(f"{path.relative_to(REPO)}:{fn.lineno} {fn.name} ({fn.end_lineno - fn.lineno + 1})")
+    assert long == [], "split these functions, or say why beside the def with a '# long: ...' comment"
