@@ -57,16 +57,23 @@ def _vocab_parallel(h: Tensor, weight: DTensor, targets: Tensor, weights: Tensor
     return _VocabParallelCrossEntropy.apply(h_local, w, targets, weights, chunk, need_grad, mesh.get_group(), start)
 
 
+def _accumulators(h: Tensor, weight: Tensor, need_grad: bool
+                  ) -> tuple[str, torch.dtype, Tensor, Tensor | None, Tensor | None]:
+    """Device type, matmul dtype (autocast's, else h's), and the zeroed loss and gradients to fill."""
+    dev = h.device.type
+    cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    loss = torch.zeros((), dtype=torch.float32, device=h.device)
+    dh = torch.empty_like(h) if need_grad else None  # every chunk writes its rows
+    dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+    return dev, cdtype, loss, dh, dw
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int, need_grad: bool
     ) -> Tensor:
-        dev = h.device.type
-        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        dh = torch.empty_like(h) if need_grad else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        dev, cdtype, loss, dh, dw = _accumulators(h, weight, need_grad)
         with torch.autocast(dev, enabled=False):
             w = weight.to(cdtype)
             for s in range(0, h.shape[0], chunk):
@@ -95,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return dh * grad, dw * grad, None, None, None, None
 
 
-class _VocabParallelCrossEntropy(torch.autograd.Function):
+class _VocabParallelCrossEntropy(_LinearCrossEntropy):
     """``_LinearCrossEntropy`` on this rank's vocabulary rows ``start ..``; per chunk, two small all-reduces
     (max, then sum of exponentials with the target logit) give the exact log-softmax; the gradient of h is a
     sum over the vocabulary shards, all-reduced once at the end; the weight's gradient stays local."""
@@ -105,11 +112,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ctx, h: Tensor, weight: Tensor, targets: Tensor, weights: Tensor, chunk: int, need_grad: bool,
         group: dist.ProcessGroup, start: int,
     ) -> Tensor:
-        dev = h.device.type
-        cdtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        dh = torch.zeros_like(h) if need_grad else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        dev, cdtype, loss, dh, dw = _accumulators(h, weight, need_grad)
         n_local = weight.shape[0]
         with torch.autocast(dev, enabled=False):
             w = weight.to(cdtype)
@@ -138,5 +141,4 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        dh, dw = ctx.saved_tensors
-        return dh * grad, dw * grad, None, None, None, None, None, None
+        return (*_LinearCrossEntropy.backward(ctx, grad), None, None)  # no gradient for group, start

@@ -92,9 +92,9 @@ def _block_plan(sp: bool) -> dict[str, object]:
 
 def _replicate_params(module: nn.Module, mesh: DeviceMesh) -> None:
     """LayerNorm parameters as replicated DTensors, so they combine with sequence-sharded activations (their
-    gradients, partial sums over each rank's tokens, are all-reduced by DTensor). torch's SequenceParallel
-    style would do this too, but it passes only the first forward argument on, and our LayerNorm also takes
-    the growth mask."""
+    gradients, partial sums over each rank's tokens, are all-reduced by ``_reduce_partial_grad``). torch's
+    SequenceParallel style would do this too, but it passes only the first forward argument on, and our
+    LayerNorm also takes the growth mask."""
 
     def replicate(name: str, mod: nn.Module, mesh: DeviceMesh) -> None:
         for key, p in list(mod.named_parameters(recurse=False)):

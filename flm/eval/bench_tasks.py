@@ -303,6 +303,10 @@ def get_task(name: str) -> BenchTask:
     return BenchTask(name, "mc", _mmlu([subject]), f"MMLU {subject}, test")
 
 
+def _mean_metrics(*names: str) -> list[dict[str, Any]]:
+    return [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names]
+
+
 def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
     """The lm-eval YAML config (as a dict) for ``task`` reading its documents from ``data_file``."""
     cfg: dict[str, Any] = {
@@ -319,9 +323,7 @@ def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
             "doc_to_text": "query",
             "doc_to_choice": "choices",
             "doc_to_target": "gold",
-            "metric_list": [
-                {"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")
-            ],
+            "metric_list": _mean_metrics("acc", "acc_norm"),
         }
         if task.name == "mmlu" or task.name.startswith(MMLU_PREFIX):
             cfg["description"] = "description"
@@ -331,7 +333,7 @@ def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
             "doc_to_text": "gold",
             "doc_to_choice": "contexts",
             "doc_to_target": "target",
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": _mean_metrics("acc"),
         }
     elif task.kind == "cloze":
         cfg |= {

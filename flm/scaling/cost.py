@@ -120,25 +120,10 @@ def measure_cpu_peak_tflops() -> float:
 
 
 @dataclass(frozen=True)
-class StageCost:
-    name: str
-    d_model: int
-    n_layers: int
-    n_heads: int
-    d_ff: int
-    params: int
+class Totals:
+    """What a stage, or the whole plan, uses: tokens, FLOPs, time, money, energy."""
+
     tokens: int
-    n_gpus: int
-    tp: int
-    pp: int
-    dp: int
-    throughput: Literal["measured", "mfu"]
-    tflops_per_gpu: float  # hardware TFLOP/s per GPU, measured or implied by the MFU
-    mfu: float  # model FLOPs utilization
-    hfu: float  # hardware FLOPs utilization
-    recompute: float
-    model_flops_per_token: float
-    hardware_flops_per_token: float
     model_flops: float
     hardware_flops: float
     full_recompute_flops: float
@@ -154,20 +139,26 @@ class StageCost:
 
 
 @dataclass(frozen=True)
-class Totals:
-    tokens: int
-    model_flops: float
-    hardware_flops: float
-    full_recompute_flops: float
-    seconds: float
-    gpu_hours: float
-    dollars: float
-    energy_kwh: float | None
-    co2_kg: float | None
+class StageCost(Totals):
+    """One stage's shape, layout and throughput, with its totals."""
 
-    @property
-    def days(self) -> float:
-        return self.seconds / SECONDS_PER_DAY
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    params: int
+    n_gpus: int
+    tp: int
+    pp: int
+    dp: int
+    throughput: Literal["measured", "mfu"]
+    tflops_per_gpu: float  # hardware TFLOP/s per GPU, measured or implied by the MFU
+    mfu: float  # model FLOPs utilization
+    hfu: float  # hardware FLOPs utilization
+    recompute: float
+    model_flops_per_token: float
+    hardware_flops_per_token: float
 
 
 @dataclass(frozen=True)
