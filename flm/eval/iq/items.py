@@ -66,6 +66,27 @@ def register(name: str, family: str, shots: int, description: str) -> Callable[[
     return deco
 
 
+def register_examples(
+    name: str, family: str, shots: int, description: str
+) -> Callable[[Callable[[random.Random], tuple[str, str]]], Callable[[random.Random], tuple[str, str]]]:
+    """Register a subtask made of independent examples: ``example(rng) -> (prompt, answer)`` gives the
+    query and each of its ``shots`` demonstrations (demonstrations drawn first)."""
+
+    def deco(example: Callable[[random.Random], tuple[str, str]]) -> Callable[[random.Random], tuple[str, str]]:
+        def gen(rng: random.Random, n: int, shots: int) -> list[Item]:
+            items = []
+            for _ in range(n):
+                demos = [f"{p} {a}" for p, a in (example(rng) for _ in range(shots))]
+                prompt, answer = example(rng)
+                items.append(Item(few_shot(demos, prompt), answer))
+            return items
+
+        register(name, family, shots, description)(gen)
+        return example
+
+    return deco
+
+
 def normalize(text: str) -> str:
     """Whitespace squeezed, commas followed by one space, a trailing period and outer quotes removed."""
     s = " ".join(text.split())

@@ -14,10 +14,11 @@ from __future__ import annotations
 import random
 import string
 
-from flm.eval.iq.items import Item, few_shot, register
+from flm.eval.iq.items import register_examples
 from flm.eval.iq.words import ADJECTIVES, NOUNS, VERBS_PAST
 
 
+@register_examples("counting", "rule_understanding", 0, "count from a to b in steps of k (0-shot)")
 def _counting_example(rng: random.Random) -> tuple[str, str]:
     k = rng.choice([1, 2, 2, 3, 3, 4, 5, 5, 10])
     a = rng.randint(0, 30)
@@ -27,16 +28,7 @@ def _counting_example(rng: random.Random) -> tuple[str, str]:
     return prompt, ", ".join(map(str, nums))
 
 
-@register("counting", "rule_understanding", 0, "count from a to b in steps of k (0-shot)")
-def counting(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_counting_example(rng) for _ in range(shots))]
-        prompt, answer = _counting_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items
-
-
+@register_examples("replace_lowercase", "rule_understanding", 4, "replace one lowercase letter with another (4-shot)")
 def _lowercase_example(rng: random.Random) -> tuple[str, str]:
     src, dst = rng.sample(string.ascii_lowercase, 2)
     others = [c for c in string.ascii_letters if c.lower() not in (src, dst)]
@@ -50,21 +42,12 @@ def _lowercase_example(rng: random.Random) -> tuple[str, str]:
     return f"{rule}\nInput: {text}\nOutput:", text.replace(src, dst)
 
 
-@register("replace_lowercase", "rule_understanding", 4, "replace one lowercase letter with another (4-shot)")
-def replace_lowercase(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_lowercase_example(rng) for _ in range(shots))]
-        prompt, answer = _lowercase_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items
-
-
 def _sentence(rng: random.Random, nouns: list[str]) -> str:
     a1, a2 = rng.sample(ADJECTIVES, 2)
     return f"the {a1} {nouns[0]} {rng.choice(VERBS_PAST)} the {a2} {nouns[1]}"
 
 
+@register_examples("replace_word", "rule_understanding", 4, "replace one word of a sentence with another (4-shot)")
 def _word_example(rng: random.Random) -> tuple[str, str]:
     old, new, other = rng.sample(NOUNS, 3)
     nouns = [old, old] if rng.random() < 0.3 else rng.sample([old, other], 2)
@@ -75,13 +58,3 @@ def _word_example(rng: random.Random) -> tuple[str, str]:
     rule = f'Replace the word "{old}" with "{new}".'
     answer = " ".join(new if w == old else w for w in text.split())
     return f"{rule}\nInput: {text}\nOutput:", answer
-
-
-@register("replace_word", "rule_understanding", 4, "replace one word of a sentence with another (4-shot)")
-def replace_word(rng: random.Random, n: int, shots: int) -> list[Item]:
-    items = []
-    for _ in range(n):
-        demos = [f"{p} {a}" for p, a in (_word_example(rng) for _ in range(shots))]
-        prompt, answer = _word_example(rng)
-        items.append(Item(few_shot(demos, prompt), answer))
-    return items
