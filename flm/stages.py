@@ -20,6 +20,7 @@ from flm.config import (
     check_warmup,
     config_from_dict,
     config_to_dict,
+    weights_problem,
 )
 from flm.errors import FlmError
 
@@ -38,6 +39,7 @@ class Stage:
     tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU, for `flm cost`
     lr: float | None  # stage-start LR (stages[i].lr); None: inherited
     warmup_steps: int | None  # stages[i].warmup_steps; None: optim.warmup_steps
+    parallel_where: str = "parallel"  # the table that sets its layout: "stages[i].parallel", or "parallel"
 
     @property
     def model(self) -> ModelConfig:
@@ -81,7 +83,7 @@ def resolve_stages(cfg: RunConfig) -> list[Stage]:
         stages.append(Stage(
             index=i + 1, name=st.name or f"stage {i + 1}", where=where, cfg=stage_cfg, steps=steps,
             tokens=st.tokens or tokens, growth=st.grow, tflops_per_gpu=st.tflops_per_gpu, lr=st.lr,
-            warmup_steps=st.warmup_steps,
+            warmup_steps=st.warmup_steps, parallel_where=f"{where}.parallel" if st.parallel else "parallel",
         ))
     _check_warmups(cfg, stages)
     return stages
@@ -100,6 +102,8 @@ def _stage_config(cfg: RunConfig, i: int, st: StageConfig | None, model: ModelCo
             optim["lr"] = st.lr
         if st.parallel:
             data["parallel"] = config_to_dict(st.parallel)
+        if st.data:
+            data["data"]["train"] = stage_mixture(cfg, i, st)
         if st.steps:
             train["steps"] = st.steps
         elif st.tokens:
@@ -107,6 +111,26 @@ def _stage_config(cfg: RunConfig, i: int, st: StageConfig | None, model: ModelCo
         else:
             raise FlmError(f"stages[{i}] sets neither steps nor tokens; give one, e.g. steps = 200")
     return config_from_dict(data, where=f"stages[{i}]")
+
+
+def stage_mixture(cfg: RunConfig, i: int, st: StageConfig) -> list[dict]:
+    """Stage ``i``'s training sources: ``stages[i].data.train`` or the plan's, reweighted by ``data.weights``."""
+    assert st.data is not None
+    sources = [config_to_dict(s) for s in (st.data.train if st.data.train is not None else cfg.data.train)]
+    if st.data.weights is not None:
+        if len(st.data.weights) != len(sources):
+            raise FlmError(
+                f"stages[{i}].data.weights lists {len(st.data.weights)} weights for {len(sources)} training "
+                "sources; give one weight per source"
+            )
+        if any(w < 0 for w in st.data.weights):
+            raise FlmError(f"stages[{i}].data.weights has a negative weight; weights are >= 0")
+        for s, w in zip(sources, st.data.weights):
+            s["weight"] = w
+    problem = weights_problem([s.get("weight", 1.0) for s in sources], f"stages[{i}].data")
+    if problem:
+        raise FlmError(problem)
+    return sources
 
 
 def _check_warmups(cfg: RunConfig, stages: list[Stage]) -> None:

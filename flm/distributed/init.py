@@ -13,6 +13,8 @@ Each rank draws a parameter's full tensor, then keeps its local shard: peak extr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -37,21 +39,27 @@ def full_init(name: str, shape: tuple[int, ...], cfg: ModelConfig, seed: int, de
 
 
 @torch.no_grad()
-def materialize(model: FLM, device: torch.device | str, seed: int) -> FLM:
+def materialize(model: FLM, device: torch.device | str, seed: int, state: Mapping[str, Tensor] | None = None) -> FLM:
     """Allocate ``model``'s tensors on ``device`` (``to_empty``) and fill each rank's shard with the layout-free
-    initial values described above. Works on a plain, tensor-parallel, FSDP2-sharded or pipeline-stage model;
-    non-persistent buffers get their fresh values (growth ramp m = 0, no masks)."""
+    initial values described above, or with the values of ``state`` (a full, one-process state dict, e.g. a
+    checkpoint's or a grown model's). Works on a plain, tensor-parallel, FSDP2-sharded or pipeline-stage
+    model; non-persistent buffers get their fresh values (growth ramp m = 0, no masks)."""
     model.to_empty(device=device)
     cfg = model.cfg
     for name, p in model.named_parameters():
-        full = full_init(name, tuple(p.shape), cfg, seed, device)
-        _copy_shard(p, full)
+        key = canonical_name(name)
+        if state is None:
+            full = full_init(key, tuple(p.shape), cfg, seed, device)
+        else:
+            full = state[key].to(device=device, dtype=p.dtype)
+        copy_shard(p, full)
     model.end_growth()
     model.grow_m.zero_()
     return model
 
 
-def _copy_shard(p: nn.Parameter | Tensor, full: Tensor) -> None:
+def copy_shard(p: nn.Parameter | Tensor, full: Tensor) -> None:
+    """Copy this rank's part of the full tensor ``full`` into ``p`` (a DTensor's local shard, or all of it)."""
     if isinstance(p, DTensor):  # each rank keeps its own chunk: no communication (src_data_rank=None)
         local = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
         p.to_local().copy_(local)

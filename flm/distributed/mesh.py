@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from flm.config import ModelConfig, ParallelConfig
+from flm.distributed.pipeline import check_pipeline
 from flm.errors import FlmError
 
 MESH_DIMS = ("pp", "dp", "tp")
@@ -35,6 +36,8 @@ class ParallelDims:
     tp: int
     world_size: int
     sequence_parallel: bool = False
+    pp_schedule: str = "1f1b"
+    microbatches: int = 1  # pipeline micro-batches per step (parallel.microbatches, default pp)
 
     @classmethod
     def from_config(cls, parallel: ParallelConfig, world_size: int, where: str = "parallel") -> ParallelDims:
@@ -53,7 +56,8 @@ class ParallelDims:
                 f"{where}: pp·dp·tp = {pp}·{dp}·{tp} = {pp * dp * tp} but {world_size} processes were started; "
                 f"set {where}.dp = -1 (fills the rest) or start {pp * dp * tp} processes"
             )
-        return cls(pp=pp, dp=dp, tp=tp, world_size=world_size, sequence_parallel=parallel.sequence_parallel)
+        return cls(pp=pp, dp=dp, tp=tp, world_size=world_size, sequence_parallel=parallel.sequence_parallel,
+                   pp_schedule=parallel.pp_schedule, microbatches=parallel.microbatches or pp)
 
     @property
     def distributed(self) -> bool:
@@ -64,10 +68,11 @@ class ParallelDims:
         return init_device_mesh(device_type, (self.pp, self.dp, self.tp), mesh_dim_names=MESH_DIMS)
 
     def check_model(self, model: ModelConfig, seq_len: int | None = None, where: str = "parallel",
-                    model_key: str = "model") -> None:
+                    model_key: str = "model", batch: int | None = None) -> None:
         """Refuse a model (or a grown stage's model) this layout cannot split; one line naming the keys.
 
-        ``model_key`` names the model in messages (e.g. "stages[2] (grown) model")."""
+        ``model_key`` names the model in messages (e.g. "stages[2] (grown) model"); ``batch`` is the global
+        batch (sequences per step), which pipeline micro-batches must divide on each data-parallel rank."""
         tp = self.tp
         for key, size in (("n_heads", model.n_heads), ("d_ff", model.d_ff)):
             assert size is not None
@@ -82,11 +87,14 @@ class ParallelDims:
                 f"{where}.tp = {tp} does not divide the padded vocabulary ({vocab} = {model_key}.vocab_size "
                 f"{model.vocab_size} rounded up to 128): pick {where}.tp from {_divisors(vocab)}"
             )
-        if self.pp > model.n_layers:
-            raise FlmError(
-                f"{where}.pp = {self.pp} is larger than {model_key}.n_layers = {model.n_layers}: every pipeline "
-                f"stage needs at least one block; set {where}.pp <= {model.n_layers}"
-            )
+        if self.pp > 1:
+            per_dp = None if batch is None else batch // self.dp
+            check_pipeline(model.n_layers, self.pp, self.pp_schedule, self.microbatches, per_dp, where, model_key)
+            if self.sequence_parallel and tp > 1:
+                raise FlmError(
+                    f"{where}.sequence_parallel with pp = {self.pp}: pipeline stages exchange whole hidden states, "
+                    f"not sequence shards; set {where}.sequence_parallel = false (or pp = 1)"
+                )
         if self.sequence_parallel and tp > 1 and seq_len is not None and seq_len % tp:
             raise FlmError(
                 f"{where}.sequence_parallel shards the sequence ({seq_len} tokens) over tp = {tp}, which does not "
@@ -95,9 +103,9 @@ class ParallelDims:
 
 
 def check_layout(parallel: ParallelConfig, world_size: int, model: ModelConfig, seq_len: int | None = None,
-                 where: str = "parallel", model_key: str = "model") -> ParallelDims:
+                 where: str = "parallel", model_key: str = "model", batch: int | None = None) -> ParallelDims:
     """``ParallelDims.from_config`` then ``check_model``: what the run preflight calls once per stage (with the
     stage's own parallel table and grown model), before anything is written."""
     dims = ParallelDims.from_config(parallel, world_size, where)
-    dims.check_model(model, seq_len, where, model_key)
+    dims.check_model(model, seq_len, where, model_key, batch)
     return dims

@@ -88,48 +88,51 @@ def stage_ids(pp_rank: int, pp: int, schedule: str) -> list[int]:
     return [pp_rank + v * pp for v in range(VIRTUAL_STAGES[schedule])]
 
 
-def check_layout(n_layers: int, pp: int, schedule: str) -> None:
+def check_layout(n_layers: int, pp: int, schedule: str, where: str = "parallel", model_key: str = "model") -> None:
     """Refuse an unknown schedule, or more stages than blocks (one line naming the key and the fix)."""
     if schedule not in SCHEDULES:
-        raise FlmError(f"parallel.pp_schedule = {schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
+        raise FlmError(f"{where}.pp_schedule = {schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
     v = VIRTUAL_STAGES[schedule]
     if pp * v > n_layers:
         per = f" ({v} per rank with {schedule})" if v > 1 else ""
-        alt = " or parallel.pp_schedule = '1f1b'" if v > 1 and pp <= n_layers else ""
+        alt = f" or {where}.pp_schedule = '1f1b'" if v > 1 and pp <= n_layers else ""
         raise FlmError(
-            f"parallel.pp = {pp} makes {pp * v} pipeline stages{per} but model.n_layers = {n_layers}: every "
-            f"stage needs at least one block; set parallel.pp <= {n_layers // v}{alt}"
+            f"{where}.pp = {pp} makes {pp * v} pipeline stages{per} but {model_key}.n_layers = {n_layers}: every "
+            f"stage needs at least one block; set {where}.pp <= {n_layers // v}{alt}"
         )
 
 
-def check_microbatches(microbatches: int, pp: int, schedule: str, batch: int | None = None) -> None:
+def check_microbatches(microbatches: int, pp: int, schedule: str, batch: int | None = None,
+                       where: str = "parallel") -> None:
     """Refuse micro-batch counts the schedule cannot run or that do not divide ``batch`` (the sequences each
     pipeline step gets: the batch of one data-parallel rank)."""
+    key = f"{where}.microbatches"
     if microbatches < 1:
-        raise FlmError(f"parallel.microbatches = {microbatches}; set it to 1 or more")
+        raise FlmError(f"{key} = {microbatches}; set it to 1 or more")
     if schedule == "1f1b" and microbatches < pp:
         raise FlmError(
-            f"parallel.microbatches = {microbatches} is fewer than the {pp} pipeline stages: 1f1b needs at "
-            f"least one micro-batch per stage; set parallel.microbatches >= {pp}"
+            f"{key} = {microbatches} is fewer than the {pp} pipeline stages: 1f1b needs at "
+            f"least one micro-batch per stage; set {key} >= {pp}"
         )
     rounds = max(1, microbatches // pp)
     if schedule == "interleaved_1f1b" and microbatches % rounds:
         raise FlmError(
-            f"parallel.microbatches = {microbatches} with pp = {pp}: interleaved_1f1b runs micro-batches in "
-            f"rounds, so it needs a multiple of {rounds} here; set parallel.microbatches to a multiple of {pp}"
+            f"{key} = {microbatches} with pp = {pp}: interleaved_1f1b runs micro-batches in "
+            f"rounds, so it needs a multiple of {rounds} here; set {key} to a multiple of {pp}"
         )
     if batch is not None and batch % microbatches:
         divisors = [d for d in range(1, batch + 1) if batch % d == 0]
         raise FlmError(
-            f"parallel.microbatches = {microbatches} does not divide the batch of {batch} sequences per "
+            f"{key} = {microbatches} does not divide the batch of {batch} sequences per "
             f"data-parallel rank; set it to one of {divisors} (or change train.batch_size)"
         )
 
 
-def check_pipeline(n_layers: int, pp: int, schedule: str, microbatches: int, batch: int | None = None) -> None:
+def check_pipeline(n_layers: int, pp: int, schedule: str, microbatches: int, batch: int | None = None,
+                   where: str = "parallel", model_key: str = "model") -> None:
     """Both checks: call before anything is written, with the per-data-parallel-rank batch."""
-    check_layout(n_layers, pp, schedule)
-    check_microbatches(microbatches, pp, schedule, batch)
+    check_layout(n_layers, pp, schedule, where, model_key)
+    check_microbatches(microbatches, pp, schedule, batch, where)
 
 
 # ----- split ----------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from flm.checkpoint import load_checkpoint, resolve_checkpoint
 from flm.config import RunConfig
+from flm.distributed.env import DistEnv, init_distributed, shutdown
 from flm.errors import FlmError
-from flm.parallel import DistEnv, init_distributed, shutdown
 from flm.train.loop import StageInit
 
 

@@ -35,18 +35,17 @@ from flm.checkpoint import (
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
 from flm.data.prepare import PreparedData
+from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
+from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.growth.ramp import MaskRamp
 from flm.hardware import device_peak
-from flm.model import FLM
-from flm.mup import param_groups
-from flm.parallel import DistEnv, all_reduce_sum, apply_compile, apply_fsdp, barrier, init_distributed, use_bf16
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.schedule import CosineSchedule
-from flm.train.setup import batch_layout, check_out_dir, prepare_stage_data, write_run_config
-from flm.train.state import Counters, ModelOptimizerState, RngState, seed_everything
+from flm.train.setup import batch_layout, check_out_dir, check_stage_layout, prepare_stage_data, write_run_config
+from flm.train.state import Counters, RngState, seed_everything
 
 VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
 
@@ -106,21 +105,19 @@ class Validation:
             return False
         return True
 
-    def __call__(self, model: torch.nn.Module, autocast: Callable[[], Any]) -> float:
+    def __call__(self, model: ParallelModel) -> float:
         env = self.env
-        if self._rows is None:  # every rank reads the whole fixed set and keeps rows rank, rank + W, ...
+        if self._rows is None:  # every replica reads the whole fixed set and keeps rows r, r + dp, ...
             vl = TokenLoader(self.prepared, "valid", seq_len=self.cfg.seq_len, batch_size=VAL_ROWS, seed=0)
             batches = vl.valid_batches(self.cfg.train.eval_batches)
-            self._rows = [_rank_rows(b, env.rank, env.world_size) for b in batches]
+            self._rows = [_rank_rows(b, env.dp_rank, env.dp_size) for b in batches]
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        with torch.no_grad(), autocast():
-            for x, y, mk in self._rows:
-                x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
-                total[0] += model(x, targets=y, loss_weights=mk).double()
-                total[1] += mk.sum().double()
+        for x, y, mk in self._rows:
+            total[0] += model.eval_loss(x, y, mk)
+            total[1] += mk.sum().double()
         model.train()
-        all_reduce_sum(total, env)
+        env.sum_over_dp(total)
         return float(total[0] / total[1].clamp_min(1))
 
 
@@ -151,25 +148,17 @@ class Trainer:
         self.validate = Validation.available(self.prepared, cfg, eval_at_start)
         self.validation = Validation(self.prepared, cfg, env)
         self.peak = tc.peak_flops or device_peak(env.device)  # measured before seeding: it draws numbers
-        seed_everything(tc.seed)
-        self.model = FLM(cfg.model)
-        if init is not None:  # a grown model: its weights and masks go in before sharding
-            self.model.load_state_dict(init.model_state, strict=True)
-            if init.growth_state:
-                self.model.load_growth_state(init.growth_state)
-        self.model.to(env.device)
-        if tc.compile:
-            apply_compile(self.model)
-        apply_fsdp(self.model, env, bf16=self.bf16)
-        groups = param_groups(self.model, oc.lr, oc.weight_decay)
+        seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
+        self.model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=self.bf16,
+                                   state=init.model_state if init else None, growth=init.growth_state if init else None)
+        groups = self.model.param_groups(oc.lr, oc.weight_decay)
         # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
         self.optimizer = torch.optim.AdamW(
             groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
         )
-        self.weights = ModelOptimizerState(self.model, self.optimizer, env)
         self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
-                                  rank=env.rank, world_size=env.world_size, seed=tc.seed)
+                                  rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
         self.ramp = MaskRamp(0)
         self.rng = RngState()
         self.counters = Counters()
@@ -186,7 +175,7 @@ class Trainer:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
         self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
-        self.weights.load_optim_state(init.optim_tensors, init.optim_step)
+        self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
         elif init.loader_state and self.env.is_main:
@@ -210,8 +199,8 @@ class Trainer:
             self.model.load_growth_state(data.growth)
         else:
             self.model.end_growth()
-        self.weights.load_model_state(data.model)
-        self.weights.load_optim_state(data.optim_tensors, int(data.optim_meta.get("step", 0)))
+        self.model.load_model_state(data.model)
+        self.model.load_optim_state(self.optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)))
         tr = data.trainer
         self.counters.load_state_dict(tr)
         if self.counters.step > self.cfg.train.steps:
@@ -232,11 +221,13 @@ class Trainer:
 
     def save(self) -> Path:
         """A checkpoint of every part at the current step (rank 0 writes; all ranks gather)."""
-        model_state = self.weights.model_state()
-        optim_tensors, optim_step = self.weights.optim_state()
+        model_state = self.model.full_model_state()  # collectives: every rank gathers, rank 0 gets the state
+        optim = self.model.full_optim_state(self.optimizer)
+        growth = self.model.full_growth_state()
         at = self.counters.step
         folder = Path(self.ckpt_dir) / CKPT_SUBDIR / step_name(at)
-        if self.env.is_main:
+        if model_state is not None and optim is not None and growth is not None:  # rank 0
+            optim_tensors, optim_step = optim
             seconds = self.counters.seconds + time.perf_counter() - self._t_start
             trainer = {"stage": self.stage, **self.counters.state_dict(), "seconds": seconds,
                        "train_loss": self.last_loss, "ramp": self.ramp.state_dict() if self.ramp.total else None,
@@ -244,7 +235,7 @@ class Trainer:
             data = CheckpointData(
                 model=model_state, optim_tensors=optim_tensors,
                 optim_meta={"step": optim_step, "lr": self.schedule(max(at - 1, 0))},
-                trainer=trainer, growth=self.model.growth_state(), rng=self.rng.state_dict(),
+                trainer=trainer, growth=growth, rng=self.rng.state_dict(),
             )
             save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
@@ -253,38 +244,24 @@ class Trainer:
         return folder
 
     # ----- training ---------------------------------------------------------------------------------------
-    def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over ``accum`` micro-batches; returns (loss, lr, grad norm). The loss of a
         micro-batch is its masked token sum over the global number of loss tokens, so the gradients are
-        those of the mean over the whole global batch."""
-        env, model, step = self.env, self.model, self.counters.step
+        those of the mean over the whole global batch (FSDP2 averages over the dp replicas: hence the / dp)."""
+        env, step = self.env, self.counters.step
         lr = self.schedule(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
         batches = [next(self._it) for _ in range(self.accum)]
         count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in batches)), device=env.device)
-        all_reduce_sum(count, env)
-        denom = count.clamp_min(1.0) / env.world_size
-        loss_sum = torch.zeros((), device=env.device)
-        for i, (x, y, mk) in enumerate(batches):
-            x, y, mk = x.to(env.device), y.to(env.device), mk.to(env.device)
-            if env.distributed and self.accum > 1:  # reduce-scatter gradients once, after the last micro-batch
-                model.set_requires_gradient_sync(i == self.accum - 1)
-            with self.autocast():
-                loss = model(x, targets=y, loss_weights=mk / denom)  # fused readout + masked CE
-            loss.backward()
-            loss_sum += loss.detach()
-        clip = self.cfg.optim.clip if self.cfg.optim.clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        denom = env.sum_over_dp(count).clamp_min(1.0) / env.dp_size
+        loss_sum = self.model.forward_backward(batches, denom)
+        grad_norm = self.model.clip_grad_norm_(self.cfg.optim.clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ramp.step(model)
+        self.ramp.step(self.model)
         self.counters.advance(self.tokens_per_step, self.flops_per_token)
-        all_reduce_sum(loss_sum, env)
-        loss = float(loss_sum) / env.world_size
+        loss = float(env.sum_over_dp(loss_sum)) / env.dp_size
         if not math.isfinite(loss):
             raise FlmError(
                 f"loss became {loss} at step {self.counters.step}; lower optim.lr or raise optim.warmup_steps"
@@ -292,7 +269,7 @@ class Trainer:
         return loss, lr, float(grad_norm)
 
     def evaluate(self) -> float:
-        self.val_loss = self.validation(self.model, self.autocast)
+        self.val_loss = self.validation(self.model)
         return self.val_loss
 
     def _record(self, lr: float, grad_norm: float, tokens_per_s: float) -> dict[str, Any]:
@@ -392,6 +369,7 @@ def train_stage(
     ``ckpt_dir``, default out_dir), from scratch, from ``init``, or (``resume``) from the newest checkpoint."""
     out_dir = Path(out_dir)
     env = env or init_distributed(cfg.train, cfg.parallel)
+    check_stage_layout(cfg, env)  # before anything is written
     if save_config_file:
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
     trainer = Trainer(cfg, out_dir, env=env, stage=stage, schedule=schedule, ckpt_dir=ckpt_dir,

@@ -23,12 +23,12 @@ from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
 from flm.data.tokenizer import check_vocab
+from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.growth.ops import grow
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
-from flm.parallel import DistEnv, barrier, init_distributed, use_bf16
 from flm.stages import Stage, resolve_stages
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics

@@ -12,8 +12,8 @@ from flm.checkpoint import read_config
 from flm.config import RunConfig, save_config
 from flm.data.prepare import PreparedData, prepare_data
 from flm.data.tokenizer import check_vocab
+from flm.distributed.env import DistEnv
 from flm.errors import FlmError
-from flm.parallel import DistEnv
 
 
 def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] | None = None) -> Any:
@@ -47,19 +47,23 @@ def prepare_stage_data(cfg: RunConfig, env: DistEnv) -> PreparedData:
 
 
 def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:
-    """(micro-batch rows, micro-batches per step) of this rank, or one clear error."""
-    tc = cfg.train
-    if tc.batch_size % env.world_size:
-        raise FlmError(
-            f"train.batch_size ({tc.batch_size}) must be divisible by the {env.world_size} data-parallel ranks"
-        )
-    per_rank = tc.batch_size // env.world_size
+    """(micro-batch rows, micro-batches per step) of this rank's data-parallel replica, or one clear error."""
+    tc, dp = cfg.train, env.dp_size
+    if tc.batch_size % dp:
+        raise FlmError(f"train.batch_size ({tc.batch_size}) must be divisible by the {dp} data-parallel ranks")
+    per_rank = tc.batch_size // dp
     micro = tc.micro_batch_size or per_rank
     if per_rank % micro:
         raise FlmError(
             f"train.micro_batch_size ({micro}) must divide the per-rank batch ({per_rank}); adjust either"
         )
     return micro, per_rank // micro
+
+
+def check_stage_layout(cfg: RunConfig, env: DistEnv, where: str = "parallel", model_key: str = "model") -> None:
+    """Whether ``env``'s layout can split this model and batch (tp, pp, micro-batches); one clear error."""
+    env.dims.check_model(cfg.model, cfg.seq_len, where, model_key, batch=cfg.train.batch_size)
+    batch_layout(cfg, env)
 
 
 def write_run_config(out_dir: Path, cfg: RunConfig) -> None:

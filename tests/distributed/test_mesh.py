@@ -17,7 +17,7 @@ def dims(world: int, **parallel) -> ParallelDims:
 
 
 def test_dp_minus_one_fills_the_rest():
-    assert dims(8, tp=2, pp=2) == ParallelDims(pp=2, dp=2, tp=2, world_size=8)
+    assert dims(8, tp=2, pp=2) == ParallelDims(pp=2, dp=2, tp=2, world_size=8, microbatches=2)
     assert dims(1) == ParallelDims(pp=1, dp=1, tp=1, world_size=1)
     assert dims(4, dp=2, tp=2).dp == 2
     assert not dims(1).distributed and dims(2, tp=2).distributed
@@ -44,7 +44,7 @@ def test_layout_that_does_not_fit_the_world(world, parallel, words):
     [
         ({"tp": 8}, {}, ["parallel.tp = 8 does not divide model.n_heads = 4", "pick parallel.tp from 1, 2, 4"]),
         ({"tp": 4}, {"d_ff": 190}, ["parallel.tp = 4 does not divide model.d_ff = 190", "1, 2, 5"]),
-        ({"pp": 8}, {}, ["parallel.pp = 8 is larger than model.n_layers = 4", "set parallel.pp <= 4"]),
+        ({"pp": 8}, {}, ["parallel.pp = 8 makes 8 pipeline stages but model.n_layers = 4", "set parallel.pp <= 4"]),
     ],
 )
 def test_model_the_layout_cannot_split(parallel, model, words):

@@ -27,9 +27,9 @@ def test_compiled_blocks_follow_growth_masks_and_their_removal():
     """Mid-ramp masks (width, FFN, depth) and their removal at the ramp's end reach the compiled blocks."""
     pytest.importorskip("torch._inductor")
     from flm.config import GrowthConfig, ModelConfig
+    from flm.distributed.parallelize import apply_compile
     from flm.growth import grow_model
     from flm.model import FLM
-    from flm.parallel import apply_compile
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=300, d_model=32, n_heads=4, n_layers=2, max_seq_len=32)

@@ -1,0 +1,212 @@
+"""``ParallelModel``: the model as this rank holds it under the layout of a ``DistEnv``, with the few operations
+the trainer needs, the same for every layout.
+
+Built on the meta device, split into pipeline stages (pp > 1), parallelized (TP -> activation checkpointing
+-> compile -> FSDP2), then materialised: from the per-tensor-seeded initial values (bitwise the same full
+weights in one process and under any layout), or from a full state dict (a checkpoint, a grown model).
+
+- ``forward_backward(batches, denom)``: the gradients of ``sum(mask * CE) / denom`` over this data-parallel
+  rank's micro-batches (a pipeline runs them through its schedule); FSDP2 averages over dp.
+- ``eval_loss``, ``clip_grad_norm_``, ``param_groups`` (μP), growth masks (``set_mask_value``, ``end_growth``:
+  what ``MaskRamp`` drives), ``train()`` / ``eval()``.
+- Checkpoint state as full tensors keyed by one-process parameter names: ``full_model_state``,
+  ``full_optim_state``, ``full_growth_state`` gather to global rank 0 (collective: every rank calls them);
+  the ``load_*`` methods take the full state on every rank and keep each rank's shard. (Whole-model gathers
+  are fine up to a model that fits one host's memory; sharded checkpoints are the next step.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from flm.config import ModelConfig, TrainConfig
+from flm.distributed.clip import clip_grad_norm_
+from flm.distributed.env import DistEnv
+from flm.distributed.init import materialize, meta_model
+from flm.distributed.parallelize import parallelize
+from flm.distributed.pipeline import Pipeline, part_state, split_model
+from flm.distributed.tensor_parallel import growth_state
+from flm.model import FLM
+from flm.mup import canonical_name, param_groups
+
+Batch = tuple[Tensor, Tensor, Tensor]  # tokens, targets, loss mask
+
+
+class ParallelModel:
+    def __init__(self, cfg: ModelConfig, env: DistEnv, train: TrainConfig, *, seed: int, bf16: bool = False,
+                 state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None) -> None:
+        dims, mesh = env.dims, env.mesh
+        self.cfg, self.env, self.bf16 = cfg, env, bf16
+        model = meta_model(cfg)
+        if dims.pp > 1:
+            assert mesh is not None
+            parts = split_model(model, mesh["pp"].get_local_rank(), dims.pp, dims.pp_schedule)
+        else:
+            parts = {0: model}
+        for part in parts.values():
+            parallelize(part, dims, mesh, train, bf16)
+            materialize(part, env.device, seed, state)
+        self.parts = parts
+        self.pipeline = None
+        if dims.pp > 1:
+            assert mesh is not None
+            self.pipeline = Pipeline(parts, mesh, dims.pp_schedule, dims.microbatches, env.device)
+        if growth:
+            self.load_growth_state(growth)
+
+    @property
+    def module(self) -> FLM:
+        """The one FLM of a layout without pipeline stages."""
+        assert self.pipeline is None, "a pipeline has several stage modules"
+        return self.parts[0]
+
+    # ----- training ---------------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def forward_backward(self, batches: Sequence[Batch], denom: Tensor) -> Tensor:
+        """Accumulate the gradients of ``sum(mask * CE) / denom`` over ``batches`` (this data-parallel rank's
+        micro-batches); returns that loss (detached, fp32), the same on every tp and pp rank. The division
+        happens outside the model, in fp32 (FSDP2 with bf16 casts floating inputs, which 0/1 masks survive)."""
+        dev = self.env.device
+        if self.pipeline is not None:  # the schedule does the micro-batching (parallel.microbatches)
+            x, y, mk = (torch.cat(t).to(dev) for t in zip(*batches))
+            with self.autocast():
+                return self.pipeline.step(x, y, mk, float(denom))
+        model = self.module
+        sync_once = self.env.dims.dp > 1 and len(batches) > 1
+        total = torch.zeros((), device=dev)
+        for i, (x, y, mk) in enumerate(batches):
+            if sync_once:  # reduce-scatter gradients once, after the last micro-batch
+                model.set_requires_gradient_sync(i == len(batches) - 1)  # type: ignore[operator]
+            with self.autocast():
+                loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev)).float() / denom
+            loss.backward()
+            total += loss.detach()
+        return total
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor:
+        """Clip by the global gradient norm (no clipping for ``max_norm`` <= 0); the norm before clipping."""
+        if self.pipeline is not None:
+            return self.pipeline.clip_grad_norm_(max_norm if max_norm > 0 else math.inf)
+        if not self.env.distributed:
+            return torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm if max_norm > 0 else math.inf)
+        return clip_grad_norm_(self.module.parameters(), max(max_norm, 0.0), self.env.dims)
+
+    @torch.no_grad()
+    def eval_loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """``sum(mask * CE)`` over a batch (fp64), on every tp and pp rank; call ``eval()`` first."""
+        dev = self.env.device
+        x, y, mask = x.to(dev), y.to(dev), mask.to(dev)
+        with self.autocast():
+            if self.pipeline is not None:
+                return self.pipeline.eval_loss(x, y, mask)
+            return self.module(x, targets=y, loss_weights=mask).double()
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """μP AdamW groups over every local stage (parameters keep their one-process names)."""
+        return [g for part in self.parts.values() for g in param_groups(part, lr, weight_decay)]
+
+    def train(self, mode: bool = True) -> ParallelModel:
+        for part in self.parts.values():
+            part.train(mode)
+        return self
+
+    def eval(self) -> ParallelModel:
+        return self.train(False)
+
+    # ----- growth masks, as on one FLM ---------------------------------------------------------------------
+    def set_mask_value(self, m: float) -> None:
+        for part in self.parts.values():
+            part.set_mask_value(m)
+
+    def end_growth(self) -> None:
+        for part in self.parts.values():
+            part.end_growth()
+
+    def load_growth_state(self, state: Mapping[str, Tensor]) -> None:
+        """A whole model's growth state (masks are cut to each rank's heads, units and blocks)."""
+        for part in self.parts.values():
+            part.load_growth_state(part_state(part, state) if self.pipeline is not None else dict(state))
+
+    # ----- full state for checkpoints --------------------------------------------------------------------------
+    def _named_parameters(self, include_copy: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
+        """(one-process name, parameter) of every local stage; the last pipeline stage's readout copy of the
+        embedding only with ``include_copy`` (it is saved once, as the first stage's)."""
+        for s, part in self.parts.items():
+            for name, p in part.named_parameters():
+                key = canonical_name(name)
+                if include_copy or self.pipeline is None or not self.pipeline._is_copy(s, key):
+                    yield key, p
+
+    def _to_rank0(self, local: dict[str, Any]) -> dict[str, Any] | None:
+        """The union of every pp rank's ``local`` on global rank 0 (which is pp rank 0); None elsewhere."""
+        if self.pipeline is not None:
+            pieces: list | None = [None] * self.env.dims.pp if self.pipeline.pp_rank == 0 else None
+            dist.gather_object(local, pieces, group=self.pipeline.group, group_dst=0)
+            local = {} if pieces is None else {k: v for piece in pieces for k, v in piece.items()}
+        return local if self.env.is_main else None
+
+    def full_model_state(self) -> dict[str, Tensor] | None:
+        return self._to_rank0({k: _full(p) for k, p in self._named_parameters()})
+
+    def full_optim_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], int] | None:
+        """AdamW moments keyed "exp_avg/<param>", "exp_avg_sq/<param>" and the step count (0 and no tensors
+        before the first step)."""
+        tensors: dict[str, Tensor] = {}
+        step = 0
+        for key, p in self._named_parameters():
+            st = optimizer.state.get(p)
+            if st:
+                step = int(st["step"])
+                tensors[f"exp_avg/{key}"] = _full(st["exp_avg"])
+                tensors[f"exp_avg_sq/{key}"] = _full(st["exp_avg_sq"])
+        gathered = self._to_rank0(tensors)  # every parameter takes every step: one step count for all
+        return None if gathered is None else (gathered, step)
+
+    def full_growth_state(self) -> dict[str, Tensor] | None:
+        tp_mesh = self.env.mesh["tp"] if self.env.dims.tp > 1 and self.env.mesh is not None else None
+        local = {k: v.detach().cpu() for part in self.parts.values() for k, v in growth_state(part, tp_mesh).items()}
+        return self._to_rank0(local)
+
+    def load_model_state(self, state: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for key, p in self._named_parameters(include_copy=True):
+                _copy_into(p, state[key])
+
+    def load_optim_state(self, optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], step: int) -> None:
+        """AdamW moments from full tensors (each rank keeps its shard); parameters without saved moments start
+        fresh. The step count is fp32 on the parameter's device, as fused AdamW keeps it."""
+        for key, p in self._named_parameters(include_copy=True):
+            if f"exp_avg/{key}" not in tensors:
+                continue
+            optimizer.state[p] = {
+                "step": torch.tensor(float(step), dtype=torch.float32, device=self.env.device),
+                "exp_avg": _shard_like(p, tensors[f"exp_avg/{key}"]),
+                "exp_avg_sq": _shard_like(p, tensors[f"exp_avg_sq/{key}"]),
+            }
+
+
+def _full(t: Tensor) -> Tensor:
+    """A full CPU copy (DTensors gathered over their mesh: collective)."""
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().clone()
+
+
+def _shard_like(p: Tensor, full: Tensor) -> Tensor:
+    """``full`` laid out as ``p`` is (the same DTensor placements, this rank's shard), on p's device."""
+    if isinstance(p, DTensor):
+        return distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+    return full.to(p.device, p.dtype).clone()
+
+
+def _copy_into(p: Tensor, full: Tensor) -> None:
+    shard = _shard_like(p, full)
+    (p.to_local() if isinstance(p, DTensor) else p).copy_(shard.to_local() if isinstance(shard, DTensor) else shard)
