@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from flm.config import ModelConfig, TrainConfig
@@ -112,8 +113,19 @@ class ParallelModel:
             return self.module(x, targets=y, loss_weights=mask).double()
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """μP AdamW groups over every local stage (parameters keep their one-process names)."""
-        return [g for part in self.parts.values() for g in param_groups(part, lr, weight_decay)]
+        """μP AdamW groups over every local stage (parameters keep their one-process names), each split by
+        DTensor mesh: fused AdamW takes no mix of DTensors and plain tensors (tensor parallel's replicated
+        LayerNorms) in one group."""
+        out = []
+        for part in self.parts.values():
+            for group in param_groups(part, lr, weight_decay):
+                kinds: dict[object, tuple[list, list]] = {}
+                for p, name in zip(group["params"], group["names"]):
+                    params, names = kinds.setdefault(p.device_mesh if isinstance(p, DTensor) else None, ([], []))
+                    params.append(p)
+                    names.append(name)
+                out += [group | {"params": params, "names": names} for params, names in kinds.values()]
+        return out
 
     def train(self, mode: bool = True) -> ParallelModel:
         for part in self.parts.values():
@@ -140,7 +152,13 @@ class ParallelModel:
     # ----- full state for checkpoints --------------------------------------------------------------------------
     def _named_parameters(self, include_copy: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
         """(one-process name, parameter) of every local stage; the last pipeline stage's readout copy of the
-        embedding only with ``include_copy`` (it is saved once, as the first stage's)."""
+        embedding only with ``include_copy`` (it is saved once, as the first stage's). FSDP2 modules are
+        resharded first: a pipeline stage (reshard_after_forward=False) may still hold its unsharded parameters,
+        which are not the ones the optimizer updates."""
+        for part in self.parts.values():
+            for module in part.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
         for s, part in self.parts.items():
             for name, p in part.named_parameters():
                 key = canonical_name(name)

@@ -24,6 +24,7 @@ from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
 from flm.data.tokenizer import check_vocab
 from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
+from flm.distributed.mesh import check_layout
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.growth.ops import grow
@@ -38,15 +39,19 @@ from flm.train.setup import check_out_dir, rank0_first, write_run_config
 
 
 def _preflight(stages: list[Stage], env: DistEnv) -> None:
-    """What would otherwise fail in the middle of the run: batch layout per stage, the tokenizer's size
-    against the model's vocabulary (this prepares the data, which is cached), bf16 on a CPU."""
+    """What would otherwise fail in the middle of the run: each stage's layout (tp, pp, micro-batches) against
+    its model and batch, the tokenizer's size against the model's vocabulary (this prepares the data, which is
+    cached), bf16 on a CPU."""
     for s in stages:
         tc = s.cfg.train
-        per_rank, rem = divmod(tc.batch_size, env.world_size)
+        model_key = "model" if s.growth is None else f"{s.where} (grown) model"
+        dims = check_layout(s.parallel, env.world_size, s.model, s.cfg.seq_len, s.parallel_where, model_key,
+                            batch=tc.batch_size)
+        per_rank, rem = divmod(tc.batch_size, dims.dp)
         if rem or (tc.micro_batch_size and per_rank % tc.micro_batch_size):
             key = "train" if s.where == "config" else s.where
             raise FlmError(
-                f"stage {s.index}: batch_size {tc.batch_size} does not split into {env.world_size} ranks of "
+                f"stage {s.index}: batch_size {tc.batch_size} does not split into {dims.dp} data-parallel ranks of "
                 f"micro_batch_size {tc.micro_batch_size or per_rank}; change {key}.batch_size"
             )
         use_bf16(tc, env.device)  # refuses bf16 on a CPU now, not at the stage that asks for it
@@ -144,7 +149,8 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
                 assert prev is not None
                 init = _grown_init(prev, stage, seed=cfg.train.seed + stage.index)
         train_stage(
-            stage.cfg, out_dir, resume=partial is not None, env=env, stage=stage.index, init=init,
+            stage.cfg, out_dir, resume=partial is not None, env=env.with_layout(stage.parallel, stage.parallel_where),
+            stage=stage.index, init=init,
             schedule=schedule, ckpt_dir=out_dir / stage.folder, save_config_file=False,
             eval_at_start=True,
         )

@@ -1,0 +1,21 @@
+"""What the spawned ranks run for the trainer tests: ``train_stage`` under each layout, uninterrupted and
+stopped + resumed, each into its own run folder (the pytest process compares them with one process)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flm.config import config_from_dict
+from flm.train.loop import train_stage
+
+
+def train_layouts(rank: int, world: int, tmp: Path, cfg: dict, layouts: dict[str, dict], stop_at: int) -> None:
+    """For each layout name -> [parallel] table: tmp/<name>/full trained to the end; tmp/<name>/cut stopped
+    after ``stop_at`` steps, then resumed from its checkpoint to the end."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    for name, parallel in layouts.items():
+        run_cfg = config_from_dict(cfg | {"parallel": parallel})
+        train_stage(run_cfg, tmp / name / "full")
+        train_stage(run_cfg, tmp / name / "cut", stop_after=stop_at)
+        train_stage(run_cfg, tmp / name / "cut", resume=True)
