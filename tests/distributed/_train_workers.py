@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flm.config import config_from_dict
 from flm.train.loop import train_stage
+from flm.train.run import run_plan
 
 
 def train_layouts(rank: int, world: int, tmp: Path, cfg: dict, layouts: dict[str, dict], stop_at: int) -> None:
@@ -19,3 +20,9 @@ def train_layouts(rank: int, world: int, tmp: Path, cfg: dict, layouts: dict[str
         train_stage(run_cfg, tmp / name / "full")
         train_stage(run_cfg, tmp / name / "cut", stop_after=stop_at)
         train_stage(run_cfg, tmp / name / "cut", resume=True)
+
+
+def run_layouts(rank: int, world: int, tmp: Path, plan: dict) -> None:
+    """``flm run``'s ``run_plan`` of ``plan`` (whose stages change layout) into tmp/run."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    run_plan(config_from_dict(plan), tmp / "run")

@@ -1,0 +1,75 @@
+"""A layout the job or the model cannot take stops ``flm train`` / ``flm run`` with one line naming the key and
+the fix, exit 2, before anything is written: in one process, and under torchrun on 2 ranks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tomli_w
+
+from flm.cli import main
+from tests.conftest import tiny_config_dict
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _write(tmp_path, cfg: dict):
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("parallel", "words"),
+    [
+        ({"tp": 2}, "parallel: pp·tp = 1·2 = 2 does not divide the 1 processes started"),
+        ({"dp": 2}, "parallel: pp·dp·tp = 1·2·1 = 2 but 1 processes were started; set parallel.dp = -1"),
+    ],
+)
+def test_layout_that_does_not_fit_one_process(tiny_corpus, prepared_dir, tmp_path, capsys, parallel, words):
+    cfg = tiny_config_dict(tiny_corpus, prepared_dir) | {"parallel": parallel}
+    out = tmp_path / "out"
+    assert main(["train", str(_write(tmp_path, cfg)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and not out.exists()
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flm.cli", *args],
+        env=ENV, timeout=180, capture_output=True, text=True,
+    )
+
+
+def _error_lines(stderr: str) -> set[str]:
+    """The flm error lines (each rank prints the same one; torchrun adds its own report of the failed ranks)."""
+    lines = stderr.splitlines()
+    return {line.split(": error: ", 1)[1] for line in lines if line.startswith("flm ") and ": error: " in line}
+
+
+def test_model_the_layout_cannot_split_under_torchrun(tiny_corpus, prepared_dir, tmp_path):
+    """tp = 2 does not divide 3 heads (flm train); the second stage of a plan asks for pipeline micro-batches
+    that do not divide its batch (flm run: refused before the first stage trains)."""
+    cfg = tiny_config_dict(tiny_corpus, prepared_dir) | {"parallel": {"tp": 2}}
+    cfg["model"] |= {"n_heads": 3, "d_model": 48, "d_ff": 96}
+    out = tmp_path / "train"
+    res = _torchrun("train", str(_write(tmp_path, cfg)), "--out", str(out))
+    assert res.returncode != 0 and not out.exists()
+    assert _error_lines(res.stderr) == {
+        "parallel.tp = 2 does not divide model.n_heads = 3: tensor parallelism splits n_heads evenly; "
+        "pick parallel.tp from 1, 3 or change n_heads"
+    }, res.stderr[-2000:]
+
+    plan = tiny_config_dict(tiny_corpus, prepared_dir)
+    plan["stages"] = [
+        {"steps": 2},
+        {"steps": 2, "grow": {"d_ff": 192, "ramp_steps": 1}, "parallel": {"pp": 2, "microbatches": 3}},
+    ]
+    out = tmp_path / "run"
+    res = _torchrun("run", str(_write(tmp_path, plan)), "--out", str(out))
+    assert res.returncode != 0 and not out.exists()
+    (line,) = _error_lines(res.stderr)
+    assert "stages[1].parallel.microbatches = 3 does not divide the batch of 4 sequences per data-parallel rank" in line
