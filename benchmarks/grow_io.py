@@ -28,6 +28,7 @@ from flm.checkpoint import write_manifest
 from flm.config import ModelConfig, RunConfig, save_config
 from flm.growth.plan import param_shapes
 from flm.growth.tensorio import SafetensorsWriter
+from flm.io import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grow_io.json"
 
@@ -65,6 +66,14 @@ def timed_cp(src: Path, dst: Path) -> float:
     subprocess.run(["cp", str(src), str(dst)], check=True)
     subprocess.run(["sync", str(dst)], check=True)
     return time.perf_counter() - t0
+
+
+def save_result(path: Path, result: dict) -> None:
+    """Write a benchmark's result, with the machine's CPU and thread counts, to ``path`` (atomically, as
+    indented JSON) and print it as one line."""
+    result = {**result, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    atomic_write(path, json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
 
 
 def main() -> None:
@@ -127,14 +136,10 @@ def main() -> None:
             "peak_rss_target_bytes": int(rss_target),
             "rss_ok": grow["max_rss_bytes"] <= rss_target,
             "throughput_ok": grow_tp / cp_tp >= 0.3,
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    save_result(RESULTS, result)
 
 
 if __name__ == "__main__":

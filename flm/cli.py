@@ -21,6 +21,7 @@ COMMANDS = [
     "flm.checkpoint.cli",  # flm grow
     "flm.scaling.cli",  # flm cost, flm mup coord-check / search, flm predict
     "flm.eval.cli",  # flm eval ppl / bench / iq
+    "flm.interop.cli",  # flm export hf / gguf, flm import hf
 ]
 
 

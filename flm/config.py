@@ -53,6 +53,14 @@ class ModelConfig(_Strict):
     attn_scale: Literal["sqrt", "linear"] | None = Field(
         None, description="1/sqrt(d_head) or 1/d_head; default sqrt under SP, linear under muP"
     )
+    # Imported models (flm/interop): GPT-NeoX's exact-erf GeLU, and FLM-101B's GPT-2 attention flags.
+    activation: Literal["gelu_tanh", "gelu"] = Field("gelu_tanh", description="MLP GeLU: tanh approximation or erf")
+    scale_attn_by_inverse_layer_idx: bool = Field(
+        False, description="attention logits of layer i (from 0) further divided by i + 1 (FLM-101B, GPT-2)"
+    )
+    reorder_and_upcast_attn: bool = Field(
+        False, description="attention in fp32 under bf16 training (FLM-101B, GPT-2); same function in fp32"
+    )
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> ModelConfig:
@@ -151,8 +159,43 @@ class GrowthConfig(_Strict):
 
 
 class DataSource(_Strict):
-    path: str = Field(description="file or glob: .txt, .jsonl, .jsonl.gz with a 'text' field")
-    weight: float = Field(1.0, gt=0)
+    path: str | None = Field(None, description="file or glob: .txt, .jsonl, .jsonl.gz with a 'text' field")
+    weight: float = Field(1.0, ge=0, description="share of the mixture (0: never drawn)")
+    kind: Literal["text", "teacher"] = Field("text", description="teacher: labelled items -> teacher signals")
+    pack: Literal["stream", "whole"] | None = Field(
+        None, description="stream: cut into windows across documents; whole: every document whole in one "
+        "window (default: whole for teacher sources)"
+    )
+    # kind = "teacher" (flm.data.teacher; docs/unified-objective.md)
+    tasks: list[str] | None = Field(None, description="teacher tasks (default: every olmo-eval recipe)")
+    templates: str | None = Field(None, description="TOML/JSON file of tasks that extend or override the built-in")
+    split: Literal["train", "heldout"] | None = Field(None, description="default: train for data.train")
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of each task's items held out for evaluation")
+    negatives: int = Field(1, gt=0, description="false propositions per item (at most the other labels)")
+    labels: tuple[str, str] = Field(
+        ("label_pos", "label_neg"), description="true/false label tokens: registry names or one-token strings"
+    )
+    items: int = Field(5000, gt=0, description="items per procedural task")
+    corpus: str = Field("data/pd-english/train.jsonl.gz", description="text the procedural tasks are made from")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> DataSource:
+        if self.kind == "text" and self.path is None:
+            raise ValueError('a data source needs a path (or kind = "teacher")')
+        if self.kind == "text" and (self.tasks is not None or self.templates is not None):
+            raise ValueError('tasks and templates belong to a teacher source: add kind = "teacher"')
+        return self
+
+    @property
+    def packing(self) -> str:
+        return self.pack or ("whole" if self.kind == "teacher" else "stream")
+
+
+def weights_problem(weights: list[float], where: str) -> str | None:
+    """Why a mixture cannot be drawn from (every weight zero), or None."""
+    if weights and not any(w > 0 for w in weights):
+        return f"{where}: every source has weight 0; give at least one source a positive weight"
+    return None
 
 
 class TokenizerConfig(_Strict):
@@ -169,6 +212,24 @@ class DataConfig(_Strict):
     prepared_dir: str = Field("data/prepared", description="token shards are cached here by content hash")
     max_chars: int | None = Field(None, gt=0, description="use only the first N characters of each train source")
     workers: int = Field(2, gt=0)
+    document_mask: bool = Field(
+        False, description="attention never crosses a document boundary in a packed window; positions restart"
+    )
+
+    @model_validator(mode="after")
+    def _check_mixture(self) -> DataConfig:
+        for split in ("train", "valid"):
+            problem = weights_problem([s.weight for s in getattr(self, split)], f"data.{split}")
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+class StageData(_Strict):
+    """A stage's own mixture: ``train`` replaces the plan's training sources, ``weights`` reweights them."""
+
+    train: list[DataSource] | None = None
+    weights: list[float] | None = Field(None, description="one weight per source of data.train (or of train)")
 
 
 class OptimConfig(_Strict):
@@ -249,6 +310,7 @@ class StageConfig(_Strict):
     lr: float | None = Field(None, gt=0, description="stage-start LR (default: inherited)")
     warmup_steps: int | None = Field(None, ge=0)
     batch_size: int | None = Field(None, gt=0)
+    data: StageData | None = Field(None, description="this stage's training mixture (e.g. teacher signals late)")
     parallel: ParallelConfig | None = None
     tflops_per_gpu: float | None = Field(
         None, gt=0, description="measured TFLOP/s per GPU, for flm cost (counts recomputed forwards "

@@ -1,10 +1,14 @@
-"""Small file helpers every layer uses: atomic writes, file hashing, the umask rule, folder fsync."""
+"""Small file helpers every layer uses: atomic writes (of a file, of a whole folder), file hashing, the umask
+rule, folder fsync."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -58,3 +62,23 @@ def fsync_folder(folder: Path, files: bool = True) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``out`` (``.tmp-<name>-<pid>``, cleared first): when the
+    block ends without error its files are fsynced and it is renamed to ``out``; on any error it is removed.
+    Readers never see half a folder. The caller refuses an existing ``out`` (the rename would fail, or
+    replace an empty folder)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        fsync_folder(tmp)
+        tmp.rename(out)
+        fsync_folder(out.parent, files=False)  # the rename itself
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

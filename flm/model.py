@@ -118,6 +118,20 @@ class Rotary(nn.Module):
 Tables = tuple[Tensor, Tensor]
 
 
+def document_attention(doc_ids: Tensor, tables: Tables) -> tuple[Tables, Tensor]:
+    """Document masking (``data.document_mask``): rotary tables at positions that restart with every
+    document, (B, T, 1, hd/2, 2), and the SDPA mask (B, 1, T, T) that lets a token see only the earlier tokens of
+    its own document. ``doc_ids`` (B, T): a document index per position (flm.data.packing.document_ids)."""
+    t = doc_ids.shape[-1]
+    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    pos = idx - torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=-1).values
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal
+    return (tables[0][pos], tables[1][pos]), mask[:, None]
+
+
 def apply_rotary(q: Tensor, k: Tensor, tables: Tables) -> tuple[Tensor, Tensor]:
     """q, k rotated by ``Rotary.tables`` (computed once per forward, outside any compiled block)."""
     return _rotate(q, tables[0]), _rotate(k, tables[1])
@@ -162,6 +176,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, a)
         self.o = nn.Linear(a, d)
         self.scale = 1.0 / (cfg.head_dim if cfg.attn_scale == "linear" else math.sqrt(cfg.head_dim))
+        self.inverse_layer_scale = cfg.scale_attn_by_inverse_layer_idx  # scale / (layer + 1)
+        self.upcast = cfg.reorder_and_upcast_attn
         self.dropout = cfg.dropout
         self.register_buffer("head_new", None, persistent=False)
 
@@ -172,8 +188,10 @@ class Attention(nn.Module):
         m: Tensor,
         cache: KVCache | None = None,
         layer: int = 0,
+        doc_mask: Tensor | None = None,
     ) -> Tensor:
-        """``rope``: the rotary tables of positions cache.pos .. cache.pos + seq - 1 (0 .. without a cache)."""
+        """``rope``: the rotary tables of positions cache.pos .. cache.pos + seq - 1 (0 .. without a cache);
+        ``doc_mask``: a (B, 1, T, T) attention mask replacing the causal one (document masking, no cache)."""
         b, t, _ = x.shape
         hd = self.head_dim  # heads = -1: a tensor-parallel rank holds only its own heads
         q = self.q(x).view(b, t, -1, hd)
@@ -196,6 +214,11 @@ class Attention(nn.Module):
                 if t > 1:
                     rows = torch.arange(start, start + t, device=x.device)[:, None]
                     attn_mask = rows >= torch.arange(start + t, device=x.device)[None, :]
+        elif doc_mask is not None:
+            attn_mask = doc_mask
+        dtype = q.dtype
+        if self.upcast:
+            q, k, v = q.float(), k.float(), v.float()
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -203,9 +226,9 @@ class Attention(nn.Module):
             attn_mask=attn_mask,
             is_causal=causal and attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
+            scale=self.scale / (layer + 1) if self.inverse_layer_scale else self.scale,
         )
-        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+        return self.o(y.to(dtype).transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
@@ -214,13 +237,14 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model)
         self.register_buffer("ffn_new", None, persistent=False)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: Tensor, m: Tensor) -> Tensor:
         h = self.up(x)
         ffn_mask = _mask(self.ffn_new, m)
         if ffn_mask is not None:
             h = h * ffn_mask
-        return self.down(F.gelu(h, approximate="tanh"))
+        return self.down(F.gelu(h, approximate=self.approximate))
 
 
 class Block(nn.Module):
@@ -241,8 +265,10 @@ class Block(nn.Module):
         hidden_mask: Tensor | None,
         cache: KVCache | None = None,
         layer: int = 0,
+        doc_mask: Tensor | None = None,
     ) -> Tensor:
-        a = self.drop(self.attn(self.ln1(h, hidden_mask), rope, m, cache, layer))
+        # doc_mask by keyword: tensor parallel's input plan (sequence parallel) lists the positional inputs
+        a = self.drop(self.attn(self.ln1(h, hidden_mask), rope, m, cache, layer, doc_mask=doc_mask))
         if hidden_mask is not None:
             a = a * hidden_mask
         out = h + a
@@ -348,11 +374,13 @@ class FLM(nn.Module):
         *,
         targets: Tensor | None = None,
         loss_weights: Tensor | None = None,
+        doc_ids: Tensor | None = None,
     ) -> Tensor:
         """Logits (batch, seq, padded vocab), fp32. With ``targets``: the scalar sum over tokens of
         ``loss_weights * cross_entropy`` instead (weights default to 1/#tokens: the mean), computed in row
         chunks without materialising the logits (see ``linear_cross_entropy``); same value and gradients,
         less memory traffic. It goes through ``forward`` so that wrappers (FSDP2) see a normal call.
+        ``doc_ids`` (B, T): document masking (see ``document_attention``); None: plain causal attention.
         """
         m = self.grow_m
         hidden_mask = _mask(self.hidden_new, m)
@@ -366,8 +394,14 @@ class FLM(nn.Module):
         else:
             h = tokens
         rope = self.rotary.tables(cache.pos if cache is not None else 0, h.shape[1], h.device)
+        doc_mask = None
+        if doc_ids is not None:
+            rope, doc_mask = document_attention(doc_ids, rope)
         for i, block in self.blocks.items():
-            h = block(h, rope, m, hidden_mask, cache, int(i))
+            if doc_mask is None:  # the plain call, as wrappers (checkpointing, pipeline stages) expect it
+                h = block(h, rope, m, hidden_mask, cache, int(i))
+            else:
+                h = block(h, rope, m, hidden_mask, cache, int(i), doc_mask)
         if cache is not None:
             cache.pos += h.shape[1]
         if self.ln_f is None:

@@ -26,7 +26,7 @@ from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
 from flm.growth.tensorio import SafetensorsWriter, TensorSource, open_tensors
-from flm.io import fsync_folder, sha256_file
+from flm.io import atomic_folder, sha256_file
 from flm.model import FLM
 
 # Files this module writes itself; every other file of the checkpoint (tokenizer, rng, ...) is copied.
@@ -139,38 +139,29 @@ def grow_checkpoint(
         check_shapes(cfg.model, optim_src.shapes, f"{folder / 'optim.safetensors'}", moments=True)
     model_dtype = model_src.dtype("tok_emb.weight")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     files: dict[str, dict[str, object]] = {}
     try:
-        moment_plans = _moment_plans(plan, optim_src) if optim_src is not None else []
-        itemsize = torch.empty((), dtype=model_dtype).element_size()
-        total = sum(torch.Size(tp.shape).numel() * itemsize for tp in plan.tensors + moment_plans)
-        tick = progress(total) if progress is not None else None
-        sha, nbytes, largest = _stream_file(
-            tmp / "model.safetensors", plan.tensors, model_src, seed, model_dtype, tick
-        )
-        files["model.safetensors"] = {"bytes": nbytes, "sha256": sha}
-        written = nbytes
-        if optim_src is not None:
-            sha, nbytes, big = _stream_file(
-                tmp / "optim.safetensors", moment_plans, optim_src, seed, model_dtype, tick
+        with atomic_folder(out) as tmp:
+            moment_plans = _moment_plans(plan, optim_src) if optim_src is not None else []
+            itemsize = torch.empty((), dtype=model_dtype).element_size()
+            total = sum(torch.Size(tp.shape).numel() * itemsize for tp in plan.tensors + moment_plans)
+            tick = progress(total) if progress is not None else None
+            sha, nbytes, largest = _stream_file(
+                tmp / "model.safetensors", plan.tensors, model_src, seed, model_dtype, tick
             )
-            files["optim.safetensors"] = {"bytes": nbytes, "sha256": sha}
-            written, largest = written + nbytes, max(largest, big)
-        _write_small_files(folder, tmp, cfg, plan, growth)
-        for p in sorted(tmp.iterdir()):
-            if p.is_file() and p.name not in files:
-                files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-        fsync_folder(tmp)
-        tmp.rename(out)
-        fsync_folder(out.parent, files=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            files["model.safetensors"] = {"bytes": nbytes, "sha256": sha}
+            written = nbytes
+            if optim_src is not None:
+                sha, nbytes, big = _stream_file(
+                    tmp / "optim.safetensors", moment_plans, optim_src, seed, model_dtype, tick
+                )
+                files["optim.safetensors"] = {"bytes": nbytes, "sha256": sha}
+                written, largest = written + nbytes, max(largest, big)
+            _write_small_files(folder, tmp, cfg, plan, growth)
+            for p in sorted(tmp.iterdir()):
+                if p.is_file() and p.name not in files:
+                    files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     finally:
         model_src.close()
         if optim_src is not None:

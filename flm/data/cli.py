@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config
 from flm.data.prepare import load_prepared, prepare_data, prepared_folders
+from flm.data.teacher_cli import register_instruct, register_teacher
 from flm.data.tokenizer import check_vocab
 
 
@@ -89,3 +90,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = add_command(sub, "stats", _stats)
     stats.add_argument("dir", help="a prepared folder (data/prepared/<hash>) or the folder holding them")
     stats.add_argument("--json", action="store_true", help="print each index as one JSON line")
+    register_teacher(sub)
+    register_instruct(sub)

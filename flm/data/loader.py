@@ -3,6 +3,9 @@
 Each source's token stream (documents ended by EOS, packed GPT-style across document boundaries) is cut into
 windows of ``seq_len + 1`` tokens at stride ``seq_len``: window w gives inputs ``t[wT : wT+T]`` and targets
 ``t[wT+1 : wT+T+1]``. The loss mask of a target is the mask of that token (1 everywhere for plain text).
+A source with ``pack = "whole"`` (teacher signals by default; instruction data) is cut instead into windows of
+whole consecutive documents (flm.data.packing): no sample is ever split across windows, one longer than a
+window is dropped and counted (``dropped``), and the rest of a window is padding that takes no loss.
 
 Train: global sample number k (counting rows of global batches from the start of training) is drawn from a
 source chosen by a counter-based hash of (seed, k) with the sources' weights, and takes that source's next
@@ -26,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from flm.config import weights_problem
+from flm.data.packing import document_ends, pack_whole
 from flm.data.prepare import PreparedData, SourceInfo
 from flm.errors import FlmError
 
@@ -50,9 +55,10 @@ def uniform_hash(seed: int, k: np.ndarray) -> np.ndarray:
 
 
 class _Stream:
-    """One source's shards as one token stream."""
+    """One source's shards as one token stream, cut into windows: at stride seq_len (``pack = "stream"``), or
+    (``"whole"``) packed from whole documents, a document longer than a window dropped and counted."""
 
-    def __init__(self, info: SourceInfo, dtype: np.dtype) -> None:
+    def __init__(self, info: SourceInfo, dtype: np.dtype, seq_len: int, eos_id: int) -> None:
         self.info = info
         opened = [s.open(dtype) for s in info.shards]
         self.tokens = [t for t, _ in opened]
@@ -60,6 +66,17 @@ class _Stream:
         self.has_mask = any(m is not None for m in self.masks)
         self.offsets = np.cumsum([0] + [len(t) for t in self.tokens])
         self.n = int(self.offsets[-1])
+        self.seq_len, self.dropped = seq_len, 0
+        self.starts: np.ndarray | None = None
+        if info.pack == "whole":
+            self.starts, self.lengths, self.dropped = pack_whole(document_ends(self.tokens, eos_id), seq_len + 1)
+        self.windows = (self.n - 1) // seq_len if self.starts is None else len(self.starts)
+
+    def span(self, w: int) -> tuple[int, int]:
+        """(stream offset, tokens) of window ``w``; fewer than seq_len + 1 tokens leave padding."""
+        if self.starts is None:
+            return w * self.seq_len, self.seq_len + 1
+        return int(self.starts[w]), int(self.lengths[w])
 
     def read(self, start: int, n: int, out_tok: np.ndarray, out_mask: np.ndarray) -> None:
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
@@ -107,15 +124,24 @@ class TokenLoader:
                 f'add [[data.{split}]] path = "..."'
                 + (" (or set train.eval_every = 0 to train without validation)" if split == "valid" else "")
             )
-        self.streams = [_Stream(info, prepared.dtype) for info in infos]
-        self.windows = np.array([(s.n - 1) // seq_len for s in self.streams], dtype=np.int64)
+        self.pad_id = prepared.tokenizer.pad_id
+        self.streams = [_Stream(info, prepared.dtype, seq_len, prepared.tokenizer.eos_id) for info in infos]
+        self.windows = np.array([s.windows for s in self.streams], dtype=np.int64)
         for s, w in zip(self.streams, self.windows):
+            if w == 0 and s.starts is not None:
+                raise FlmError(
+                    f"data.{split} source {s.info.path!r}: all {s.dropped} samples are longer than seq_len + 1 = "
+                    f"{seq_len + 1} tokens and none fits a window whole: raise train.seq_len or shorten the samples"
+                )
             if w == 0:
                 raise FlmError(
                     f"data.{split} source {s.info.path!r} has {s.n} tokens, fewer than seq_len + 1 = "
                     f"{seq_len + 1}: add text to it or lower train.seq_len"
                 )
         weights = np.array([info.weight for info in infos], dtype=np.float64)
+        problem = weights_problem(weights.tolist(), f"data.{split}")
+        if problem:
+            raise FlmError(problem)
         self._cdf = np.cumsum(weights / weights.sum())
         self._cum_windows = np.cumsum(self.windows)
         self._samples = 0
@@ -132,6 +158,11 @@ class TokenLoader:
     def tokens_per_batch(self) -> int:
         """Tokens in one rank's batch (the global batch has ``world_size`` times as many)."""
         return self.batch_size * self.seq_len
+
+    @property
+    def dropped(self) -> list[int]:
+        """Per source: samples dropped because they are longer than a window (``pack = "whole"``)."""
+        return [s.dropped for s in self.streams]
 
     def epochs(self) -> list[float]:
         """Passes made over each source so far."""
@@ -200,10 +231,12 @@ class TokenLoader:
 
     def _gather(self, src: np.ndarray, win: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         t = self.seq_len
-        tok = np.empty((len(src), t + 1), dtype=np.int64)
-        mask = np.empty((len(src), t + 1), dtype=np.float32)
+        tok = np.full((len(src), t + 1), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(src), t + 1), dtype=np.float32)  # padding after packed samples takes no loss
         for row, (s, w) in enumerate(zip(src, win)):
-            self.streams[int(s)].read(int(w) * t, t + 1, tok[row], mask[row])
+            stream = self.streams[int(s)]
+            start, n = stream.span(int(w))
+            stream.read(start, n, tok[row], mask[row])
         return (
             torch.from_numpy(np.ascontiguousarray(tok[:, :-1])),
             torch.from_numpy(np.ascontiguousarray(tok[:, 1:])),
@@ -223,6 +256,7 @@ class TokenLoader:
             "counts": [int(c) for c in self._counts],
             "windows": [int(w) for w in self.windows],
             "data_hash": self.data_hash,
+            "streams": [s.info.stream for s in self.streams],
         }
 
     def continues(self, state: dict[str, Any]) -> bool:
@@ -233,6 +267,21 @@ class TokenLoader:
             and state.get("seed") == self.seed
             and state.get("seq_len") == self.seq_len
         )
+
+    def carry_over(self, state: dict[str, Any]) -> bool:
+        """Read on from a position in *another* mixture (a stage that adds, drops or reweights sources): a
+        source with the same content at the same place in the list keeps its read position, the others start
+        from their beginning. False (nothing changed) when no source carries over or seed/seq_len differ."""
+        old = state.get("streams") or []
+        if state.get("split") != self.split or state.get("seed") != self.seed or state.get("seq_len") != self.seq_len:
+            return False
+        mine = [s.info.stream for s in self.streams]
+        keep = [i < len(old) and k is not None and old[i] == k for i, k in enumerate(mine)]
+        if not any(keep):
+            return False
+        counts = [int(state["counts"][i]) if k else 0 for i, k in enumerate(keep)]
+        self._samples, self._counts = int(state["samples"]), np.array(counts, dtype=np.int64)
+        return True
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly at ``state``; anything that would make the stream differ is one clear error."""

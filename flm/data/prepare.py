@@ -42,6 +42,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from flm.config import DataConfig, DataSource, ModelConfig
+from flm.data.instruct import chat_segments
+from flm.data.jsonl import json_lines
+from flm.data.teacher import TeacherSource, resolve_labels
 from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
 from flm.errors import FlmError
 from flm.io import atomic_write, sha256_file
@@ -106,6 +109,8 @@ class SourceInfo:
     tokens: int
     documents: int
     shards: list[SourceShard] = field(default_factory=list)
+    pack: str = "stream"  # "whole": the loader keeps every document whole inside one window
+    stream: str | None = None  # the source's content identity, weight aside (None in older indexes)
 
 
 @dataclass
@@ -157,7 +162,8 @@ class PreparedData:
                 )
                 for s in src["shards"]
             ]
-            out.append(SourceInfo(src["path"], src["weight"], src["tokens"], src["documents"], shards))
+            out.append(SourceInfo(src["path"], src["weight"], src["tokens"], src["documents"], shards,
+                                  src.get("pack", "stream"), src.get("stream")))
         return out
 
 
@@ -186,6 +192,8 @@ class _Source:
     path: str
     weight: float
     files: list[Path]
+    pack: str = "stream"
+    teacher: TeacherSource | None = None  # kind = "teacher": samples made from labelled items, no files
 
 
 def prepared_folders(path: Path) -> list[Path]:
@@ -211,7 +219,11 @@ def _file_kind(p: Path) -> str | None:
     return None
 
 
-def _resolve(src: DataSource, where: str, root: Path) -> _Source:
+def _resolve(src: DataSource, where: str, root: Path, split: str) -> _Source:
+    if src.kind == "teacher":
+        teacher = TeacherSource(src, where, "train" if split == "train" else "heldout", root)
+        return _Source(where, src.path or teacher.describe(), src.weight, [], src.packing, teacher)
+    assert src.path is not None  # the config refuses a text source without one
     pattern = src.path if os.path.isabs(src.path) else str(root / src.path)
     if glob.has_magic(pattern):
         matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
@@ -240,14 +252,14 @@ def _resolve(src: DataSource, where: str, root: Path) -> _Source:
             raise FlmError(
                 f"{where}.path: {m}: unsupported file type; use .txt, .md or .jsonl (each optionally .gz)"
             )
-    return _Source(where, src.path, src.weight, matches)
+    return _Source(where, src.path, src.weight, matches, src.packing)
 
 
 def _resolve_all(data_cfg: DataConfig, root: Path) -> dict[str, list[_Source]]:
     if not data_cfg.train:
         raise FlmError('data.train lists no sources; add [[data.train]] with path = "..."')
     return {
-        split: [_resolve(s, f"data.{split}[{i}]", root) for i, s in enumerate(getattr(data_cfg, split))]
+        split: [_resolve(s, f"data.{split}[{i}]", root, split) for i, s in enumerate(getattr(data_cfg, split))]
         for split in SPLITS
     }
 
@@ -291,6 +303,14 @@ def _jsonl_document(obj: Any, path: Path, lineno: int, where: str) -> list[Piece
         if not isinstance(obj["text"], str):
             raise FlmError(f'{loc}: "text" must be a string, got {type(obj["text"]).__name__}')
         return list(_text_pieces(obj["text"], CHUNK_CHARS)) if obj["text"] else []
+    if "messages" in obj:
+        segments = chat_segments(obj["messages"], loc)
+        return [Piece(t, supervised=sup, eos=i == len(segments) - 1) for i, (t, sup) in enumerate(segments)]
+    if "prompt" in obj and "response" in obj:  # instruction data: plain text, the loss on the response
+        prompt, response = obj["prompt"], obj["response"]
+        if not isinstance(prompt, str) or not isinstance(response, str) or not response:
+            raise FlmError(f'{loc}: "prompt" and "response" must be strings, the response non-empty')
+        return [Piece(prompt, supervised=False, eos=False)] * bool(prompt) + [Piece(response)]
     if "prompt" in obj and "completion" in obj:
         prompt, completion = obj["prompt"], obj["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str) or not completion:
@@ -302,7 +322,7 @@ def _jsonl_document(obj: Any, path: Path, lineno: int, where: str) -> list[Piece
         return pieces + [Piece(completion, supervised=True, allow_special=True, eos=True, eos_loss=eos_loss)]
     raise FlmError(
         f'{loc}: no "text" field; each line needs {{"text": "..."}} '
-        '(or "prompt" and "completion" for supervised samples)'
+        '(or "prompt" and "completion"/"response", or "messages", for supervised samples)'
     )
 
 
@@ -316,15 +336,7 @@ def iter_pieces(path: Path, where: str) -> Iterator[Piece]:
                 for i, part in enumerate(parts):
                     yield Piece(part, eos=i == len(parts) - 1)
                 return
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise FlmError(
-                        f"{where}: {path}:{lineno}: not valid JSON ({e}); fix or remove the line"
-                    ) from None
+            for lineno, obj in json_lines(f, path, where):
                 yield from _jsonl_document(obj, path, lineno, where)
     except FileNotFoundError:
         raise FlmError(f"{where}: file not found: {path} (it vanished while reading)") from None
@@ -355,11 +367,31 @@ def _capped(pieces: Iterable[Piece], max_chars: int | None) -> Iterator[Piece]:
         in_doc = not p.eos
 
 
+def teacher_pieces(teacher: TeacherSource) -> Iterator[Piece]:
+    """Each sample: the proposition (plain text, no loss), then the label token alone takes the loss."""
+    pos, neg = teacher.label_texts()
+    for text, true in teacher.samples():
+        yield Piece(text, supervised=False, eos=False)
+        yield Piece(pos if true else neg, allow_special=True, eos_loss=False)
+
+
 def source_pieces(src: _Source, max_chars: int | None = None) -> Iterator[Piece]:
+    if src.teacher is not None:
+        return teacher_pieces(src.teacher)
     return _capped((p for f in src.files for p in iter_pieces(f, src.where)), max_chars)
 
 
 # ---------------------------------------------------------------------------------------------- hashing
+
+
+def _source_key(s: _Source, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What identifies a source's stream: its files' contents (not names), weight, packing and samples."""
+    key: dict[str, Any] = {"weight": s.weight, "files": [files[str(f)]["sha256"] for f in s.files]}
+    if s.pack != "stream":  # only when set: older prepared folders keep their hash
+        key["pack"] = s.pack
+    if s.teacher is not None:
+        key["teacher"] = s.teacher.digest()
+    return key
 
 
 def _content_hash(
@@ -387,19 +419,30 @@ def _content_hash(
         "tokenizer": tok,
         "max_chars": data_cfg.max_chars,
         "splits": {
-            split: [
-                {"weight": s.weight, "files": [files[str(f)]["sha256"] for f in s.files]}  # content, not names
-                for s in sources[split]
-            ]
+            split: [_source_key(s, files) for s in sources[split]]
             for split in SPLITS
         },
     }
     train_key = {k: v for k, v in key.items() if k != "splits"} | {"train": key["splits"]["train"]}  # type: ignore[index]
 
-    def digest(k: dict) -> str:
-        return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest(key), _digest(train_key), files
 
-    return digest(key), digest(train_key), files
+
+def _name_streams(splits: dict[str, Any], stream_ids: dict[str, list[str]]) -> None:
+    for split, ids in stream_ids.items():
+        for info, stream_id in zip(splits.get(split, {}).get("sources", []), ids):
+            info["stream"] = stream_id
+
+
+def _digest(k: Any) -> str:
+    return hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stream_ids(sources: dict[str, list[_Source]], files: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Per source, the identity of its token stream whatever its weight: a later stage that keeps the source
+    (reweighted) can read on where the last one stopped (``TokenLoader.carry_over``)."""
+    return {split: [_digest({k: v for k, v in _source_key(s, files).items() if k != "weight"}) for s in srcs]
+            for split, srcs in sources.items()}
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -609,8 +652,10 @@ def prepare_data(
     base = Path(data_cfg.prepared_dir)
     base = base if base.is_absolute() else root / base
     final = base / digest
+    stream_ids = _stream_ids(sources, file_info)
     cached = _reuse_cached(final, sources)
     if cached is not None:
+        _name_streams(cached.index["splits"], stream_ids)  # older indexes lack them
         return cached
 
     tok_cfg = data_cfg.tokenizer
@@ -631,17 +676,22 @@ def prepare_data(
                     bar.advance()
             if tok_cfg.kind == "bpe":
                 bpe = bar.add(f"training BPE ({tok_cfg.vocab_size} tokens)")
-                texts = (p.text for s in sources["train"] for p in source_pieces(s, data_cfg.max_chars))
+                texts = (  # teacher samples stay out: adding them (in a late stage) keeps the tokenizer
+                    p.text for s in sources["train"] if s.teacher is None for p in source_pieces(s, data_cfg.max_chars)
+                )
                 tokenizer = build_tokenizer(tok_cfg, texts, root=root)
                 bpe.update(total=1, completed=1)
             else:
                 tokenizer = build_tokenizer(tok_cfg, root=root)
             if model is not None and tokenizer.vocab_size > model.vocab_size:
                 raise vocab_error(tokenizer.vocab_size, model.vocab_size)
+            for s in (s for split in SPLITS for s in sources[split] if s.teacher is not None):
+                resolve_labels(s.teacher.source.labels, tokenizer, s.where)
             tokenizer.save(tmp / TOKENIZER_DIR)
             dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
             total_chars = sum(c for split in SPLITS for _, c in counts[split])
             splits = _tokenize_all(data_cfg, sources, counts, tokenizer, tmp, dtype, bar.add("tokenizing", total_chars))
+        _name_streams(splits, stream_ids)
         index = {
             "format": FORMAT,
             "hash": digest,
@@ -666,7 +716,9 @@ def prepare_data(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_prepared(final)
+    prepared = load_prepared(final)
+    _name_streams(prepared.index["splits"], stream_ids)  # another process may have built the folder first
+    return prepared
 
 
 def _tokenize_all(
@@ -706,6 +758,7 @@ def _tokenize_all(
                     {
                         "path": src.path,
                         "weight": src.weight,
+                        "pack": src.pack,
                         "files": [str(f) for f in src.files],
                         "documents": docs,
                         "characters": chars,

