@@ -33,7 +33,7 @@ from flm.distributed.clip import clip_grad_norm_
 from flm.distributed.env import DistEnv
 from flm.distributed.init import materialize, meta_model
 from flm.distributed.parallelize import parallelize
-from flm.distributed.pipeline import Pipeline, part_state, split_model
+from flm.distributed.pipeline import Pipeline, StageParts, part_state, split_model
 from flm.distributed.tensor_parallel import growth_state
 from flm.model import FLM
 from flm.mup import canonical_name, param_groups
@@ -41,7 +41,7 @@ from flm.mup import canonical_name, param_groups
 Batch = tuple[Tensor, Tensor, Tensor]  # tokens, targets, loss mask
 
 
-class ParallelModel:
+class ParallelModel(StageParts):
     def __init__(self, cfg: ModelConfig, env: DistEnv, train: TrainConfig, *, seed: int, bf16: bool = False,
                  state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None) -> None:
         dims, mesh = env.dims, env.mesh
@@ -127,23 +127,7 @@ class ParallelModel:
                 out += [group | {"params": params, "names": names} for params, names in kinds.values()]
         return out
 
-    def train(self, mode: bool = True) -> ParallelModel:
-        for part in self.parts.values():
-            part.train(mode)
-        return self
-
-    def eval(self) -> ParallelModel:
-        return self.train(False)
-
     # ----- growth masks, as on one FLM ---------------------------------------------------------------------
-    def set_mask_value(self, m: float) -> None:
-        for part in self.parts.values():
-            part.set_mask_value(m)
-
-    def end_growth(self) -> None:
-        for part in self.parts.values():
-            part.end_growth()
-
     def load_growth_state(self, state: Mapping[str, Tensor]) -> None:
         """A whole model's growth state (masks are cut to each rank's heads, units and blocks)."""
         for part in self.parts.values():

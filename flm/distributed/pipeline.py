@@ -201,7 +201,34 @@ def _scaled_loss(out: Tensor, target: Tensor, denom: float = 1.0) -> Tensor:
 
 
 # ----- the running pipeline --------------------------------------------------------------------------------
-class Pipeline:
+class StageParts:
+    """What a set of stage modules (``self.parts``) does as one FLM would: train/eval mode and the growth masks
+    (``MaskRamp`` drives ``set_mask_value`` / ``end_growth``)."""
+
+    parts: dict[int, FLM]
+
+    def train(self, mode: bool = True) -> StageParts:
+        for part in self.parts.values():
+            part.train(mode)
+        return self
+
+    def eval(self) -> StageParts:
+        return self.train(False)
+
+    def set_mask_value(self, m: float) -> None:
+        for part in self.parts.values():
+            part.set_mask_value(m)
+
+    def end_growth(self) -> None:
+        for part in self.parts.values():
+            part.end_growth()
+
+    @property
+    def growing(self) -> bool:
+        return any(part.growing for part in self.parts.values())
+
+
+class Pipeline(StageParts):
     """This rank's stages, their ``PipelineStage`` wrappers on the pp group of ``mesh`` and the schedule.
 
     ``parts``: ``split_model``'s output, each module possibly parallelized since. The same object has the
@@ -305,14 +332,6 @@ class Pipeline:
         """Whether ``name`` on ``stage`` is the last stage's readout copy of the embedding."""
         return stage == self.n_stages - 1 and canonical_name(name) == TIED
 
-    def train(self, mode: bool = True) -> Pipeline:
-        for part in self.parts.values():
-            part.train(mode)
-        return self
-
-    def eval(self) -> Pipeline:
-        return self.train(False)
-
     # ----- forward only -------------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, tokens: Tensor, **last_kwargs: Tensor) -> Tensor | None:
@@ -342,18 +361,6 @@ class Pipeline:
         return loss
 
     # ----- growth masks and state, as on one FLM ---------------------------------------------------------
-    def set_mask_value(self, m: float) -> None:
-        for part in self.parts.values():
-            part.set_mask_value(m)
-
-    def end_growth(self) -> None:
-        for part in self.parts.values():
-            part.end_growth()
-
-    @property
-    def growing(self) -> bool:
-        return any(part.growing for part in self.parts.values())
-
     def growth_state(self) -> dict[str, Tensor]:
         """This rank's part of ``FLM.growth_state()``; the union over the pp ranks is the whole of it."""
         return {k: v for part in self.parts.values() for k, v in part.growth_state().items()}
