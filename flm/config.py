@@ -260,6 +260,10 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, gt=0)
     ckpt_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_last: int = Field(2, gt=0)
+    checkpoint_format: Literal["full", "sharded"] = Field(
+        "full", description="full: rank 0 gathers and writes whole tensors; sharded: every rank writes its own "
+        "shards (torch.distributed.checkpoint), which resume under any other layout"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"

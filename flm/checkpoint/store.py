@@ -11,6 +11,11 @@ Layout (every tensor file is safetensors, every other file JSON or TOML):
     tokenizer files      Tokenizer.save()
     manifest.json        byte size and sha256 of every file above
 
+A sharded checkpoint (``train.checkpoint_format = "sharded"``) holds ``model/`` and ``optim/`` instead of the two
+tensor files: torch.distributed.checkpoint (DCP) folders to which every rank wrote its own shards, with the
+same tensor names. DCP reshards on load, so it resumes under any other layout; ``load_checkpoint`` (and so
+every command that reads a checkpoint) consolidates it in memory, and ``flm grow`` streams it tensor by tensor.
+
 The folder is built under a temporary name and renamed into place, and ``manifest.json`` is verified on
 load, so a crash mid-write or a corrupted/truncated file is detected rather than half-loaded. Sharded
 (FSDP2) models are gathered with torch.distributed.checkpoint's state-dict API and written by rank 0, so a
@@ -34,11 +39,13 @@ from flm.config import RunConfig, config_from_dict, save_config, tomllib
 from flm.data.tokenizer import load_tokenizer
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes
+from flm.growth.tensorio import DcpReader
 from flm.io import atomic_write, fsync_folder, sha256_file
 from flm.model import FLM
 
 CKPT_SUBDIR = "checkpoints"
 MANIFEST = "manifest.json"
+SHARDED_MODEL, SHARDED_OPTIM = "model", "optim"  # DCP folders of a sharded checkpoint
 
 
 def step_name(step: int) -> str:
@@ -56,12 +63,36 @@ def _earlier_hint(folder: Path) -> str:
 
 
 def write_manifest(folder: Path) -> None:
+    """Size and sha256 of every file of the checkpoint, those in its DCP shard folders too."""
     files = {
-        p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.iterdir())
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
     atomic_write(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+
+
+def is_sharded(folder: Path) -> bool:
+    """Whether ``folder`` is a sharded (DCP) checkpoint."""
+    return (Path(folder) / SHARDED_MODEL / ".metadata").is_file()
+
+
+def staging_folder(folder: Path) -> Path:
+    """Where the ranks write a sharded checkpoint's shards before ``save_checkpoint(..., staged=)`` finishes it:
+    one name for every rank (a per-process name would split the shards)."""
+    return Path(folder).parent / f".tmp-{Path(folder).name}-sharded"
+
+
+def sharded_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a sharded checkpoint's model, from its DCP metadata (nothing else read)."""
+    return DcpReader(Path(folder) / SHARDED_MODEL).shapes
+
+
+def _read_dcp(path: Path) -> dict[str, torch.Tensor]:
+    if not (path / ".metadata").is_file():
+        return {}
+    reader = DcpReader(path)
+    return reader.read_many(sorted(reader.shapes))
 
 
 def verify_manifest(folder: Path, full: bool = True) -> None:
@@ -110,15 +141,20 @@ class CheckpointData:
     rng: dict[str, torch.Tensor]
 
 
-def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenizer: Any | None) -> Path:
-    """Write ``data`` to ``folder`` atomically (temp folder, then rename)."""
+def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenizer: Any | None,
+                    staged: Path | None = None) -> Path:
+    """Write ``data`` to ``folder`` atomically (temp folder, then rename). ``staged``: the folder where the
+    ranks already wrote a sharded checkpoint's ``model/`` and ``optim/`` (``staging_folder``); ``data`` then
+    carries no model or moment tensors."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staged or folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    if staged is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
-        _save_tensors(data.model, tmp / "model.safetensors")
+        if staged is None:
+            _save_tensors(data.model, tmp / "model.safetensors")
         if data.optim_tensors:
             _save_tensors(data.optim_tensors, tmp / "optim.safetensors")
         atomic_write(tmp / "optim.json", json.dumps(data.optim_meta, indent=1))
@@ -146,7 +182,9 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
     return folder
 
 
-def load_checkpoint(folder: Path, verify: bool = True) -> tuple[CheckpointData, RunConfig]:
+def load_checkpoint(folder: Path, verify: bool = True, tensors: bool = True) -> tuple[CheckpointData, RunConfig]:
+    """Everything a checkpoint holds, full tensors on CPU; ``tensors=False`` leaves a sharded checkpoint's
+    model and moments on disk (``ParallelModel.load_sharded`` reads each rank's shards)."""
     folder = Path(folder)
     if verify:
         verify_manifest(folder)
@@ -156,9 +194,11 @@ def load_checkpoint(folder: Path, verify: bool = True) -> tuple[CheckpointData, 
         p = folder / name
         return _load_tensors(p) if p.is_file() else {}
 
-    data = CheckpointData(
-        model=_load_tensors(folder / "model.safetensors"),
-        optim_tensors=opt("optim.safetensors"),
+    sharded = is_sharded(folder)
+    data = CheckpointData(  # a sharded checkpoint is consolidated here only when ``tensors`` asks for it
+        model=(_read_dcp(folder / SHARDED_MODEL) if tensors else {}) if sharded else _load_tensors(
+            folder / "model.safetensors"),
+        optim_tensors=(_read_dcp(folder / SHARDED_OPTIM) if tensors else {}) if sharded else opt("optim.safetensors"),
         optim_meta=json.loads((folder / "optim.json").read_text()),
         trainer=json.loads((folder / "trainer.json").read_text()),
         growth=opt("growth.safetensors"),
@@ -204,14 +244,14 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
-    if (p / "model.safetensors").is_file():
+    if (p / "model.safetensors").is_file() or is_sharded(p):
         return p
     latest = latest_checkpoint(p)
     stages = sorted((d for d in p.glob("stage*") if d.name[5:].isdigit()), key=lambda d: int(d.name[5:]))
     for stage in reversed(stages):
         latest = latest or latest_checkpoint(stage)
     if latest is None:
-        raise FlmError(f"{p} holds no checkpoint (expected model.safetensors or {CKPT_SUBDIR}/step_*)")
+        raise FlmError(f"{p} holds no checkpoint (expected model.safetensors, model/ shards or {CKPT_SUBDIR}/step_*)")
     return latest
 
 
@@ -221,7 +261,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     verify_manifest(folder, full=False)
     cfg = read_config(folder / "config.toml")
     model = FLM(cfg.model)
-    state = _load_tensors(folder / "model.safetensors")
+    state = _read_dcp(folder / SHARDED_MODEL) if is_sharded(folder) else _load_tensors(folder / "model.safetensors")
     check_state_shapes(model, state, folder)
     model.load_state_dict(state, strict=True)
     growth = folder / "growth.safetensors"

@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -174,6 +176,10 @@ class ParallelModel(StageParts):
         gathered = self._to_rank0(tensors)  # every parameter takes every step: one step count for all
         return None if gathered is None else (gathered, step)
 
+    def optim_step(self, optimizer: torch.optim.Optimizer) -> int:
+        """AdamW's step count (every parameter takes every step); 0 before the first step."""
+        return next((int(st["step"]) for _, p in self._named_parameters() if (st := optimizer.state.get(p))), 0)
+
     def full_growth_state(self) -> dict[str, Tensor] | None:
         tp_mesh = self.env.mesh["tp"] if self.env.dims.tp > 1 and self.env.mesh is not None else None
         local = {k: v.detach().cpu() for part in self.parts.values() for k, v in growth_state(part, tp_mesh).items()}
@@ -195,6 +201,44 @@ class ParallelModel(StageParts):
                 "exp_avg": _shard_like(p, tensors[f"exp_avg/{key}"]),
                 "exp_avg_sq": _shard_like(p, tensors[f"exp_avg_sq/{key}"]),
             }
+
+
+    # ----- sharded state (each rank its own shards: torch.distributed.checkpoint) -------------------------------
+    def _sharded_state(self, optimizer: torch.optim.Optimizer, create: bool) -> tuple[dict, dict]:
+        """(model, moments) as this rank holds them, keyed like the full state ("exp_avg/<param>", ...);
+        ``create``: zero moments where the optimizer has none yet, for a load to fill."""
+        model: dict[str, Tensor] = {}
+        moments: dict[str, Tensor] = {}
+        for key, p in self._named_parameters(include_copy=True):
+            model[key] = p
+            st = optimizer.state.get(p)
+            if not st and create:
+                st = optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=self.env.device),
+                                           "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            if st:
+                moments[f"exp_avg/{key}"], moments[f"exp_avg_sq/{key}"] = st["exp_avg"], st["exp_avg_sq"]
+        return model, moments
+
+    def save_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer) -> None:
+        """Every rank writes its shards of the weights and the moments (collective; a shard held by several
+        ranks, e.g. a replicated LayerNorm under tp, is written once)."""
+        model, moments = self._sharded_state(optimizer, create=False)
+        one = not self.env.distributed
+        dcp.save(model, checkpoint_id=model_dir, no_dist=one)
+        if moments:
+            dcp.save(moments, checkpoint_id=optim_dir, no_dist=one)
+
+    @torch.no_grad()
+    def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Weights and moments from a sharded checkpoint written under any layout (DCP reshards): each rank
+        reads only the pieces of its own shards."""
+        model, moments = self._sharded_state(optimizer, create=(optim_dir / ".metadata").is_file())
+        one = not self.env.distributed
+        dcp.load(model, checkpoint_id=model_dir, no_dist=one)
+        if moments:
+            dcp.load(moments, checkpoint_id=optim_dir, no_dist=one)
+            for _, p in self._named_parameters(include_copy=True):
+                optimizer.state[p]["step"].fill_(float(step))
 
 
 def _full(t: Tensor) -> Tensor:

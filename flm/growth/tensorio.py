@@ -157,7 +157,11 @@ class DcpReader:
         return self._meta[name].properties.dtype
 
     def read(self, name: str) -> Tensor:
-        out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name))}
+        return self.read_many([name])[name]
+
+    def read_many(self, names: list[str]) -> dict[str, Tensor]:
+        """Several whole tensors with one pass over the shard files."""
+        out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name)) for name in names}
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(
@@ -166,7 +170,7 @@ class DcpReader:
                 planner=DefaultLoadPlanner(allow_partial_load=True),
                 no_dist=True,
             )
-        return out[name]
+        return out
 
     def close(self) -> None:
         pass

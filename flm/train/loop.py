@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -24,12 +25,16 @@ from torch import Tensor
 
 from flm.checkpoint import (
     CKPT_SUBDIR,
+    SHARDED_MODEL,
+    SHARDED_OPTIM,
     CheckpointData,
-    check_state_shapes,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    sharded_shapes,
+    staging_folder,
     step_name,
 )
 from flm.config import RunConfig
@@ -39,6 +44,7 @@ from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
 from flm.flops import flops_per_token
+from flm.growth.ops import check_shapes
 from flm.growth.ramp import MaskRamp
 from flm.hardware import device_peak
 from flm.progress import progress_bar
@@ -188,19 +194,29 @@ class Trainer:
 
     def restore(self, folder: Path) -> None:
         """Every part's state from a checkpoint of this stage (``--resume``)."""
-        data, saved_cfg = load_checkpoint(folder)
+        sharded = is_sharded(folder)
+        data, saved_cfg = load_checkpoint(folder, tensors=not sharded)
         if saved_cfg.model != self.cfg.model:
             raise FlmError(
                 f"--resume: checkpoint {folder} has model {saved_cfg.model.shape()}, the config asks for "
                 f"{self.cfg.model.shape()}; resume with the run's own config"
             )
-        check_state_shapes(self.model, data.model, folder)  # DTensor shapes are the global ones
+        shapes = sharded_shapes(folder) if sharded else {k: tuple(v.shape) for k, v in data.model.items()}
+        check_shapes(self.cfg.model, shapes, str(folder))
         if data.growth:
             self.model.load_growth_state(data.growth)
         else:
             self.model.end_growth()
+        step = int(data.optim_meta.get("step", 0))
+        if sharded:
+            self.model.load_sharded(folder / SHARDED_MODEL, folder / SHARDED_OPTIM, self.optimizer, step)
+            return self._restore_rest(folder, data)
         self.model.load_model_state(data.model)
-        self.model.load_optim_state(self.optimizer, data.optim_tensors, int(data.optim_meta.get("step", 0)))
+        self.model.load_optim_state(self.optimizer, data.optim_tensors, step)
+        self._restore_rest(folder, data)
+
+    def _restore_rest(self, folder: Path, data: CheckpointData) -> None:
+        """Counters, data position, ramp, RNG and metrics of a checkpoint (whatever holds the tensors)."""
         tr = data.trainer
         self.counters.load_state_dict(tr)
         if self.counters.step > self.cfg.train.steps:
@@ -220,24 +236,34 @@ class Trainer:
             self.val_loss = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
 
     def save(self) -> Path:
-        """A checkpoint of every part at the current step (rank 0 writes; all ranks gather)."""
-        model_state = self.model.full_model_state()  # collectives: every rank gathers, rank 0 gets the state
-        optim = self.model.full_optim_state(self.optimizer)
-        growth = self.model.full_growth_state()
+        """A checkpoint of every part at the current step: full tensors gathered to rank 0, or each rank's
+        shards (``train.checkpoint_format = "sharded"``); the rest (counters, loader, ramp, RNG) rank 0 writes."""
         at = self.counters.step
         folder = Path(self.ckpt_dir) / CKPT_SUBDIR / step_name(at)
-        if model_state is not None and optim is not None and growth is not None:  # rank 0
-            optim_tensors, optim_step = optim
+        staged = None
+        if self.cfg.train.checkpoint_format == "sharded":
+            staged = staging_folder(folder)
+            if self.env.is_main:
+                shutil.rmtree(staged, ignore_errors=True)
+                staged.mkdir(parents=True)
+            barrier(self.env)
+            self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer)
+            model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
+        else:  # collectives: every rank gathers, rank 0 gets the state
+            model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
+        growth = self.model.full_growth_state()
+        if self.env.is_main:
+            assert model_state is not None and optim is not None and growth is not None
             seconds = self.counters.seconds + time.perf_counter() - self._t_start
             trainer = {"stage": self.stage, **self.counters.state_dict(), "seconds": seconds,
                        "train_loss": self.last_loss, "ramp": self.ramp.state_dict() if self.ramp.total else None,
                        "loader": self.loader.state_dict()}  # global position: the same on every rank
             data = CheckpointData(
-                model=model_state, optim_tensors=optim_tensors,
-                optim_meta={"step": optim_step, "lr": self.schedule(max(at - 1, 0))},
+                model=model_state, optim_tensors=optim[0],
+                optim_meta={"step": optim[1], "lr": self.schedule(max(at - 1, 0))},
                 trainer=trainer, growth=growth, rng=self.rng.state_dict(),
             )
-            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer)
+            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         barrier(self.env)
         self.last_ckpt = folder

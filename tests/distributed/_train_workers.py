@@ -26,3 +26,12 @@ def run_layouts(rank: int, world: int, tmp: Path, plan: dict) -> None:
     """``flm run``'s ``run_plan`` of ``plan`` (whose stages change layout) into tmp/run."""
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
     run_plan(config_from_dict(plan), tmp / "run")
+
+
+def train_then_resume(rank: int, world: int, tmp: Path, cfg: dict, jobs: list[tuple[str, dict, int | None, bool]]
+                      ) -> None:
+    """Each job (run folder, [parallel] table, stop_after, resume) in order, under ``world`` ranks."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    for folder, parallel, stop_after, resume in jobs:
+        train_stage(config_from_dict(cfg | {"parallel": parallel}), tmp / folder, stop_after=stop_after,
+                    resume=resume)

@@ -1,0 +1,97 @@
+"""Sharded checkpoints (``train.checkpoint_format = "sharded"``, torch.distributed.checkpoint): saved at step 3
+under dp2, resumed under tp2, pp2 and in one process, each run continues as an uninterrupted one-process run
+does (losses and final weights to 1e-4); every command that reads a checkpoint reads the sharded one as a
+whole; a missing or damaged shard is refused with one line naming it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from flm.checkpoint import is_sharded, latest_checkpoint, list_checkpoints, load_checkpoint, load_model
+from flm.config import config_from_dict
+from flm.distributed.env import DistEnv
+from flm.errors import FlmError
+from flm.train.loop import train_stage
+from flm.train.metrics import read_metrics
+from tests.conftest import tiny_config_dict
+
+from ._harness import spawn
+from ._train_workers import train_then_resume
+
+ONE = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+STEPS = 5
+RESUMED = {"tp2": {"tp": 2}, "pp2": {"pp": 2}}
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_corpus, prepared_dir) -> dict:
+    cfg = tiny_config_dict(tiny_corpus, prepared_dir, steps=STEPS, batch_size=4, eval_every=STEPS, ckpt_every=3)
+    cfg["train"]["keep_last"] = 5
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def runs(cfg, tmp_path_factory):
+    """The uninterrupted one-process run, and the dp2 run stopped at step 3 then resumed in each layout."""
+    root = tmp_path_factory.mktemp("sharded")
+    train_stage(config_from_dict(cfg), root / "reference", env=ONE)
+    sharded = cfg | {"train": cfg["train"] | {"checkpoint_format": "sharded"}}
+    save = tmp_path_factory.mktemp("save")
+    spawn(train_then_resume, 2, save, sharded, [("cut", {}, 3, False)], timeout=300)
+    for name in [*RESUMED, "one"]:
+        shutil.copytree(save / "cut", root / name)
+    resume = tmp_path_factory.mktemp("resume")
+    jobs = [(str(root / name), parallel, None, True) for name, parallel in RESUMED.items()]
+    spawn(train_then_resume, 2, resume, sharded, jobs, timeout=300)
+    train_stage(config_from_dict(sharded), root / "one", env=ONE, resume=True)
+    return root, save / "cut"
+
+
+def _losses(run) -> list[float]:
+    return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("name", [*RESUMED, "one"])
+def test_resume_under_another_layout_continues_like_one_process(runs, name):
+    root, _ = runs
+    ref, got = _losses(root / "reference"), _losses(root / name)
+    assert len(got) == STEPS
+    assert all(abs(a - b) <= 1e-4 * b for a, b in zip(got, ref)), (got, ref)
+    ref_w, _ = load_checkpoint(latest_checkpoint(root / "reference"))
+    got_w, _ = load_checkpoint(latest_checkpoint(root / name))  # sharded: consolidated on load
+    assert is_sharded(latest_checkpoint(root / name))
+    assert max(_rel(got_w.model[k], ref_w.model[k]) for k in ref_w.model) <= 1e-4
+    assert max(_rel(got_w.optim_tensors[k], ref_w.optim_tensors[k]) for k in ref_w.optim_tensors) <= 1e-4
+
+
+def test_sharded_checkpoint_reads_as_a_whole(runs):
+    root, cut = runs
+    folder = latest_checkpoint(cut)
+    data, _ = load_checkpoint(folder)
+    ref, _ = load_checkpoint(list_checkpoints(root / "reference")[0])  # step 3 as well
+    assert set(data.model) == set(ref.model) and set(data.optim_tensors) == set(ref.optim_tensors)
+    assert max(_rel(data.model[k], ref.model[k]) for k in ref.model) <= 1e-4
+    model, _, _ = load_model(folder)  # what flm generate / eval use
+    assert torch.equal(model.tok_emb.weight, data.model["tok_emb.weight"])
+
+
+def test_missing_or_damaged_shard_is_refused(runs, tmp_path):
+    _, cut = runs
+    folder = tmp_path / "step"
+    shutil.copytree(latest_checkpoint(cut), folder)
+    shard = sorted((folder / "model").glob("*.distcp"))[-1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FlmError, match=rf"model/{shard.name} fails its sha256 check"):
+        load_checkpoint(folder)
+    shard.unlink()
+    with pytest.raises(FlmError, match=rf"model/{shard.name} is missing"):
+        load_checkpoint(folder)
