@@ -1,4 +1,5 @@
-"""`flm grow CKPT --to SPEC --out DIR [--check]`: offline MSG growth of a saved checkpoint."""
+"""`flm grow CKPT --to SPEC --out DIR [--check]`: offline MSG growth of a saved checkpoint; `flm checkpoint
+consolidate CKPT OUT`: a sharded checkpoint as a full one."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from flm.checkpoint.consolidate import consolidate
 from flm.checkpoint.grow import grow_checkpoint, max_logit_delta
-from flm.cli_args import add_command
+from flm.cli_args import add_command, add_command_group
 from flm.growth.spec import parse_growth_spec
 from flm.progress import progress_bar
 
@@ -58,7 +60,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_consolidate(args: argparse.Namespace) -> int:
+    """write a sharded checkpoint as a full one (model.safetensors, optim.safetensors)
+
+    Read a checkpoint written with train.checkpoint_format = "sharded" (torch.distributed.checkpoint shards
+    in model/ and optim/) and write a full checkpoint folder that every flm command and exporter reads,
+    streamed tensor by tensor. The sharded checkpoint is verified against its manifest first.
+    """
+    with progress_bar("consolidating", enabled=not args.no_progress, unit="bytes") as bar:
+        written = consolidate(Path(args.ckpt), Path(args.out), progress=bar.advance)
+    print(f"wrote {args.out} ({written / 1e9:.3f} GB of tensors)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    ck = add_command_group(sub, "checkpoint", help="checkpoint tools (consolidate)",
+                           description="Tools for saved checkpoints.", metavar="TOOL")
+    c = add_command(ck, "consolidate", run_consolidate)
+    c.add_argument("ckpt", metavar="CKPT", help="sharded checkpoint folder (checkpoints/step_*)")
+    c.add_argument("out", metavar="OUT", help="new checkpoint folder (must not exist)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     p = add_command(sub, "grow", run, epilog=SPEC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "ckpt", metavar="CKPT", help="checkpoint folder (checkpoints/step_*) or run folder (its newest)"

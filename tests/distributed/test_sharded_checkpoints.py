@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flm.checkpoint import is_sharded, latest_checkpoint, list_checkpoints, load_checkpoint, load_model
+from flm.cli import main
 from flm.config import config_from_dict
 from flm.distributed.env import DistEnv
 from flm.errors import FlmError
@@ -95,3 +96,30 @@ def test_missing_or_damaged_shard_is_refused(runs, tmp_path):
     shard.unlink()
     with pytest.raises(FlmError, match=rf"model/{shard.name} is missing"):
         load_checkpoint(folder)
+
+
+def test_consolidate_writes_the_same_tensors_as_a_full_checkpoint(runs, tmp_path, capsys):
+    _, cut = runs
+    folder = latest_checkpoint(cut)
+    out = tmp_path / "full"
+    assert main(["checkpoint", "consolidate", str(folder), str(out), "--no-progress"]) == 0
+    assert not is_sharded(out) and (out / "model.safetensors").is_file()
+    a, _ = load_checkpoint(folder)
+    b, _ = load_checkpoint(out)  # manifest verified
+    for x, y in ((a.model, b.model), (a.optim_tensors, b.optim_tensors)):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert a.trainer == b.trainer and a.optim_meta == b.optim_meta
+    capsys.readouterr()
+    assert main(["checkpoint", "consolidate", str(folder), str(out)]) == 2  # never overwrites
+    assert main(["checkpoint", "consolidate", str(out), str(tmp_path / "again")]) == 2  # full already
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "exists" in errors[0] and "not a sharded checkpoint" in errors[1]
+
+
+def test_grow_reads_a_sharded_checkpoint(runs, tmp_path):
+    _, cut = runs
+    out = tmp_path / "grown"
+    assert main(["grow", str(latest_checkpoint(cut)), "--to", "d_ff=192", "--out", str(out), "--no-progress",
+                 "--check"]) == 0
+    grown, cfg = load_checkpoint(out)
+    assert cfg.model.d_ff == 192 and grown.model["blocks.0.mlp.up.weight"].shape[0] == 192
