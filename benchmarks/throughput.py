@@ -27,6 +27,9 @@ shapes).
 
     .venv/bin/python benchmarks/throughput.py            # full run (about 4 minutes on 2 cores)
     .venv/bin/python benchmarks/throughput.py --quick    # a short, noisier run
+    # on a GPU (scripts/gpu_check.sh): bf16 autocast at a GPU-sized shape (d 2048, 24 layers, seq 2048);
+    # MFU is then against the measured bf16 matmul peak of that GPU
+    python benchmarks/throughput.py --device cuda --dtype bf16 --shapes gpu --quick
 
 Prints one JSON line and writes benchmarks/results/throughput.json.
 """
@@ -99,12 +102,17 @@ SHAPES = {
     "large": Shape(d_model=512, n_layers=8, n_heads=8, d_ff=2048, seq=512, vocab=8192, batch=4),
     # overhead-bound, like the demo config: small matmuls, many small ops, large logits per FLOP
     "small": Shape(d_model=128, n_layers=4, n_heads=4, d_ff=512, seq=256, vocab=8192, batch=16),
+    # GPU-sized (--device cuda): a 1.3B-parameter model at FLM-101B's sequence length
+    "gpu": Shape(d_model=2048, n_layers=24, n_heads=16, d_ff=8192, seq=2048, vocab=50304, batch=4),
+    # for tests of the options: seconds on a CPU
+    "tiny": Shape(d_model=64, n_layers=2, n_heads=2, d_ff=256, seq=64, vocab=512, batch=2),
 }
+DEFAULT_REPEATS = {"large": 7, "small": 15, "gpu": 10, "tiny": 3}
 
 
-def peak_gflops(seconds: float = 2.0) -> float:
-    """Best fp32 matmul rate on the current threads (the trainer's MFU roof), GFLOP/s."""
-    return measure_matmul_peak("cpu", seconds=seconds) / 1e9
+def peak_gflops(seconds: float = 2.0, device: str = "cpu") -> float:
+    """Best matmul rate (the trainer's MFU roof), GFLOP/s: fp32 on the current CPU threads, bf16 on CUDA."""
+    return measure_matmul_peak(device, seconds=seconds) / 1e9
 
 
 def build_flm(s: Shape, xpos: bool) -> FLM:
@@ -177,14 +185,16 @@ def logits_loss(forward: Callable[[Tensor], Tensor]) -> LossFn:
     return loss
 
 
-def make_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Tensor], float]:
+def make_step(model: nn.Module, loss_fn: LossFn, bf16: bool = False) -> Callable[[Tensor, Tensor], float]:
     """forward + loss + backward + AdamW step; the same optimizer settings for every model (fused, as flm's
-    trainer)."""
+    trainer); with ``bf16`` the forward and loss under bf16 autocast on the model's device (fp32 weights)."""
+    dev = next(model.parameters()).device.type
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     model.train()
 
     def step(x: Tensor, y: Tensor) -> float:
-        loss = loss_fn(x, y)
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -194,24 +204,27 @@ def make_step(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Tensor], f
 
 
 def measure_shape(
-    name: str, s: Shape, warmup: int, repeats: int, xpos_off: bool, progress: Progress
+    name: str, s: Shape, warmup: int, repeats: int, xpos_off: bool, progress: Progress, device: str = "cpu",
+    bf16: bool = False,
 ) -> dict[str, list[float]]:
-    """Seconds per training step of each variant, one entry per repeat."""
+    """Seconds per training step of each variant, one entry per repeat (each step ends in ``loss.item()``,
+    which waits for the device)."""
     torch.manual_seed(0)
-    x = torch.randint(0, s.vocab, (s.batch, s.seq))
-    y = torch.randint(0, s.vocab, (s.batch, s.seq))
-    flm, flm_l, hf, bound = build_flm(s, xpos=True), build_flm(s, xpos=True), build_hf(s), KernelBound(s)
+    x = torch.randint(0, s.vocab, (s.batch, s.seq), device=device)
+    y = torch.randint(0, s.vocab, (s.batch, s.seq), device=device)
+    flm, flm_l = build_flm(s, xpos=True).to(device), build_flm(s, xpos=True).to(device)
+    hf, bound = build_hf(s).to(device), KernelBound(s).to(device)
     runners = {
         # flm as its trainer runs it: the loss comes out of forward (chunked readout + cross-entropy)
-        "flm": make_step(flm, lambda a, b: flm(a, targets=b)),
+        "flm": make_step(flm, lambda a, b: flm(a, targets=b), bf16),
         # flm through the same logits -> F.cross_entropy path as HF
-        "flm_logits": make_step(flm_l, logits_loss(flm_l)),
-        "hf": make_step(hf, logits_loss(lambda t: hf(input_ids=t, use_cache=False).logits)),
-        "bound": make_step(bound, bound),
+        "flm_logits": make_step(flm_l, logits_loss(flm_l), bf16),
+        "hf": make_step(hf, logits_loss(lambda t: hf(input_ids=t, use_cache=False).logits), bf16),
+        "bound": make_step(bound, bound, bf16),
     }
     if xpos_off:
-        flm_nx = build_flm(s, xpos=False)
-        runners["flm_noxpos"] = make_step(flm_nx, lambda a, b: flm_nx(a, targets=b))
+        flm_nx = build_flm(s, xpos=False).to(device)
+        runners["flm_noxpos"] = make_step(flm_nx, lambda a, b: flm_nx(a, targets=b), bf16)
     names = list(runners)
     task = progress.add_task(name, total=len(names) * (warmup + repeats))
     for key in names:
@@ -286,6 +299,7 @@ def measure_in_child(name: str, args: argparse.Namespace, warmup: int, repeats: 
     not whatever the previous shape left behind."""
     cmd = [sys.executable, __file__, "--one-shape", name, "--threads", str(args.threads)]
     cmd += ["--warmup", str(warmup), "--repeats", str(repeats)] + (["--xpos-off"] if args.xpos_off else [])
+    cmd += ["--device", args.device, "--dtype", args.dtype]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -300,34 +314,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model first (default 5, quick 1)")
     p.add_argument("--xpos-off", action="store_true", help="also time flm with xPos disabled")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["large", "small"])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models train (cpu)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32, or bf16 autocast (fp32)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results file ({RESULTS})")
     p.add_argument("--one-shape", choices=sorted(SHAPES), help=argparse.SUPPRESS)  # the child process
     args = p.parse_args(argv)
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("throughput.py: --device cuda but no CUDA device is visible", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
-    repeats = {"large": 7, "small": 15} if args.repeats is None else dict.fromkeys(SHAPES, args.repeats)
+    repeats = dict(DEFAULT_REPEATS) if args.repeats is None else dict.fromkeys(SHAPES, args.repeats)
     if args.quick and args.repeats is None:
         repeats = dict.fromkeys(SHAPES, 3)
     if args.one_shape:
         with Progress(transient=True, console=Console(stderr=True)) as progress:
             name = args.one_shape
-            times = measure_shape(name, SHAPES[name], warmup, repeats[name], args.xpos_off, progress)
+            times = measure_shape(name, SHAPES[name], warmup, repeats[name], args.xpos_off, progress, args.device,
+                                  args.dtype == "bf16")
         print(json.dumps(times))
         return 0
 
     load_before, busy_before = os.getloadavg()[0], cpu_busy()
     t_start = time.perf_counter()
-    peaks = [peak_gflops()]
+    peaks = [peak_gflops(device=args.device)]
     per_step: dict[str, dict[str, list[float]]] = {}
     for name in args.shapes:
         per_step[name] = measure_in_child(name, args, warmup, repeats[name])
-        peaks.append(peak_gflops())
+        peaks.append(peak_gflops(device=args.device))
     peak = max(peaks)  # measured before, between and after the shapes; the best counts
 
     result: dict[str, object] = {name: summarize(SHAPES[name], t, peak) for name, t in per_step.items()}
     result["peak_gflops"] = round(peak, 1)
     result["threads"] = args.threads
+    result["device"], result["dtype"] = args.device, args.dtype
     result["quick"] = args.quick
     result["torch"] = torch.__version__
     result["machine"] = cpu_name()

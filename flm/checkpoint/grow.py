@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from flm.checkpoint.store import MANIFEST, read_config, resolve_checkpoint, verify_manifest
-from flm.config import GrowthConfig, RunConfig, config_from_dict, config_to_dict, save_config
+from flm.config import GrowthConfig, ModelConfig, RunConfig, config_from_dict, config_to_dict, save_config
 from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
@@ -95,6 +95,48 @@ def _moment_plans(plan: GrowthPlan, src: TensorSource) -> list[TensorPlan]:
                 mp = TensorPlan(mp.name, mp.shape, None, mp.init, mp.new_param)
             out.append(mp)
     return out
+
+
+class GrownTensors(Mapping[str, torch.Tensor]):
+    """The grown model's tensors (or moments), each built only when asked for, from the one old tensor it
+    grows from (read from the checkpoint then): the trainer keeps each rank's shard of it, so no rank ever
+    holds the whole old or new model. Bitwise what ``flm.growth.ops.grow`` gives (same plan, same seed)."""
+
+    def __init__(self, plans: list[TensorPlan], src: TensorSource | None, seed: int, dtype: torch.dtype) -> None:
+        self._plans = {tp.name: tp for tp in plans}
+        self._src, self._seed, self._dtype = src, seed, dtype
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tp = self._plans[name]
+        old = self._src.read(tp.source) if self._src is not None and tp.source is not None else None
+        return build_tensor(tp, old, self._seed, self._dtype)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plans
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plans)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+def grown_tensors(folder: Path, cfg: ModelConfig, growth: GrowthConfig, seed: int
+                  ) -> tuple[GrowthPlan, GrownTensors, GrownTensors | None]:
+    """(plan, weights, moments or None) of the checkpoint ``folder`` (full or sharded) grown by ``growth``,
+    built lazily, tensor by tensor."""
+    plan = make_plan(cfg, growth)
+    model_src = open_tensors(folder, "model")
+    if model_src is None:
+        raise FlmError(f"{folder}: no model.safetensors (or DCP model/ folder); not a checkpoint")
+    check_shapes(cfg, model_src.shapes, str(folder))
+    dtype = model_src.dtype("tok_emb.weight")
+    optim_src = None if growth.reset_optimizer else open_tensors(folder, "optim")
+    moments = None
+    if optim_src is not None:
+        check_shapes(cfg, optim_src.shapes, str(folder), moments=True)
+        moments = GrownTensors(_moment_plans(plan, optim_src), optim_src, seed, dtype)
+    return plan, GrownTensors(plan.tensors, model_src, seed, dtype), moments
 
 
 def _grown_run_config(cfg: RunConfig, plan: GrowthPlan) -> RunConfig:

@@ -183,8 +183,8 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
 
 
 def load_checkpoint(folder: Path, verify: bool = True, tensors: bool = True) -> tuple[CheckpointData, RunConfig]:
-    """Everything a checkpoint holds, full tensors on CPU; ``tensors=False`` leaves a sharded checkpoint's
-    model and moments on disk (``ParallelModel.load_sharded`` reads each rank's shards)."""
+    """Everything a checkpoint holds, full tensors on CPU (a sharded checkpoint consolidated); ``tensors=False``
+    leaves the model and moments on disk (read shard by shard, or tensor by tensor, by the caller)."""
     folder = Path(folder)
     if verify:
         verify_manifest(folder)
@@ -194,11 +194,15 @@ def load_checkpoint(folder: Path, verify: bool = True, tensors: bool = True) -> 
         p = folder / name
         return _load_tensors(p) if p.is_file() else {}
 
-    sharded = is_sharded(folder)
-    data = CheckpointData(  # a sharded checkpoint is consolidated here only when ``tensors`` asks for it
-        model=(_read_dcp(folder / SHARDED_MODEL) if tensors else {}) if sharded else _load_tensors(
-            folder / "model.safetensors"),
-        optim_tensors=(_read_dcp(folder / SHARDED_OPTIM) if tensors else {}) if sharded else opt("optim.safetensors"),
+    if not tensors:
+        model, moments = {}, {}
+    elif is_sharded(folder):  # consolidated in memory
+        model, moments = _read_dcp(folder / SHARDED_MODEL), _read_dcp(folder / SHARDED_OPTIM)
+    else:
+        model, moments = _load_tensors(folder / "model.safetensors"), opt("optim.safetensors")
+    data = CheckpointData(
+        model=model,
+        optim_tensors=moments,
         optim_meta=json.loads((folder / "optim.json").read_text()),
         trainer=json.loads((folder / "trainer.json").read_text()),
         growth=opt("growth.safetensors"),

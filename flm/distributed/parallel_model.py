@@ -85,11 +85,10 @@ class ParallelModel(StageParts):
             with self.autocast():
                 return self.pipeline.step(x, y, mk, float(denom))
         model = self.module
-        sync_once = self.env.dims.dp > 1 and len(batches) > 1
         total = torch.zeros((), device=dev)
-        for i, (x, y, mk) in enumerate(batches):
-            if sync_once:  # reduce-scatter gradients once, after the last micro-batch
-                model.set_requires_gradient_sync(i == len(batches) - 1)  # type: ignore[operator]
+        # FSDP2 reduce-scatters after every micro-batch: skipping the sync until the last one would keep a
+        # whole unsharded gradient per rank for the step, the largest memory term at FLM-101B's size
+        for x, y, mk in batches:
             with self.autocast():
                 loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev)).float() / denom
             loss.backward()

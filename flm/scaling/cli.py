@@ -21,12 +21,13 @@ from flm.cli_args import (
     positive,
     positive_ints,
 )
-from flm.config import ModelConfig, load_config
+from flm.config import ModelConfig, RunConfig, load_config
 from flm.errors import FlmError
 from flm.progress import progress_bar
-from flm.scaling import coord_check, predict, search
+from flm.scaling import coord_check, memory_report, predict, search
 from flm.scaling.cost import plan_cost
 from flm.scaling.cost_report import render_markdown, render_text
+from flm.scaling.memory import plan_memory
 
 MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
 METRIC_CHOICES = ("val_loss", "loss")
@@ -64,6 +65,12 @@ def _register_cost(sub: argparse._SubParsersAction) -> None:
         help="whether training recomputes all activations; measured TFLOP/s then count the extra forward "
         "(cost.recompute; cost.recompute_layers, per stage, wins when set)",
     )
+    p.add_argument(
+        "--memory", action="store_true",
+        help="instead of the cost: bytes per device of every stage (parameters, gradients, optimizer, "
+        "activations, growth peak) for its layout, and whether it fits the device (--gpu, --device-gb)",
+    )
+    p.add_argument("--device-gb", type=positive, help="with --memory: device memory in GiB (default: --gpu's)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")
@@ -87,13 +94,30 @@ def _cost(args: argparse.Namespace) -> int:
     stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
     peak). Example: flm cost configs/flm-101b.toml
     """
-    c = plan_cost(load_config(args.config, [*args.overrides, *_flag_overrides(args)]))
+    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
+    if args.memory:
+        return _memory(args, cfg)
+    if args.device_gb is not None:
+        raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
+    c = plan_cost(cfg)
     if args.json:
         print(json.dumps(c.to_dict(), indent=2))
     elif args.markdown:
         sys.stdout.write(render_markdown(c))
     else:
         render_text(c)
+    return 0
+
+
+def _memory(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """`flm cost --memory`: the memory planner's table (flm.scaling.memory)."""
+    plan = plan_memory(cfg, args.gpu, args.device_gb)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    elif args.markdown:
+        sys.stdout.write(memory_report.render_markdown(plan))
+    else:
+        memory_report.render_text(plan)
     return 0
 
 

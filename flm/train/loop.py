@@ -14,7 +14,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,8 @@ class StageResult:
 class StageInit:
     """Where a stage starts when it does not start from scratch (a grown model, in ``flm run``)."""
 
-    model_state: dict[str, Tensor]
-    optim_tensors: dict[str, Tensor] = field(default_factory=dict)
+    model_state: Mapping[str, Tensor]  # full tensors; a grown stage's are built lazily (GrownTensors)
+    optim_tensors: Mapping[str, Tensor] = field(default_factory=dict)
     optim_step: int = 0
     growth_state: dict[str, Tensor] = field(default_factory=dict)
     ramp: dict[str, int] | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
+from flm.checkpoint.grow import grown_tensors
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
@@ -27,7 +28,6 @@ from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.distributed.mesh import check_layout
 from flm.errors import FlmError
 from flm.flops import flops_per_token
-from flm.growth.ops import grow
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
@@ -78,21 +78,23 @@ def _final_checkpoint(run_dir: Path, stage: Stage) -> Path | None:
 
 
 def _grown_init(prev_ckpt: Path, stage: Stage, seed: int) -> StageInit:
-    data, prev_cfg = load_checkpoint(prev_ckpt)
+    """The next stage's start from the previous stage's final checkpoint (full or sharded): weights and
+    moments grown lazily, tensor by tensor, each rank keeping its shards under the new stage's layout."""
+    data, prev_cfg = load_checkpoint(prev_ckpt, tensors=False)
     assert stage.growth is not None
     if data.growth:
         raise FlmError(
             f"{prev_ckpt}: the previous stage ended mid-ramp; make its ramp_steps shorter than the stage"
         )
-    res = grow(prev_cfg.model, data.model, stage.growth, data.optim_tensors or None, seed=seed)
-    if res.cfg != stage.model:
-        raise FlmError(f"stage {stage.index}: growth gives {res.cfg.shape()}, the plan says {stage.model.shape()}")
+    plan, weights, moments = grown_tensors(prev_ckpt, prev_cfg.model, stage.growth, seed)
+    if plan.new != stage.model:
+        raise FlmError(f"stage {stage.index}: growth gives {plan.new.shape()}, the plan says {stage.model.shape()}")
     tr = data.trainer
     return StageInit(
-        model_state=res.state_dict,
-        optim_tensors=res.optim_state or {},
-        optim_step=int(data.optim_meta.get("step", 0)) if res.optim_state else 0,
-        growth_state=res.mask_state,
+        model_state=weights,
+        optim_tensors=moments or {},
+        optim_step=int(data.optim_meta.get("step", 0)) if moments else 0,
+        growth_state=plan.mask_state(),
         ramp={"step": 0, "total": stage.growth.ramp_steps},
         tokens=tr["tokens"],
         flops=tr["flops"],

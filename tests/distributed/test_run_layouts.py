@@ -1,6 +1,7 @@
 """``flm run`` whose stages change layout at each growth (dp2 -> tp2 after a width growth -> pp2 after a depth
-growth, on 2 ranks): the validation loss right after each growth equals the loss right before it, and every
-logged loss matches the same plan in one process."""
+growth, on 2 ranks, sharded checkpoints: each growth builds the new layout's shards tensor by tensor from the
+previous stage's shards): the validation loss right after each growth equals the loss right before it, and
+every logged loss matches the same plan in one process (full checkpoints, in-memory growth)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def runs(plan, tmp_path_factory):
     layouts = copy.deepcopy(plan)
     for stage, parallel in zip(layouts["stages"], [{"dp": 2}, {"tp": 2}, {"pp": 2}]):
         stage["parallel"] = parallel
+    layouts["train"]["checkpoint_format"] = "sharded"  # each growth reads the previous stage's shards
     spread = tmp_path_factory.mktemp("spread")
     spawn(run_layouts, 2, spread, layouts, timeout=400)
     return single / "run", spread / "run"

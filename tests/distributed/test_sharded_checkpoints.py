@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from flm.checkpoint import is_sharded, latest_checkpoint, list_checkpoints, load_checkpoint, load_model
+from flm.checkpoint.grow import grown_tensors
 from flm.cli import main
-from flm.config import config_from_dict
+from flm.config import GrowthConfig, config_from_dict
 from flm.distributed.env import DistEnv
 from flm.errors import FlmError
+from flm.growth.ops import grow
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 from tests.conftest import tiny_config_dict
@@ -123,3 +125,18 @@ def test_grow_reads_a_sharded_checkpoint(runs, tmp_path):
                  "--check"]) == 0
     grown, cfg = load_checkpoint(out)
     assert cfg.model.d_ff == 192 and grown.model["blocks.0.mlp.up.weight"].shape[0] == 192
+
+
+def test_lazy_growth_of_a_sharded_checkpoint_equals_in_memory_growth(runs):
+    """What ``flm run`` hands the next stage (each tensor built from the shards when a rank asks for it) is
+    bitwise ``grow`` of the consolidated checkpoint: weights and moments."""
+    _, cut = runs
+    folder = latest_checkpoint(cut)
+    data, cfg = load_checkpoint(folder)
+    growth = GrowthConfig(d_model=64, d_ff=192, n_layers=3)
+    ref = grow(cfg.model, data.model, growth, data.optim_tensors, seed=5)
+    plan, weights, moments = grown_tensors(folder, cfg.model, growth, seed=5)
+    assert plan.new == ref.cfg and moments is not None and ref.optim_state is not None
+    assert set(weights) == set(ref.state_dict) and set(moments) == set(ref.optim_state)
+    assert all(torch.equal(weights[k], v) for k, v in ref.state_dict.items())
+    assert all(torch.equal(moments[k], v) for k, v in ref.optim_state.items())
