@@ -264,6 +264,9 @@ class TrainConfig(_Strict):
         "full", description="full: rank 0 gathers and writes whole tensors; sharded: every rank writes its own "
         "shards (torch.distributed.checkpoint), which resume under any other layout"
     )
+    async_checkpoint: bool = Field(
+        False, description="sharded checkpoints only: write the shards in the background while training goes on"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
@@ -279,6 +282,13 @@ class TrainConfig(_Strict):
         "one more forward of the recomputed blocks",
     )
 
+
+    @model_validator(mode="after")
+    def _check_async(self) -> TrainConfig:
+        if self.async_checkpoint and self.checkpoint_format != "sharded":
+            raise ValueError('train.async_checkpoint writes shards in the background: set train.checkpoint_format '
+                             '= "sharded" too, or async_checkpoint = false')
+        return self
 
 class ParallelConfig(_Strict):
     dp: int = Field(-1, description="data-parallel (FSDP2) degree; -1 = all remaining ranks")

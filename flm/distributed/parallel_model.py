@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class ParallelModel(StageParts):
             self.pipeline = Pipeline(parts, mesh, dims.pp_schedule, dims.microbatches, env.device)
         if growth:
             self.load_growth_state(growth)
+        self._writer: ThreadPoolExecutor | None = None  # background checkpoint writes
 
     @property
     def module(self) -> FLM:
@@ -218,14 +220,30 @@ class ParallelModel(StageParts):
                 moments[f"exp_avg/{key}"], moments[f"exp_avg_sq/{key}"] = st["exp_avg"], st["exp_avg_sq"]
         return model, moments
 
-    def save_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer) -> None:
+    def save_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer,
+                     background: dist.ProcessGroup | bool | None = None) -> list[Future]:
         """Every rank writes its shards of the weights and the moments (collective; a shard held by several
-        ranks, e.g. a replicated LayerNorm under tp, is written once)."""
+        ranks, e.g. a replicated LayerNorm under tp, is written once). ``background``: copy the shards now and
+        write them in a background thread (on a process group of its own under torchrun, so its collectives
+        never meet training's); returns the futures to wait for. (Not ``dcp.async_save``: two of them, weights
+        and moments, run their collectives in two threads on one group, which can deadlock.)"""
         model, moments = self._sharded_state(optimizer, create=False)
         one = not self.env.distributed
-        dcp.save(model, checkpoint_id=model_dir, no_dist=one)
-        if moments:
-            dcp.save(moments, checkpoint_id=optim_dir, no_dist=one)
+        parts = [(model, model_dir)] + ([(moments, optim_dir)] if moments else [])
+        if background is None or background is False:
+            for state, folder in parts:
+                dcp.save(state, checkpoint_id=folder, no_dist=one)
+            return []
+        group = None if background is True else background
+        copies = [({k: v.detach().clone() for k, v in state.items()}, folder) for state, folder in parts]
+
+        def write() -> None:  # one thread, one save after the other: their collectives never interleave
+            for state, folder in copies:
+                dcp.save(state, checkpoint_id=folder, process_group=group, no_dist=one)
+
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="flm-checkpoint")
+        return [self._writer.submit(write)]
 
     @torch.no_grad()
     def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int) -> None:

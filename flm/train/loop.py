@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from torch import Tensor
 
@@ -172,6 +173,8 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         self.tokens_per_step = tc.batch_size * cfg.seq_len
         self.last_loss, self.val_loss, self.last_ckpt = math.nan, None, None
+        self._pending: tuple | None = None  # a checkpoint whose shards are still being written
+        self._async_group: dist.ProcessGroup | None = None
         self._t_start = time.perf_counter()
         if init is not None:
             self._continue_from(init)
@@ -237,21 +240,26 @@ class Trainer:
 
     def save(self) -> Path:
         """A checkpoint of every part at the current step: full tensors gathered to rank 0, or each rank's
-        shards (``train.checkpoint_format = "sharded"``); the rest (counters, loader, ramp, RNG) rank 0 writes."""
-        at = self.counters.step
+        shards (``train.checkpoint_format = "sharded"``, in the background with ``train.async_checkpoint``:
+        the checkpoint is complete, and counts as the newest, once ``finish_save`` has run); the rest
+        (counters, loader, ramp, RNG) rank 0 writes."""
+        self.finish_save()
+        tc, at = self.cfg.train, self.counters.step
         folder = Path(self.ckpt_dir) / CKPT_SUBDIR / step_name(at)
-        staged = None
-        if self.cfg.train.checkpoint_format == "sharded":
+        staged, futures = None, []
+        if tc.checkpoint_format == "sharded":
             staged = staging_folder(folder)
             if self.env.is_main:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir(parents=True)
             barrier(self.env)
-            self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer)
+            futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
+                                              background=self._save_group() if tc.async_checkpoint else None)
             model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
         growth = self.model.full_growth_state()
+        data = None
         if self.env.is_main:
             assert model_state is not None and optim is not None and growth is not None
             seconds = self.counters.seconds + time.perf_counter() - self._t_start
@@ -263,11 +271,34 @@ class Trainer:
                 optim_meta={"step": optim[1], "lr": self.schedule(max(at - 1, 0))},
                 trainer=trainer, growth=growth, rng=self.rng.state_dict(),
             )
+        self._pending = (folder, staged, data, futures)
+        if not futures:
+            self.finish_save()
+        return folder
+
+    def finish_save(self) -> None:
+        """Complete the checkpoint being written: wait for its shards on every rank, then rank 0 writes the
+        rest and the manifest and renames the folder into place (only now is it the newest checkpoint)."""
+        if self._pending is None:
+            return
+        folder, staged, data, futures = self._pending
+        self._pending = None
+        for f in futures:
+            f.result()
+        barrier(self.env)
+        if data is not None:
             save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         barrier(self.env)
         self.last_ckpt = folder
-        return folder
+
+    def _save_group(self) -> dist.ProcessGroup | bool:
+        """The process group of background saves (created once, collectively), or True in one process."""
+        if not self.env.distributed:
+            return True
+        if self._async_group is None:
+            self._async_group = dist.new_group(backend="gloo")
+        return self._async_group
 
     # ----- training ---------------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float]:
@@ -342,6 +373,7 @@ class Trainer:
                 bar.update(completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss))
                 if (tc.ckpt_every and c.step % tc.ckpt_every == 0) or final:
                     self.save()
+        self.finish_save()
         self.metrics.close()
         return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
                            train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)

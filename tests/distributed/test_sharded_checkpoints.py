@@ -43,7 +43,8 @@ def runs(cfg, tmp_path_factory):
     train_stage(config_from_dict(cfg), root / "reference", env=ONE)
     sharded = cfg | {"train": cfg["train"] | {"checkpoint_format": "sharded"}}
     save = tmp_path_factory.mktemp("save")
-    spawn(train_then_resume, 2, save, sharded, [("cut", {}, 3, False)], timeout=300)
+    background = sharded | {"train": sharded["train"] | {"async_checkpoint": True}}  # shards written async
+    spawn(train_then_resume, 2, save, background, [("cut", {}, 3, False)], timeout=300)
     for name in [*RESUMED, "one"]:
         shutil.copytree(save / "cut", root / name)
     resume = tmp_path_factory.mktemp("resume")
@@ -140,3 +141,25 @@ def test_lazy_growth_of_a_sharded_checkpoint_equals_in_memory_growth(runs):
     assert set(weights) == set(ref.state_dict) and set(moments) == set(ref.optim_state)
     assert all(torch.equal(weights[k], v) for k, v in ref.state_dict.items())
     assert all(torch.equal(moments[k], v) for k, v in ref.optim_state.items())
+
+
+def test_background_save_writes_the_same_checkpoints(cfg, tmp_path):
+    """One process, 5 steps, a checkpoint every 2: shards written in the background give the same files (and
+    the same losses) as written in the foreground; the last one is complete when training returns."""
+    runs = {}
+    for mode in (False, True):
+        run_cfg = cfg | {"train": cfg["train"] | {"checkpoint_format": "sharded", "async_checkpoint": mode,
+                                                  "ckpt_every": 2}}
+        runs[mode] = tmp_path / str(mode)
+        train_stage(config_from_dict(run_cfg), runs[mode], env=ONE)
+    assert [p.name for p in list_checkpoints(runs[True])] == [p.name for p in list_checkpoints(runs[False])]
+    assert _losses(runs[True]) == _losses(runs[False])
+    a, _ = load_checkpoint(latest_checkpoint(runs[False]))
+    b, _ = load_checkpoint(latest_checkpoint(runs[True]))
+    assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    assert all(torch.equal(a.optim_tensors[k], b.optim_tensors[k]) for k in a.optim_tensors)
+
+
+def test_background_save_needs_sharded_checkpoints(cfg):
+    with pytest.raises(FlmError, match="train.async_checkpoint writes shards in the background"):
+        config_from_dict(cfg | {"train": cfg["train"] | {"async_checkpoint": True}})
