@@ -21,7 +21,7 @@ from flm.config import ModelConfig
 from flm.data.tokenizer import Tokenizer, load_tokenizer
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes
-from flm.growth.tensorio import SafetensorsReader
+from flm.growth.tensorio import TensorSource, open_tensors
 from flm.interop import flm101b
 from flm.interop.hf_tokenizer import save_hf_tokenizer
 from flm.interop.neox import export_recipes, flm_section, neox_config, neox_problem, special_ids
@@ -39,7 +39,7 @@ class IOReport:
     largest_tensor_bytes: int
 
 
-def open_flm_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, ModelConfig, SafetensorsReader]:
+def open_flm_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, ModelConfig, TensorSource]:
     """A complete, idle (not mid-ramp) flm checkpoint: its folder, model config and tensor reader."""
     folder = resolve_checkpoint(path)
     verify_manifest(folder, full=False)
@@ -49,11 +49,10 @@ def open_flm_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, ModelConfig
             f"{folder} is in the middle of a growth ramp (growth.safetensors): its masks are no part of a "
             "transformers model; export a checkpoint after the ramp ends (or the one before growth)"
         )
-    model = folder / "model.safetensors"
-    if not model.is_file():
-        raise FlmError(f"{folder}: no model.safetensors (a sharded DCP checkpoint?); export a full checkpoint")
-    src = SafetensorsReader(model)
-    check_shapes(cfg, src.shapes, str(model))
+    src = open_tensors(folder, "model")  # a full checkpoint's safetensors or a sharded one's DCP shards
+    if src is None:
+        raise FlmError(f"{folder}: no model.safetensors and no model/ shards; not an flm checkpoint")
+    check_shapes(cfg, src.shapes, str(folder))
     return folder, cfg, src
 
 

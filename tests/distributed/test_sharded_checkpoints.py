@@ -163,3 +163,15 @@ def test_background_save_writes_the_same_checkpoints(cfg, tmp_path):
 def test_background_save_needs_sharded_checkpoints(cfg):
     with pytest.raises(FlmError, match="train.async_checkpoint writes shards in the background"):
         config_from_dict(cfg | {"train": cfg["train"] | {"async_checkpoint": True}})
+
+
+def test_export_reads_a_sharded_checkpoint(runs, tmp_path):
+    """An exporter given a sharded checkpoint streams its shards like a full checkpoint's file: same output."""
+    _, cut = runs
+    folder = latest_checkpoint(cut)
+    full = tmp_path / "full"
+    assert main(["checkpoint", "consolidate", str(folder), str(full), "--no-progress"]) == 0
+    for src, out in ((folder, tmp_path / "from_shards"), (full, tmp_path / "from_full")):
+        assert main(["export", "hf", str(src), str(out)]) == 0
+    a, b = (tmp_path / "from_shards" / "model.safetensors"), (tmp_path / "from_full" / "model.safetensors")
+    assert a.read_bytes() == b.read_bytes()
