@@ -1,7 +1,8 @@
 """Sharded checkpoints (``train.checkpoint_format = "sharded"``, torch.distributed.checkpoint): saved at step 3
-under dp2, resumed under tp2, pp2 and in one process, each run continues as an uninterrupted one-process run
-does (losses and final weights to 1e-4); every command that reads a checkpoint reads the sharded one as a
-whole; a missing or damaged shard is refused with one line naming it."""
+under dp2 (in the background), resumed under tp2, pp2, tp2·dp2, pp2·dp2 and in one process, each run continues
+as an uninterrupted one-process run does (losses, final weights and moments to 1e-4); every command that reads
+a checkpoint reads the sharded one as a whole; a missing or damaged shard is refused with one line naming
+it."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from ._train_workers import train_then_resume
 
 ONE = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 STEPS = 5
-RESUMED = {"tp2": {"tp": 2}, "pp2": {"pp": 2}}
+RESUMED = {"tp2": {"tp": 2}, "pp2": {"pp": 2}}  # on 2 ranks
+RESUMED_4 = {"tp2dp2": {"tp": 2}, "pp2dp2": {"pp": 2}}  # on 4 ranks
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,11 @@ def runs(cfg, tmp_path_factory):
     save = tmp_path_factory.mktemp("save")
     background = sharded | {"train": sharded["train"] | {"async_checkpoint": True}}  # shards written async
     spawn(train_then_resume, 2, save, background, [("cut", {}, 3, False)], timeout=300)
-    for name in [*RESUMED, "one"]:
+    for name in [*RESUMED, *RESUMED_4, "one"]:
         shutil.copytree(save / "cut", root / name)
-    resume = tmp_path_factory.mktemp("resume")
-    jobs = [(str(root / name), parallel, None, True) for name, parallel in RESUMED.items()]
-    spawn(train_then_resume, 2, resume, sharded, jobs, timeout=300)
+    for world, layouts in ((2, RESUMED), (4, RESUMED_4)):
+        jobs = [(str(root / name), parallel, None, True) for name, parallel in layouts.items()]
+        spawn(train_then_resume, world, tmp_path_factory.mktemp(f"resume{world}"), sharded, jobs, timeout=300)
     train_stage(config_from_dict(sharded), root / "one", env=ONE, resume=True)
     return root, save / "cut"
 
@@ -62,7 +64,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("name", [*RESUMED, "one"])
+@pytest.mark.parametrize("name", [*RESUMED, *RESUMED_4, "one"])
 def test_resume_under_another_layout_continues_like_one_process(runs, name):
     root, _ = runs
     ref, got = _losses(root / "reference"), _losses(root / name)
