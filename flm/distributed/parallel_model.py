@@ -45,6 +45,9 @@ Batch = tuple[Tensor, Tensor, Tensor]  # tokens, targets, loss mask
 
 
 class ParallelModel(StageParts):
+    """This rank's part of the model under ``env``'s layout (see the module doc); ``parts`` maps pipeline stage
+    index -> FLM module (one entry, stage 0, without pipeline parallelism)."""
+
     def __init__(self, cfg: ModelConfig, env: DistEnv, train: TrainConfig, *, seed: int, bf16: bool = False,
                  state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None) -> None:
         dims, mesh = env.dims, env.mesh
@@ -205,7 +208,7 @@ class ParallelModel(StageParts):
 
 
     # ----- sharded state (each rank its own shards: torch.distributed.checkpoint) -------------------------------
-    def _sharded_state(self, optimizer: torch.optim.Optimizer, create: bool) -> tuple[dict, dict]:
+    def sharded_state(self, optimizer: torch.optim.Optimizer, create: bool) -> tuple[dict, dict]:
         """(model, moments) as this rank holds them, keyed like the full state ("exp_avg/<param>", ...);
         ``create``: zero moments where the optimizer has none yet, for a load to fill."""
         model: dict[str, Tensor] = {}
@@ -227,7 +230,7 @@ class ParallelModel(StageParts):
         write them in a background thread (on a process group of its own under torchrun, so its collectives
         never meet training's); returns the futures to wait for. (Not ``dcp.async_save``: two of them, weights
         and moments, run their collectives in two threads on one group, which can deadlock.)"""
-        model, moments = self._sharded_state(optimizer, create=False)
+        model, moments = self.sharded_state(optimizer, create=False)
         one = not self.env.distributed
         parts = [(model, model_dir)] + ([(moments, optim_dir)] if moments else [])
         if background is None or background is False:
@@ -249,7 +252,7 @@ class ParallelModel(StageParts):
     def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Weights and moments from a sharded checkpoint written under any layout (DCP reshards): each rank
         reads only the pieces of its own shards."""
-        model, moments = self._sharded_state(optimizer, create=(optim_dir / ".metadata").is_file())
+        model, moments = self.sharded_state(optimizer, create=(optim_dir / ".metadata").is_file())
         one = not self.env.distributed
         dcp.load(model, checkpoint_id=model_dir, no_dist=one)
         if moments:
