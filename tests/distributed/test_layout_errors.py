@@ -72,3 +72,16 @@ def test_model_the_layout_cannot_split_under_torchrun(tiny_corpus, prepared_dir,
     _refused(res, "flm run: error: stages[1].parallel.microbatches = 3 does not divide the batch of 4 sequences per "
              "data-parallel rank")
     assert not out.exists()
+
+
+def test_resume_into_a_layout_the_model_cannot_take(tiny_corpus, prepared_dir, tmp_path):
+    """A run trained in one process (3 heads), resumed under torchrun with tp = 2: refused before anything is
+    written; its checkpoints, metrics and config stay as they were."""
+    cfg = tiny_config_dict(tiny_corpus, prepared_dir, steps=2)
+    cfg["model"] |= {"n_heads": 3, "d_model": 48, "d_ff": 96}
+    path, out = _write(tmp_path, cfg), tmp_path / "run"
+    assert main(["train", str(path), "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    res = _torchrun("train", str(path), "--out", str(out), "--resume", "--set", "parallel.tp=2")
+    _refused(res, "flm train: error: parallel.tp = 2 does not divide model.n_heads = 3")
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
