@@ -62,7 +62,8 @@ def _timed(env, fn) -> float:
 def _optimizer(model: ParallelModel) -> torch.optim.Optimizer:
     """AdamW with moments in place (random, so nothing compresses or shortcuts), as after some training."""
     opt = torch.optim.AdamW(model.param_groups(1e-3, 0.1), lr=1e-3, fused=True)
-    _, moments = model.sharded_state(opt, create=True)
+    names = [f"{kind}/{k}" for k, _ in model.sharded_state(opt)[0].items() for kind in ("exp_avg", "exp_avg_sq")]
+    _, moments = model.sharded_state(opt, create=names)
     for t in moments.values():
         (t.to_local() if hasattr(t, "to_local") else t).normal_()
     return opt

@@ -52,11 +52,12 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 def fsync_folder(folder: Path, files: bool = True) -> None:
     """Flush the folder's files (with ``files``) and its entries to disk, so that a manifest written after
     this never describes data a power loss could still take away."""
-    if files:
-        for p in folder.iterdir():
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
+    for p in folder.iterdir():
+        if p.is_file() and files:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir() and files:  # e.g. a sharded checkpoint's shard folders: their files and entries
+            fsync_folder(p)
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -7,7 +7,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from flm.checkpoint.store import MANIFEST, SHARDED_MODEL, SHARDED_OPTIM, is_sharded, verify_manifest, write_manifest
+from flm.checkpoint.store import (
+    MANIFEST,
+    SHARDED_MODEL,
+    SHARDED_OPTIM,
+    is_sharded,
+    resolve_checkpoint,
+    verify_manifest,
+    write_manifest,
+)
 from flm.errors import FlmError
 from flm.growth.tensorio import DcpReader, SafetensorsWriter
 from flm.io import atomic_folder
@@ -33,11 +41,11 @@ def _stream(src: Path, dst: Path, progress=None) -> int:
 def consolidate(ckpt: Path, out: Path, progress=None) -> int:
     """Write the full checkpoint ``out`` from the sharded checkpoint ``ckpt`` (verified first); returns the
     bytes of tensors written."""
-    ckpt, out = Path(ckpt), Path(out)
+    ckpt, out = resolve_checkpoint(ckpt), Path(out)
     if not is_sharded(ckpt):
-        raise FlmError(f"{ckpt} is not a sharded checkpoint (no {SHARDED_MODEL}/.metadata); it is full already")
+        raise FlmError(f"{ckpt} is a full checkpoint already (model.safetensors); use it as it is")
     if out.exists():
-        raise FlmError(f"--out {out} exists; pick a new folder (nothing is overwritten)")
+        raise FlmError(f"OUT {out} exists; pick a new folder (nothing is overwritten)")
     verify_manifest(ckpt)
     written = 0
     with atomic_folder(out) as tmp:

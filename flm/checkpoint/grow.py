@@ -108,8 +108,9 @@ class GrownTensors(Mapping[str, torch.Tensor]):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         tp = self._plans[name]
-        old = self._src.read(tp.source) if self._src is not None and tp.source is not None else None
-        return build_tensor(tp, old, self._seed, self._dtype)
+        if self._src is None or tp.source is None:
+            return build_tensor(tp, None, self._seed, self._dtype)
+        return build_tensor(tp, self._src.read(tp.source), self._seed, self._src.dtype(tp.source))
 
     def __contains__(self, name: object) -> bool:
         return name in self._plans
@@ -135,7 +136,9 @@ def grown_tensors(folder: Path, cfg: ModelConfig, growth: GrowthConfig, seed: in
     moments = None
     if optim_src is not None:
         check_shapes(cfg, optim_src.shapes, str(folder), moments=True)
-        moments = GrownTensors(_moment_plans(plan, optim_src), optim_src, seed, dtype)
+        some = next(iter(optim_src.shapes), None)  # new moments take the saved moments' dtype, as grow() does
+        moments = GrownTensors(_moment_plans(plan, optim_src), optim_src, seed,
+                               optim_src.dtype(some) if some else dtype)
     return plan, GrownTensors(plan.tensors, model_src, seed, dtype), moments
 
 

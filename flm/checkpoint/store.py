@@ -17,8 +17,8 @@ same tensor names. DCP reshards on load, so it resumes under any other layout; `
 every command that reads a checkpoint) consolidates it in memory, and ``flm grow`` streams it tensor by tensor.
 
 The folder is built under a temporary name and renamed into place, and ``manifest.json`` is verified on
-load, so a crash mid-write or a corrupted/truncated file is detected rather than half-loaded. Sharded
-(FSDP2) models are gathered with torch.distributed.checkpoint's state-dict API and written by rank 0, so a
+load, so a crash mid-write or a corrupted/truncated file is detected rather than half-loaded. A full
+checkpoint's tensors are gathered to rank 0, which writes them (flm.distributed.parallel_model), so a
 checkpoint written by N ranks loads into M ranks, or into one process, unchanged.
 """
 
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -81,6 +82,21 @@ def staging_folder(folder: Path) -> Path:
     """Where the ranks write a sharded checkpoint's shards before ``save_checkpoint(..., staged=)`` finishes it:
     one name for every rank (a per-process name would split the shards)."""
     return Path(folder).parent / f".tmp-{Path(folder).name}-sharded"
+
+
+def check_shards(folder: Path) -> None:
+    """Every shard file the DCP metadata of ``folder`` names is there (rank 0 checks before the manifest)."""
+    for sub in (SHARDED_MODEL, SHARDED_OPTIM):
+        d = Path(folder) / sub
+        if not (d / ".metadata").is_file():
+            continue
+        storage = dcp.FileSystemReader(str(d)).read_metadata().storage_data or {}
+        missing = sorted({info.relative_path for info in storage.values()} - {f.name for f in d.iterdir()})
+        if missing:
+            raise FlmError(
+                f"{d}: shard files {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} are missing: the "
+                "ranks wrote where rank 0 cannot see; put --out on a file system every node shares"
+            )
 
 
 def sharded_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
@@ -155,6 +171,8 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
     try:
         if staged is None:
             _save_tensors(data.model, tmp / "model.safetensors")
+        else:
+            check_shards(tmp)
         if data.optim_tensors:
             _save_tensors(data.optim_tensors, tmp / "optim.safetensors")
         atomic_write(tmp / "optim.json", json.dumps(data.optim_meta, indent=1))

@@ -635,6 +635,28 @@ def _reuse_cached(final: Path, sources: dict[str, list[_Source]]) -> PreparedDat
     return None
 
 
+def _corpus_tokenizer(
+    data_cfg: DataConfig, sources: dict[str, list[_Source]], root: Path, model: ModelConfig | None, bar: Bar
+) -> Tokenizer:
+    """The config's tokenizer (a BPE is trained on the training text), checked against the model's vocabulary
+    and the teacher sources' label tokens."""
+    tok_cfg = data_cfg.tokenizer
+    if tok_cfg.kind == "bpe":
+        bpe = bar.add(f"training BPE ({tok_cfg.vocab_size} tokens)")
+        texts = (  # teacher samples stay out: adding them (in a late stage) keeps the tokenizer
+            p.text for s in sources["train"] if s.teacher is None for p in source_pieces(s, data_cfg.max_chars)
+        )
+        tokenizer = build_tokenizer(tok_cfg, texts, root=root)
+        bpe.update(total=1, completed=1)
+    else:
+        tokenizer = build_tokenizer(tok_cfg, root=root)
+    if model is not None and tokenizer.vocab_size > model.vocab_size:
+        raise vocab_error(tokenizer.vocab_size, model.vocab_size)
+    for s in (s for split in SPLITS for s in sources[split] if s.teacher is not None):
+        resolve_labels(s.teacher.source.labels, tokenizer, s.where)
+    return tokenizer
+
+
 def prepare_data(
     data_cfg: DataConfig,
     *,
@@ -674,19 +696,7 @@ def prepare_data(
                 for s in sources[split]:
                     counts[split].append(_count(s, data_cfg.max_chars if split == "train" else None))
                     bar.advance()
-            if tok_cfg.kind == "bpe":
-                bpe = bar.add(f"training BPE ({tok_cfg.vocab_size} tokens)")
-                texts = (  # teacher samples stay out: adding them (in a late stage) keeps the tokenizer
-                    p.text for s in sources["train"] if s.teacher is None for p in source_pieces(s, data_cfg.max_chars)
-                )
-                tokenizer = build_tokenizer(tok_cfg, texts, root=root)
-                bpe.update(total=1, completed=1)
-            else:
-                tokenizer = build_tokenizer(tok_cfg, root=root)
-            if model is not None and tokenizer.vocab_size > model.vocab_size:
-                raise vocab_error(tokenizer.vocab_size, model.vocab_size)
-            for s in (s for split in SPLITS for s in sources[split] if s.teacher is not None):
-                resolve_labels(s.teacher.source.labels, tokenizer, s.where)
+            tokenizer = _corpus_tokenizer(data_cfg, sources, root, model, bar)
             tokenizer.save(tmp / TOKENIZER_DIR)
             dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
             total_chars = sum(c for split in SPLITS for _, c in counts[split])

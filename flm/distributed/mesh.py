@@ -87,6 +87,11 @@ class ParallelDims:
                 f"{where}.tp = {tp} does not divide the padded vocabulary ({vocab} = {model_key}.vocab_size "
                 f"{model.vocab_size} rounded up to 128): pick {where}.tp from {_divisors(vocab)}"
             )
+        if batch is not None and batch % self.dp:
+            raise FlmError(
+                f"train.batch_size ({batch}) does not split over the {self.dp} data-parallel ranks of {where}; "
+                f"make it a multiple of {self.dp}"
+            )
         if self.pp > 1:
             per_dp = None if batch is None else batch // self.dp
             check_pipeline(model.n_layers, self.pp, self.pp_schedule, self.microbatches, per_dp, where, model_key)

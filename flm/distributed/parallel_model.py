@@ -12,14 +12,15 @@ weights in one process and under any layout), or from a full state dict (a check
 - Checkpoint state as full tensors keyed by one-process parameter names: ``full_model_state``,
   ``full_optim_state``, ``full_growth_state`` gather to global rank 0 (collective: every rank calls them);
   the ``load_*`` methods take the full state on every rank and keep each rank's shard. (Whole-model gathers
-  are fine up to a model that fits one host's memory; sharded checkpoints are the next step.)
+  suit a model that fits one host's memory; beyond that, ``save_sharded`` / ``load_sharded``: each rank
+  writes and reads its own shards with torch.distributed.checkpoint.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from flm.config import ModelConfig, TrainConfig
+from flm.data.packing import document_ids
 from flm.distributed.clip import clip_grad_norm_
 from flm.distributed.env import DistEnv
-from flm.distributed.init import materialize, meta_model
+from flm.distributed.init import copy_shard, materialize, meta_model
 from flm.distributed.parallelize import parallelize
 from flm.distributed.pipeline import Pipeline, StageParts, part_state, split_model
 from flm.distributed.tensor_parallel import growth_state
+from flm.growth.tensorio import DcpReader
 from flm.model import FLM
 from flm.mup import canonical_name, param_groups
 
@@ -49,9 +52,11 @@ class ParallelModel(StageParts):
     index -> FLM module (one entry, stage 0, without pipeline parallelism)."""
 
     def __init__(self, cfg: ModelConfig, env: DistEnv, train: TrainConfig, *, seed: int, bf16: bool = False,
-                 state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None) -> None:
+                 state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None,
+                 document_eos: int | None = None) -> None:
         dims, mesh = env.dims, env.mesh
         self.cfg, self.env, self.bf16 = cfg, env, bf16
+        self.document_eos = document_eos  # data.document_mask: attention stays inside the documents EOS ends
         model = meta_model(cfg)
         if dims.pp > 1:
             assert mesh is not None
@@ -95,7 +100,7 @@ class ParallelModel(StageParts):
         # whole unsharded gradient per rank for the step, the largest memory term at FLM-101B's size
         for x, y, mk in batches:
             with self.autocast():
-                loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev)).float() / denom
+                loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev), **self._docs(x)).float() / denom
             loss.backward()
             total += loss.detach()
         return total
@@ -116,7 +121,13 @@ class ParallelModel(StageParts):
         with self.autocast():
             if self.pipeline is not None:
                 return self.pipeline.eval_loss(x, y, mask)
-            return self.module(x, targets=y, loss_weights=mask).double()
+            return self.module(x, targets=y, loss_weights=mask, **self._docs(x)).double()
+
+    def _docs(self, x: Tensor) -> dict[str, Tensor]:
+        """The model's ``doc_ids`` argument under document masking (nothing otherwise)."""
+        if self.document_eos is None:
+            return {}
+        return {"doc_ids": document_ids(x, self.document_eos).to(self.env.device)}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """μP AdamW groups over every local stage (parameters keep their one-process names), each split by
@@ -163,8 +174,20 @@ class ParallelModel(StageParts):
             local = {} if pieces is None else {k: v for piece in pieces for k, v in piece.items()}
         return local if self.env.is_main else None
 
+    @property
+    def _keeper(self) -> bool:
+        """Whether this rank keeps its stage's gathered tensors (dp rank 0, tp rank 0): gathering is a
+        collective over dp and tp, but one copy per pipeline stage is all rank 0 needs."""
+        mesh = self.env.mesh
+        return mesh is None or (mesh["dp"].get_local_rank() == 0 and mesh["tp"].get_local_rank() == 0)
+
+    def _gather(self, t: Tensor) -> Tensor | None:
+        full = _full(t)  # collective: every rank of the stage takes part
+        return full if self._keeper else None
+
     def full_model_state(self) -> dict[str, Tensor] | None:
-        return self._to_rank0({k: _full(p) for k, p in self._named_parameters()})
+        local = {k: self._gather(p) for k, p in self._named_parameters()}
+        return self._to_rank0({k: v for k, v in local.items() if v is not None})
 
     def full_optim_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], int] | None:
         """AdamW moments keyed "exp_avg/<param>", "exp_avg_sq/<param>" and the step count (0 and no tensors
@@ -175,8 +198,9 @@ class ParallelModel(StageParts):
             st = optimizer.state.get(p)
             if st:
                 step = int(st["step"])
-                tensors[f"exp_avg/{key}"] = _full(st["exp_avg"])
-                tensors[f"exp_avg_sq/{key}"] = _full(st["exp_avg_sq"])
+                for kind in ("exp_avg", "exp_avg_sq"):
+                    if (full := self._gather(st[kind])) is not None:
+                        tensors[f"{kind}/{key}"] = full
         gathered = self._to_rank0(tensors)  # every parameter takes every step: one step count for all
         return None if gathered is None else (gathered, step)
 
@@ -192,7 +216,7 @@ class ParallelModel(StageParts):
     def load_model_state(self, state: Mapping[str, Tensor]) -> None:
         with torch.no_grad():
             for key, p in self._named_parameters(include_copy=True):
-                _copy_into(p, state[key])
+                copy_shard(p, state[key].to(p.device, p.dtype))
 
     def load_optim_state(self, optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], step: int) -> None:
         """AdamW moments from full tensors (each rank keeps its shard); parameters without saved moments start
@@ -200,25 +224,28 @@ class ParallelModel(StageParts):
         for key, p in self._named_parameters(include_copy=True):
             if f"exp_avg/{key}" not in tensors:
                 continue
-            optimizer.state[p] = {
-                "step": torch.tensor(float(step), dtype=torch.float32, device=self.env.device),
-                "exp_avg": _shard_like(p, tensors[f"exp_avg/{key}"]),
-                "exp_avg_sq": _shard_like(p, tensors[f"exp_avg_sq/{key}"]),
-            }
+            optimizer.state[p] = self._adam_state(
+                step, _shard_like(p, tensors[f"exp_avg/{key}"]), _shard_like(p, tensors[f"exp_avg_sq/{key}"]))
+
+    def _adam_state(self, step: int, exp_avg: Tensor, exp_avg_sq: Tensor) -> dict[str, Tensor]:
+        """One parameter's AdamW state as fused AdamW keeps it (the step count fp32 on the device)."""
+        step_t = torch.tensor(float(step), dtype=torch.float32, device=self.env.device)
+        return {"step": step_t, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
     # ----- sharded state (each rank its own shards: torch.distributed.checkpoint) -------------------------------
-    def sharded_state(self, optimizer: torch.optim.Optimizer, create: bool) -> tuple[dict, dict]:
+    def sharded_state(self, optimizer: torch.optim.Optimizer, create: Collection[str] | None = None
+                      ) -> tuple[dict, dict]:
         """(model, moments) as this rank holds them, keyed like the full state ("exp_avg/<param>", ...);
-        ``create``: zero moments where the optimizer has none yet, for a load to fill."""
+        ``create``: the moment names to give zero state where the optimizer has none yet, for a load to fill
+        (parameters the checkpoint holds no moments for start fresh, as in ``load_optim_state``)."""
         model: dict[str, Tensor] = {}
         moments: dict[str, Tensor] = {}
         for key, p in self._named_parameters(include_copy=True):
             model[key] = p
             st = optimizer.state.get(p)
-            if not st and create:
-                st = optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=self.env.device),
-                                           "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            if not st and create is not None and f"exp_avg/{key}" in create:
+                st = optimizer.state[p] = self._adam_state(0, torch.zeros_like(p), torch.zeros_like(p))
             if st:
                 moments[f"exp_avg/{key}"], moments[f"exp_avg_sq/{key}"] = st["exp_avg"], st["exp_avg_sq"]
         return model, moments
@@ -230,7 +257,7 @@ class ParallelModel(StageParts):
         write them in a background thread (on a process group of its own under torchrun, so its collectives
         never meet training's); returns the futures to wait for. (Not ``dcp.async_save``: two of them, weights
         and moments, run their collectives in two threads on one group, which can deadlock.)"""
-        model, moments = self.sharded_state(optimizer, create=False)
+        model, moments = self.sharded_state(optimizer)
         one = not self.env.distributed
         parts = [(model, model_dir)] + ([(moments, optim_dir)] if moments else [])
         if background is None or background is False:
@@ -252,13 +279,21 @@ class ParallelModel(StageParts):
     def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Weights and moments from a sharded checkpoint written under any layout (DCP reshards): each rank
         reads only the pieces of its own shards."""
-        model, moments = self.sharded_state(optimizer, create=(optim_dir / ".metadata").is_file())
+        saved = set(DcpReader(optim_dir).shapes) if (optim_dir / ".metadata").is_file() else set()
+        model, moments = self.sharded_state(optimizer, create=saved)
         one = not self.env.distributed
         dcp.load(model, checkpoint_id=model_dir, no_dist=one)
         if moments:
             dcp.load(moments, checkpoint_id=optim_dir, no_dist=one)
             for _, p in self._named_parameters(include_copy=True):
-                optimizer.state[p]["step"].fill_(float(step))
+                if p in optimizer.state:
+                    optimizer.state[p]["step"].fill_(float(step))
+
+    def close(self) -> None:
+        """Wait for background checkpoint writes and stop their thread."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
 
 def _full(t: Tensor) -> Tensor:
@@ -272,7 +307,3 @@ def _shard_like(p: Tensor, full: Tensor) -> Tensor:
         return distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
     return full.to(p.device, p.dtype).clone()
 
-
-def _copy_into(p: Tensor, full: Tensor) -> None:
-    shard = _shard_like(p, full)
-    (p.to_local() if isinstance(p, DTensor) else p).copy_(shard.to_local() if isinstance(shard, DTensor) else shard)

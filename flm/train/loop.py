@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ class Validation:
 
 
 class Trainer:
-    """One stage's training. Parts: ``model`` + ``optimizer`` (saved through ``weights``), ``schedule``,
+    """One stage's training. Parts: ``model`` (a ``ParallelModel``) + ``optimizer``, ``schedule``,
     ``loader``, ``ramp``, ``rng``, ``counters``, ``metrics``. Build it, ``restore`` a checkpoint or
     ``start_from`` a grown model, then ``fit``."""
 
@@ -156,7 +157,8 @@ class Trainer:
         self.validation = Validation(self.prepared, cfg, env)
         self.peak = tc.peak_flops or device_peak(env.device)  # measured before seeding: it draws numbers
         seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
-        self.model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=self.bf16,
+        eos = self.prepared.tokenizer.eos_id if cfg.data.document_mask else None
+        self.model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=self.bf16, document_eos=eos,
                                    state=init.model_state if init else None, growth=init.growth_state if init else None)
         groups = self.model.param_groups(oc.lr, oc.weight_decay)
         # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
@@ -187,6 +189,8 @@ class Trainer:
         self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
+        elif init.loader_state and self.loader.carry_over(init.loader_state):
+            pass  # a stage with its own mixture: the sources it shares with the last stage read on
         elif init.loader_state and self.env.is_main:
             print(  # e.g. `flm train --init` on other data: a fresh stream, not an error
                 "note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
@@ -282,9 +286,9 @@ class Trainer:
         if self._pending is None:
             return
         folder, staged, data, futures = self._pending
-        self._pending = None
         for f in futures:
-            f.result()
+            f.result()  # a failed background write raises here, at the latest when the stage ends
+        self._pending = None
         barrier(self.env)
         if data is not None:
             save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged)
@@ -297,7 +301,8 @@ class Trainer:
         if not self.env.distributed:
             return True
         if self._async_group is None:
-            self._async_group = dist.new_group(backend="gloo")
+            timeout = timedelta(seconds=self.cfg.parallel.timeout_s)
+            self._async_group = dist.new_group(backend="gloo", timeout=timeout)
         return self._async_group
 
     # ----- training ---------------------------------------------------------------------------------------
@@ -374,6 +379,10 @@ class Trainer:
                 if (tc.ckpt_every and c.step % tc.ckpt_every == 0) or final:
                     self.save()
         self.finish_save()
+        self.model.close()
+        if self._async_group is not None:
+            dist.destroy_process_group(self._async_group)
+            self._async_group = None
         self.metrics.close()
         return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
                            train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
@@ -384,6 +393,8 @@ class Trainer:
         try:
             yield
         except KeyboardInterrupt:
+            if not self.env.distributed:  # complete a background save (under torchrun the others may be gone)
+                self.finish_save()
             if self.env.is_main:
                 ckpt = self.last_ckpt
                 kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (

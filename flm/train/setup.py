@@ -63,6 +63,9 @@ def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:
 def check_stage_layout(cfg: RunConfig, env: DistEnv, where: str = "parallel", model_key: str = "model") -> None:
     """Whether ``env``'s layout can split this model and batch (tp, pp, micro-batches); one clear error."""
     env.dims.check_model(cfg.model, cfg.seq_len, where, model_key, batch=cfg.train.batch_size)
+    if cfg.data.document_mask and env.dims.pp > 1:
+        raise FlmError(f"data.document_mask with {where}.pp = {env.dims.pp}: pipeline stages do not pass document "
+                       f"masks on; set data.document_mask = false or {where}.pp = 1")
     batch_layout(cfg, env)
 
 

@@ -118,7 +118,7 @@ def test_consolidate_writes_the_same_tensors_as_a_full_checkpoint(runs, tmp_path
     assert main(["checkpoint", "consolidate", str(folder), str(out)]) == 2  # never overwrites
     assert main(["checkpoint", "consolidate", str(out), str(tmp_path / "again")]) == 2  # full already
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and "exists" in errors[0] and "not a sharded checkpoint" in errors[1]
+    assert len(errors) == 2 and "exists" in errors[0] and "is a full checkpoint already" in errors[1]
 
 
 def test_grow_reads_a_sharded_checkpoint(runs, tmp_path):

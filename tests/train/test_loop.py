@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,22 @@ def test_ctrl_c_says_which_checkpoint_is_kept(tiny_cfg, tmp_path, monkeypatch, c
         train_stage(config_from_dict(tiny_cfg(steps=6, ckpt_every=2)), tmp_path / "run")
     err = capsys.readouterr().err
     assert "interrupted at step 3" in err and "step_00000002" in err and "--resume" in err
+
+
+def test_document_mask_reaches_the_model(tiny_cfg, tiny_corpus, tmp_path):
+    """data.document_mask = true: training and validation attend within documents only, so on windows that
+    hold several short documents the losses differ from plain causal attention."""
+    words = (tiny_corpus / "train.jsonl").read_text().split()
+    short = tmp_path / "short.jsonl"  # documents of 12 words: several per 32-token window
+    short.write_text("\n".join(json.dumps({"text": " ".join(words[i : i + 12])}) for i in range(0, 24000, 12)))
+    losses = {}
+    for mask in (False, True):
+        d = tiny_cfg(steps=2, eval_every=2)
+        d["data"]["train"] = d["data"]["valid"] = [{"path": str(short)}]
+        d["data"]["document_mask"] = mask
+        d["data"]["prepared_dir"] = str(tmp_path / "prepared")
+        out = tmp_path / str(mask)
+        train_stage(config_from_dict(d), out)
+        losses[mask] = [(r.get("loss"), r.get("val_loss")) for r in read_metrics(out / "metrics.jsonl")]
+    assert losses[True] != losses[False]
+    assert all(v is None or math.isfinite(v) for row in losses[True] for v in row)
