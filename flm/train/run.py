@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
+from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config, verify_manifest
 from flm.checkpoint.grow import grown_tensors
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
@@ -77,10 +77,11 @@ def _final_checkpoint(run_dir: Path, stage: Stage) -> Path | None:
     return latest if state["step"] >= stage.steps else None
 
 
-def _grown_init(prev_ckpt: Path, stage: Stage, seed: int) -> StageInit:
+def _grown_init(prev_ckpt: Path, stage: Stage, seed: int, env: DistEnv) -> StageInit:
     """The next stage's start from the previous stage's final checkpoint (full or sharded): weights and
     moments grown lazily, tensor by tensor, each rank keeping its shards under the new stage's layout."""
-    data, prev_cfg = load_checkpoint(prev_ckpt, tensors=False)
+    rank0_first(env, lambda: verify_manifest(prev_ckpt))  # one rank hashes the files, all hear its verdict
+    data, prev_cfg = load_checkpoint(prev_ckpt, verify=False, tensors=False)
     assert stage.growth is not None
     if data.growth:
         raise FlmError(
@@ -149,7 +150,7 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
             MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main).truncate_after(-1, stage.index)
             if stage.growth is not None:
                 assert prev is not None
-                init = _grown_init(prev, stage, seed=cfg.train.seed + stage.index)
+                init = _grown_init(prev, stage, seed=cfg.train.seed + stage.index, env=env)
         train_stage(
             stage.cfg, out_dir, resume=partial is not None, env=env.with_layout(stage.parallel, stage.parallel_where),
             stage=stage.index, init=init,
