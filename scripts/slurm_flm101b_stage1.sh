@@ -11,6 +11,7 @@
 #SBATCH --exclusive
 #SBATCH --time=10-00:00:00
 #SBATCH --output=logs/%x-%j.out
+#SBATCH --signal=TERM@300  # 5 min before the time limit: finish the step, checkpoint, exit 0 (docs/reliability.md)
 set -euo pipefail
 
 CONFIG=${CONFIG:-configs/flm-101b.toml}
@@ -30,7 +31,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # stage 1's layout; --set parallel.timeout_s=SECONDS raises the collective timeout (default 1800) if rank 0
 # needs longer to write a checkpoint. `-m flm.cli run "$CONFIG"` instead runs the whole three-stage plan.
 srun --kill-on-bad-exit=1 "$PY" -m torch.distributed.run \
-    --nnodes "$SLURM_NNODES" --nproc_per_node 8 \
+    --nnodes "$SLURM_NNODES" --nproc_per_node 8 --shutdown_timeout 280 \
     --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$SLURM_JOB_ID" \
     -m flm.cli train "$CONFIG" --set 'stages=[]' --set parallel.tp=2 --set parallel.pp=1 --set parallel.dp=96 \
     --set train.steps=52000 --out "$OUT/stage1" "$@"

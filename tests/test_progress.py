@@ -52,3 +52,19 @@ def test_a_bar_is_plain_to_use_when_off():
     bar.advance()
     bar.update(total=3)
     assert not bar.add("x").shown
+
+
+def test_a_log_gets_a_line_per_interval_not_per_update(monkeypatch):
+    monkeypatch.setenv("FLM_PROGRESS_SECONDS", "1000")
+    console, out = _console(False)
+    with progress_bar("step", 100, transient=False, console=console) as bar:
+        for i in range(1, 51):
+            bar.update(completed=i, description="loss 2.000", info="9 tok/s")
+    assert out.getvalue().splitlines() == [out.getvalue().strip()]  # only the final line
+    assert out.getvalue().startswith("step 50/100 loss 2.000 9 tok/s | 0:00:00 elapsed, ETA ")
+    monkeypatch.setenv("FLM_PROGRESS_SECONDS", "0")
+    console, out = _console(False)
+    with progress_bar("step", 3, transient=False, console=console) as bar:
+        for i in range(1, 4):
+            bar.update(completed=i)
+    assert [line.split(" |")[0] for line in out.getvalue().splitlines()] == ["step 1/3", "step 2/3", "step 3/3"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from flm.checkpoint.store import MANIFEST, read_config, resolve_checkpoint, verify_manifest
+from flm.checkpoint.store import MANIFEST, manifest_text, read_config, resolve_checkpoint, verify_manifest
 from flm.config import GrowthConfig, ModelConfig, RunConfig, config_from_dict, config_to_dict, save_config
 from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
@@ -167,7 +167,7 @@ def grow_checkpoint(
     if out.exists():
         raise FlmError(f"--out {out} already exists; growth never overwrites, pick a new folder")
     if (folder / MANIFEST).is_file():
-        verify_manifest(folder, full=False)
+        verify_manifest(folder)
     cfg = read_config(folder / "config.toml")
     if (folder / "growth.safetensors").is_file():
         raise FlmError(
@@ -206,7 +206,7 @@ def grow_checkpoint(
             for p in sorted(tmp.iterdir()):
                 if p.is_file() and p.name not in files:
                     files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+            (tmp / MANIFEST).write_text(manifest_text(files))
     finally:
         model_src.close()
         if optim_src is not None:

@@ -24,6 +24,7 @@ checkpoint written by N ranks loads into M ranks, or into one process, unchanged
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +64,16 @@ def _earlier_hint(folder: Path) -> str:
     return f"; the previous one is {earlier[-1]} (delete {folder} to --resume from it, or pass it directly)"
 
 
+def manifest_text(files: dict[str, dict[str, Any]]) -> str:
+    """manifest.json of a checkpoint: every file's size and sha256, and the sha256 of that table itself, so
+    that a damaged manifest is told apart from a damaged file (every writer of checkpoints uses this)."""
+    return json.dumps({"files": files, "files_sha256": _table_sha256(files)}, indent=1)
+
+
+def _table_sha256(files: dict[str, dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(folder: Path) -> None:
     """Size and sha256 of every file of the checkpoint, those in its DCP shard folders too."""
     files = {
@@ -70,7 +81,7 @@ def write_manifest(folder: Path) -> None:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    atomic_write(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+    atomic_write(folder / MANIFEST, manifest_text(files))
 
 
 def is_sharded(folder: Path) -> bool:
@@ -111,18 +122,36 @@ def _read_dcp(path: Path) -> dict[str, torch.Tensor]:
     return reader.read_many(sorted(reader.shapes))
 
 
-def verify_manifest(folder: Path, full: bool = True) -> None:
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """File name -> {"bytes", "sha256"} of a checkpoint's manifest. The manifest must read back exactly as it was
+    written (every writer uses ``json.dumps(..., indent=1)``), so a damaged byte anywhere in it is caught too,
+    even one that leaves valid JSON behind."""
     mpath = folder / MANIFEST
     if not mpath.is_file():
-        raise FlmError(f"{folder}: not a complete checkpoint (no {MANIFEST}); pick another checkpoint")
+        raise FlmError(f"{folder}: not a complete checkpoint (no {MANIFEST}){_earlier_hint(folder)}")
+    raw = mpath.read_bytes()
     try:
-        files = json.loads(mpath.read_text())["files"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise FlmError(f"{mpath}: corrupt manifest ({e}); pick another checkpoint") from None
+        manifest = json.loads(raw)
+        files = manifest["files"]
+        if json.dumps(manifest, indent=1).encode() != raw:
+            raise ValueError("it is not as written")
+        if set(manifest) != {"files"} and manifest.get("files_sha256") != _table_sha256(files):  # {"files"}: older
+            raise ValueError("its own checksum fails")
+        for meta in files.values():
+            int(meta["bytes"]), str(meta["sha256"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FlmError(f"checkpoint {folder}: {MANIFEST} is corrupt ({e}){_earlier_hint(folder)}") from None
+    return files
+
+
+def verify_manifest(folder: Path, full: bool = True) -> dict[str, dict[str, Any]]:
+    """Every file the manifest lists is there with its size and (``full``) its sha256; one line naming the
+    damaged file and the checkpoint before it otherwise. Returns the manifest's files."""
+    files = read_manifest(folder)
     for name, meta in files.items():
         p = folder / name
         if not p.is_file():
-            raise FlmError(f"checkpoint {folder}: {name} is missing; the checkpoint is incomplete")
+            raise FlmError(f"checkpoint {folder}: {name} is missing (incomplete){_earlier_hint(folder)}")
         if p.stat().st_size != meta["bytes"]:
             raise FlmError(
                 f"checkpoint {folder}: {name} is {p.stat().st_size} bytes, manifest says {meta['bytes']} "
@@ -132,6 +161,7 @@ def verify_manifest(folder: Path, full: bool = True) -> None:
             raise FlmError(
                 f"checkpoint {folder}: {name} fails its sha256 check (corrupt)" + _earlier_hint(folder)
             )
+    return files
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -280,7 +310,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu"):
     """(FLM, RunConfig, Tokenizer) from a run folder or a checkpoint folder, in eval mode, masks restored."""
     folder = resolve_checkpoint(path)
-    verify_manifest(folder, full=False)
+    verify_manifest(folder)  # full hashes: ~0.7 s per GB here (docs/reliability.md), small beside loading
     cfg = read_config(folder / "config.toml")
     model = FLM(cfg.model)
     state = _read_dcp(folder / SHARDED_MODEL) if is_sharded(folder) else _load_tensors(folder / "model.safetensors")

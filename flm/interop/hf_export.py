@@ -42,7 +42,7 @@ class IOReport:
 def open_flm_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, ModelConfig, TensorSource]:
     """A complete, idle (not mid-ramp) flm checkpoint: its folder, model config and tensor reader."""
     folder = resolve_checkpoint(path)
-    verify_manifest(folder, full=False)
+    verify_manifest(folder)
     cfg = read_config(folder / "config.toml").model
     if (folder / "growth.safetensors").is_file():
         raise FlmError(

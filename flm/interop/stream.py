@@ -3,7 +3,6 @@ temporary name that is renamed into place only when complete (nothing half-writt
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from flm.checkpoint import MANIFEST
+from flm.checkpoint.store import manifest_text
 from flm.errors import FlmError
 from flm.growth.tensorio import SafetensorsWriter
 from flm.io import atomic_folder, atomic_write, sha256_file
@@ -51,7 +51,7 @@ def write_manifest(folder: Path, known: dict[str, dict[str, object]]) -> None:
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name not in files and p.name != MANIFEST:
             files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    atomic_write(folder / MANIFEST, json.dumps({"files": dict(sorted(files.items()))}, indent=1))
+    atomic_write(folder / MANIFEST, manifest_text(dict(sorted(files.items()))))
 
 
 def largest_bytes(recipes: list[Recipe]) -> int:

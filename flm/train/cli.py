@@ -13,6 +13,7 @@ from flm.train.launch import process_group, stage_init_from
 from flm.train.loop import StageResult, train_stage
 from flm.train.plot import plot_runs
 from flm.train.run import run_plan, scratch_config
+from flm.train.setup import run_folder_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
     init = stage_init_from(args.init, cfg) if args.init else None
-    with process_group(cfg) as env:
+    with process_group(cfg) as env, run_folder_lock(out, env):
         res = train_stage(cfg, out, resume=args.resume, env=env, init=init)
     if env.is_main:
         print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.scratch:
         cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name
-    with process_group(cfg) as env:
+    with process_group(cfg) as env, run_folder_lock(out, env):
         if args.scratch:
             res = train_stage(cfg, out, resume=args.resume, env=env)
         else:

@@ -38,6 +38,7 @@ from flm.checkpoint import (
     sharded_shapes,
     staging_folder,
     step_name,
+    verify_manifest,
 )
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
@@ -51,8 +52,16 @@ from flm.growth.ramp import MaskRamp
 from flm.hardware import device_peak
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
+from flm.train.preemption import Preempted, StopRequest
 from flm.train.schedule import CosineSchedule
-from flm.train.setup import batch_layout, check_out_dir, check_stage_layout, prepare_stage_data, write_run_config
+from flm.train.setup import (
+    batch_layout,
+    check_out_dir,
+    check_stage_layout,
+    prepare_stage_data,
+    rank0_first,
+    write_run_config,
+)
 from flm.train.state import Counters, RngState, seed_everything
 
 VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
@@ -202,7 +211,8 @@ class Trainer:
     def restore(self, folder: Path) -> None:
         """Every part's state from a checkpoint of this stage (``--resume``)."""
         sharded = is_sharded(folder)
-        data, saved_cfg = load_checkpoint(folder, tensors=not sharded)
+        rank0_first(self.env, lambda: verify_manifest(folder))  # one rank hashes the files, all hear its verdict
+        data, saved_cfg = load_checkpoint(folder, verify=False, tensors=not sharded)
         if saved_cfg.model != self.cfg.model:
             raise FlmError(
                 f"--resume: checkpoint {folder} has model {saved_cfg.model.shape()}, the config asks for "
@@ -353,18 +363,20 @@ class Trainer:
                             "val_loss": self.evaluate(), "d_model": m.d_model, "n_layers": m.n_layers, "time": 0.0})
 
     def fit(self, stop_after: int | None = None) -> StageResult:
-        """Train to ``train.steps`` (or ``stop_after``), logging, validating and checkpointing on the way."""
+        """Train to ``train.steps`` (or ``stop_after``), logging, validating and checkpointing on the way.
+        SIGTERM / SIGUSR1 end it after the current step, with a checkpoint, by raising ``Preempted`` (exit 0)."""
         tc, c = self.cfg.train, self.counters
         self.model.train()
         self._it = iter(self.loader)
         self._t_start = time.perf_counter()
         if self.eval_at_start and c.step == 0:
             self._log_start()
-        window = Throughput()
+        window, tokens0 = Throughput(), c.tokens
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         shown = tc.progress and self.env.is_main
-        bar_cm = progress_bar("train", tc.steps, completed=c.step, enabled=shown, transient=False, console=Console())
-        with bar_cm as bar, self._say_where_on_interrupt():
+        bar_cm = progress_bar("step", tc.steps, completed=c.step, enabled=shown, transient=False, console=Console())
+        stopped = None
+        with bar_cm as bar, self._say_where_on_interrupt(), StopRequest(self.env) as stop:
             while c.step < end:
                 self.last_loss, lr, grad_norm = self.train_step()
                 window.add(self.tokens_per_step)
@@ -375,17 +387,34 @@ class Trainer:
                     if do_eval:
                         rec["val_loss"] = self.evaluate()
                     self.metrics.write(rec)
-                bar.update(completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss))
-                if (tc.ckpt_every and c.step % tc.ckpt_every == 0) or final:
+                rate = (c.tokens - tokens0) / max(time.perf_counter() - self._t_start, 1e-9)
+                bar.update(completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss),
+                           info=f"{rate:,.0f} tok/s")
+                saves = bool(tc.ckpt_every and c.step % tc.ckpt_every == 0) or final
+                if saves:
                     self.save()
+                if stop.agreed():  # SIGTERM / SIGUSR1 on any rank: a checkpoint at this step, then exit 0
+                    if not saves:
+                        self.save()
+                    stopped = stop.name
+                    break
         self.finish_save()
         self.model.close()
         if self._async_group is not None:
             dist.destroy_process_group(self._async_group)
             self._async_group = None
         self.metrics.close()
+        if stopped is not None:
+            self._stop_at_checkpoint(stopped)
         return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
                            train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
+
+    def _stop_at_checkpoint(self, why: str) -> None:
+        """Say where a preempted stage stopped, then end the process with exit code 0."""
+        if self.env.is_main:
+            print(f"stopped by {why} after step {self.counters.step}: checkpoint {self.last_ckpt}; "
+                  "--resume continues from it", flush=True)
+        raise Preempted
 
     @contextlib.contextmanager
     def _say_where_on_interrupt(self):
@@ -443,6 +472,8 @@ def train_stage(
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
     trainer = Trainer(cfg, out_dir, env=env, stage=stage, schedule=schedule, ckpt_dir=ckpt_dir,
                       eval_at_start=eval_at_start, init=init)
+    if init is not None and stage > 1 and env.is_main:  # a growth of `flm run`: say so in a log too
+        print(f"stage {stage}: grown to {_shape(cfg)}, continuing at {init.tokens:,} tokens", flush=True)
     latest = latest_checkpoint(trainer.ckpt_dir) if resume else None
     if latest is not None:
         trainer.restore(latest)
@@ -456,3 +487,7 @@ def train_stage(
 def _desc(stage: int, loss: float, val: float | None) -> str:
     head = f"stage {stage} " if stage else ""
     return f"{head}loss {loss:.3f}" + (f" val {val:.3f}" if val is not None else "")
+
+
+def _shape(cfg: RunConfig) -> str:
+    return ", ".join(f"{k} {v}" for k, v in cfg.model.shape().items())

@@ -1,8 +1,14 @@
-"""What a stage checks and prepares before its first step: the run folder, the data, the batch layout."""
+"""What a stage checks and prepares before its first step: the run folder (and its lock), the data, the
+batch layout."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,8 @@ from flm.data.prepare import PreparedData, prepare_data
 from flm.data.tokenizer import check_vocab
 from flm.distributed.env import DistEnv
 from flm.errors import FlmError
+
+LOCK_FILE = ".lock"  # in the run folder: the advisory lock of its one writer, with the writer's PID and host
 
 
 def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] | None = None) -> Any:
@@ -101,3 +109,49 @@ def check_out_dir(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
     raise FlmError(
         f"{out_dir} already holds {what} (config.toml exists); pass --resume to continue it or choose another --out"
     )
+
+
+def lock_run_folder(out_dir: Path) -> int:
+    """Take the run folder's advisory lock (``fcntl.flock``: the kernel drops it when the process ends, however
+    it ends) and return its file descriptor; another live holder is refused at once, by PID and host."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise FlmError(f"cannot write the run folder {out_dir} ({e.strerror}); pick another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(os.pread(fd, 4096, 0))
+        os.close(fd)
+        raise FlmError(
+            f"{out_dir} is in use by another flm process ({holder}); wait for it to end (or stop it), "
+            "or write into another --out"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+    return fd
+
+
+def _lock_holder(raw: bytes) -> str:
+    try:
+        who = json.loads(raw)
+        return f"PID {who['pid']} on host {who['host']}"
+    except (ValueError, KeyError, TypeError):  # the holder is between taking the lock and writing its name
+        return "its PID is not written yet"
+
+
+@contextmanager
+def run_folder_lock(out_dir: Path, env: DistEnv) -> Iterator[None]:
+    """Hold the lock of ``out_dir`` for the whole job (rank 0 takes it; its refusal ends every rank). A folder
+    that this job created and left empty is removed again (a refused ``--resume`` leaves nothing behind)."""
+    created = not out_dir.exists()
+    fd = rank0_first(env, lambda: lock_run_folder(out_dir))
+    try:
+        yield
+    finally:
+        if fd is not None:
+            if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:
+                (out_dir / LOCK_FILE).unlink()
+                out_dir.rmdir()
+            os.close(fd)

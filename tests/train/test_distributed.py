@@ -38,6 +38,16 @@ def loss_log(run: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r.get("val_loss")) for r in read_metrics(run / "metrics.jsonl")]
 
 
+def resume_matches(config: Path, run: Path, ref: Path) -> None:
+    """``flm train --resume`` the run in ``run`` to its end: the weights and loss log of the uninterrupted
+    ``ref``, bitwise."""
+    res = flm("train", str(config), "--out", str(run), "--resume")
+    assert res.returncode == 0, res.stderr
+    a, b = weights(ref), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_log(ref) == loss_log(run)
+
+
 def test_kill_minus_nine_then_resume_is_bitwise_exact(tiny_cfg, tmp_path):
     cfg = tiny_cfg(steps=200, ckpt_every=20, keep_last=3, eval_every=50, log_every=5)
     cfg["model"].update(d_model=64, n_heads=4)
@@ -59,11 +69,7 @@ def test_kill_minus_nine_then_resume_is_bitwise_exact(tiny_cfg, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "checkpoints" / "step_00000200").exists()
 
-    res = flm("train", str(path), "--out", str(run), "--resume")
-    assert res.returncode == 0, res.stderr
-    a, b = weights(tmp_path / "ref"), weights(run)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert loss_log(tmp_path / "ref") == loss_log(run)
+    resume_matches(path, run, tmp_path / "ref")
 
 
 def test_fsdp2_two_ranks_matches_single_process(tiny_cfg, tmp_path):
