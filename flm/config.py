@@ -250,6 +250,15 @@ class OptimConfig(_Strict):
         return self
 
 
+class SpikeConfig(_Strict):
+    """train.spike: what a loss spike or a non-finite loss / gradient norm does (docs/reliability.md)."""
+
+    factor: float = Field(3.0, gt=1, description="a loss above factor x the running mean of recent losses is a spike")
+    window: int = Field(50, gt=0, description="accepted steps the running mean covers")
+    action: Literal["skip"] = Field("skip", description="skip: drop the update (weights, moments, step unchanged)")
+    max_events: int = Field(10, ge=0, description="stop the run after this many skipped steps")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(200, gt=0, description="optimizer steps for one stage")
     batch_size: int = Field(16, gt=0, description="global batch, in sequences")
@@ -264,6 +273,7 @@ class TrainConfig(_Strict):
         "full", description="full: rank 0 gathers and writes whole tensors; sharded: every rank writes its own "
         "shards (torch.distributed.checkpoint), which resume under any other layout"
     )
+    spike: SpikeConfig | None = Field(None, description="loss-spike / NaN guard; unset: a non-finite loss stops")
     async_checkpoint: bool = Field(
         False, description="sharded checkpoints only: write the shards in the background while training goes on"
     )

@@ -62,6 +62,7 @@ from flm.train.setup import (
     rank0_first,
     write_run_config,
 )
+from flm.train.spike import SpikeGuard
 from flm.train.state import Counters, RngState, seed_everything
 
 VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
@@ -178,6 +179,7 @@ class Trainer:
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
                                   rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
         self.ramp = MaskRamp(0)
+        self.spike = SpikeGuard(tc.spike)
         self.rng = RngState()
         self.counters = Counters()
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
@@ -242,6 +244,7 @@ class Trainer:
                 "raise train.steps to train further"
             )
         self.loader.load_state_dict(tr["loader"])
+        self.spike.load_state_dict(tr.get("spike"))
         self.ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
         if data.rng:
             self.rng.load_state_dict(data.rng)
@@ -279,7 +282,8 @@ class Trainer:
             seconds = self.counters.seconds + time.perf_counter() - self._t_start
             trainer = {"stage": self.stage, **self.counters.state_dict(), "seconds": seconds,
                        "train_loss": self.last_loss, "ramp": self.ramp.state_dict() if self.ramp.total else None,
-                       "loader": self.loader.state_dict()}  # global position: the same on every rank
+                       "loader": self.loader.state_dict(),  # global position: the same on every rank
+                       "spike": self.spike.state_dict()}
             data = CheckpointData(
                 model=model_state, optim_tensors=optim[0],
                 optim_meta={"step": optim[1], "lr": self.schedule(max(at - 1, 0))},
@@ -316,10 +320,11 @@ class Trainer:
         return self._async_group
 
     # ----- training ---------------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over ``accum`` micro-batches; returns (loss, lr, grad norm). The loss of a
-        micro-batch is its masked token sum over the global number of loss tokens, so the gradients are
-        those of the mean over the whole global batch (FSDP2 averages over the dp replicas: hence the / dp)."""
+    def train_step(self) -> tuple[float, float, float] | None:
+        """One optimizer step over ``accum`` micro-batches; returns (loss, lr, grad norm), or None when the
+        spike guard skipped it. The loss of a micro-batch is its masked token sum over the global number of
+        loss tokens, so the gradients are those of the mean over the whole global batch (FSDP2 averages over
+        the dp replicas: hence the / dp)."""
         env, step = self.env, self.counters.step
         lr = self.schedule(step)
         for g in self.optimizer.param_groups:
@@ -329,16 +334,31 @@ class Trainer:
         denom = env.sum_over_dp(count).clamp_min(1.0) / env.dp_size
         loss_sum = self.model.forward_backward(batches, denom)
         grad_norm = self.model.clip_grad_norm_(self.cfg.optim.clip)
+        loss = float(env.sum_over_dp(loss_sum)) / env.dp_size  # the same on every rank: they all judge alike
+        reason = self.spike.judge(loss, float(grad_norm))
+        if reason is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip(reason, loss, float(grad_norm))
+            return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ramp.step(self.model)
         self.counters.advance(self.tokens_per_step, self.flops_per_token)
-        loss = float(env.sum_over_dp(loss_sum)) / env.dp_size
         if not math.isfinite(loss):
             raise FlmError(
                 f"loss became {loss} at step {self.counters.step}; lower optim.lr or raise optim.warmup_steps"
             )
         return loss, lr, float(grad_norm)
+
+    def _skip(self, reason: str, loss: float, grad_norm: float) -> None:
+        """Log a skipped step (metrics.jsonl, report.md), with where the data stream stood."""
+        c = self.counters
+        self.metrics.write({"stage": self.stage, "step": c.step, "event": "spike skipped", "reason": reason,
+                            "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
+                            "data": self.loader.state_dict()})
+        if self.env.is_main:
+            print(f"step {c.step + 1} skipped: {reason}", file=sys.stderr)
+        self.spike.count(c.step + 1, reason)
 
     def evaluate(self) -> float:
         self.val_loss = self.validation(self.model)
@@ -378,7 +398,10 @@ class Trainer:
         stopped = None
         with bar_cm as bar, self._say_where_on_interrupt(), StopRequest(self.env) as stop:
             while c.step < end:
-                self.last_loss, lr, grad_norm = self.train_step()
+                done = self.train_step()
+                if done is None:  # skipped by the spike guard: on to the next batch
+                    continue
+                self.last_loss, lr, grad_norm = done
                 window.add(self.tokens_per_step)
                 final = c.step == tc.steps
                 do_eval = self.validate and (bool(tc.eval_every) and c.step % tc.eval_every == 0 or final)

@@ -237,5 +237,7 @@ def write_report(run_dir: Path, stages: list[Stage]) -> None:
                 f"- Growth into stage {b['stage']}: val loss {a['val_end']:.4f} before, {b['val_start']:.4f} "
                 f"right after ({change:+.4f}%)."
             )
+    skipped = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("event") == "spike skipped"]
+    lines += [f"- Stage {r['stage']}, step {r['step'] + 1} skipped (train.spike): {r['reason']}." for r in skipped]
     lines += ["", "![loss](loss.png)", ""]
     atomic_write(Path(run_dir) / "report.md", "\n".join(lines))

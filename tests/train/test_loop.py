@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from flm.checkpoint import latest_checkpoint, load_model
 from flm.cli import main
 from flm.config import ModelConfig, config_from_dict, dump_toml
+from flm.distributed.env import DistEnv
 from flm.errors import FlmError
 from flm.model import FLM
-from flm.train.loop import train_stage
+from flm.train.loop import Trainer, train_stage
 from flm.train.metrics import read_metrics
 
 
@@ -240,3 +241,39 @@ def test_document_mask_reaches_the_model(tiny_cfg, tiny_corpus, tmp_path):
         losses[mask] = [(r.get("loss"), r.get("val_loss")) for r in read_metrics(out / "metrics.jsonl")]
     assert losses[True] != losses[False]
     assert all(v is None or math.isfinite(v) for row in losses[True] for v in row)
+
+
+ONE = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _spiky(trainer, at: dict[int, float]) -> None:
+    """Make the trainer's loss at the given (0-based) steps the given value: a poisoned batch."""
+    real, calls = trainer.model.forward_backward, []
+
+    def forward_backward(batches, denom):
+        loss = real(batches, denom)
+        calls.append(len(calls))
+        return loss * 0 + at[calls[-1]] if calls[-1] in at else loss
+
+    trainer.model.forward_backward = forward_backward
+
+
+def test_spike_guard_skips_the_update_and_stops_past_max_events(tiny_cfg, tmp_path):
+    d = tiny_cfg(steps=8, eval_every=0)
+    d["train"]["spike"] = {"factor": 2.0, "window": 5, "max_events": 1}
+    trainer = Trainer(config_from_dict(d), tmp_path / "a", env=ONE)
+    _spiky(trainer, {5: 100.0, 7: float("nan")})
+    trainer._it = iter(trainer.loader)
+    for _ in range(5):
+        trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.model.module.state_dict().items()}
+    moments = {id(p): s["exp_avg"].clone() for p, s in trainer.optimizer.state.items()}
+    assert trainer.train_step() is None  # the spike: nothing moves
+    assert trainer.counters.step == 5
+    assert all(torch.equal(v, trainer.model.module.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(s["exp_avg"], moments[id(p)]) for p, s in trainer.optimizer.state.items())
+    assert trainer.train_step() is not None and trainer.counters.step == 6
+    with pytest.raises(FlmError, match=r"2 steps skipped by train.spike \(max_events = 1\), the last for non-finite"):
+        trainer.train_step()
+    events = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r.get("event") == "spike skipped"]
+    assert [e["step"] for e in events] == [5, 6] and "above 2 x the running mean" in events[0]["reason"]
