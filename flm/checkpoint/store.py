@@ -24,6 +24,7 @@ checkpoint written by N ranks loads into M ranks, or into one process, unchanged
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -224,8 +225,14 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
         else:
             tmp.rename(folder)
         fsync_folder(folder.parent, files=False)  # the rename itself
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = [p for p in list_checkpoints(folder.parent.parent) if (p / MANIFEST).is_file()]
+            raise FlmError(
+                f"no space left on the device writing checkpoint {folder} ({e.strerror}); nothing half-written is "
+                f"left, the newest complete checkpoint is {kept[-1] if kept else 'none'}: free space, then --resume"
+            ) from None
         raise
     return folder
 
