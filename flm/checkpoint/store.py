@@ -217,6 +217,8 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
             tokenizer.save(tmp)
         fsync_folder(tmp)
         write_manifest(tmp)
+        if folder.exists() and not (folder / MANIFEST).is_file():  # not one this run completed: keep it aside
+            folder.rename(folder.parent / f".incomplete-{folder.name}-{os.getpid()}")
         if folder.exists():
             old = folder.parent / f".old-{folder.name}-{os.getpid()}"
             folder.rename(old)
@@ -284,6 +286,12 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     ckpts = [p for p in list_checkpoints(run_dir) if (p / MANIFEST).is_file()]
     return ckpts[-1] if ckpts else None
+
+
+def incomplete_checkpoints(run_dir: Path, after: Path | None) -> list[Path]:
+    """Checkpoint folders without a manifest (a save killed mid-way, or a manifest deleted) newer than ``after``."""
+    newer = [p for p in list_checkpoints(run_dir) if after is None or p.name > after.name]
+    return [p for p in newer if not (p / MANIFEST).is_file()]
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

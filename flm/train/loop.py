@@ -27,9 +27,11 @@ from torch import Tensor
 
 from flm.checkpoint import (
     CKPT_SUBDIR,
+    MANIFEST,
     SHARDED_MODEL,
     SHARDED_OPTIM,
     CheckpointData,
+    incomplete_checkpoints,
     is_sharded,
     latest_checkpoint,
     load_checkpoint,
@@ -498,6 +500,11 @@ def train_stage(
     if init is not None and stage > 1 and env.is_main:  # a growth of `flm run`: say so in a log too
         print(f"stage {stage}: grown to {_shape(cfg)}, continuing at {init.tokens:,} tokens", flush=True)
     latest = latest_checkpoint(trainer.ckpt_dir) if resume else None
+    if resume and env.is_main:
+        for folder in incomplete_checkpoints(trainer.ckpt_dir, after=latest):
+            print(f"note: {folder} is incomplete (no {MANIFEST}); resuming from "
+                  f"{latest or 'the start of the stage'}; it is kept, moved aside, when this step is saved again",
+                  file=sys.stderr)
     if latest is not None:
         trainer.restore(latest)
     else:
