@@ -13,7 +13,7 @@ from flm.train.launch import process_group, stage_init_from
 from flm.train.loop import StageResult, train_stage
 from flm.train.plot import plot_runs
 from flm.train.run import run_plan, scratch_config
-from flm.train.setup import run_folder_lock
+from flm.train.setup import check_stage_layout, run_folder_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +62,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
     init = stage_init_from(args.init, cfg) if args.init else None
-    with process_group(cfg) as env, run_folder_lock(out, env):
-        res = train_stage(cfg, out, resume=args.resume, env=env, init=init)
+    with process_group(cfg) as env:
+        check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
+        with run_folder_lock(out, env):
+            res = train_stage(cfg, out, resume=args.resume, env=env, init=init)
     if env.is_main:
         print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
               f"{res.train_loss:.4f}{_val_loss(res)}; checkpoint {res.checkpoint}")
