@@ -161,6 +161,9 @@ class GrowthConfig(_Strict):
 class DataSource(_Strict):
     path: str | None = Field(None, description="file or glob: .txt, .jsonl, .jsonl.gz with a 'text' field")
     weight: float = Field(1.0, ge=0, description="share of the mixture (0: never drawn)")
+    allow_undecodable: bool = Field(
+        False, description="train on files that do not look like UTF-8 text (NUL bytes, replacement characters)"
+    )
     kind: Literal["text", "teacher"] = Field("text", description="teacher: labelled items -> teacher signals")
     pack: Literal["stream", "whole"] | None = Field(
         None, description="stream: cut into windows across documents; whole: every document whole in one "

@@ -252,7 +252,37 @@ def _resolve(src: DataSource, where: str, root: Path, split: str) -> _Source:
             raise FlmError(
                 f"{where}.path: {m}: unsupported file type; use .txt, .md or .jsonl (each optionally .gz)"
             )
+        problem = None if src.allow_undecodable else _not_text(m)
+        if problem:
+            raise FlmError(
+                f"{where}.path: {m} does not look like UTF-8 text ({problem}); convert it (e.g. iconv -f UTF-16 "
+                f"-t UTF-8), or set {where}.allow_undecodable = true to train on it anyway"
+            )
     return _Source(where, src.path, src.weight, matches, src.packing)
+
+
+SNIFF_BYTES = 1 << 16  # the start of every file is checked: enough to tell text from UTF-16 or binary
+BAD_SHARE = 0.01  # more than 1% NUL bytes, replacement or control characters: not UTF-8 text
+
+
+def _not_text(path: Path) -> str | None:
+    """Why the start of ``path`` is not UTF-8 text (NUL bytes: UTF-16 or binary; undecodable bytes; control
+    characters), or None. Empty files pass (the loader says what is missing)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(SNIFF_BYTES)
+    except (OSError, EOFError) as e:
+        return f"cannot read it: {e}"
+    if not raw:
+        return None
+    if raw.count(0) > BAD_SHARE * len(raw):
+        return f"{raw.count(0) / len(raw):.0%} NUL bytes: UTF-16 or binary"
+    text = raw.decode("utf-8", errors="replace")
+    bad = sum(ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f") for ch in text)
+    if bad > BAD_SHARE * len(text):
+        return f"{bad / len(text):.0%} undecodable bytes or control characters"
+    return None
 
 
 def _resolve_all(data_cfg: DataConfig, root: Path) -> dict[str, list[_Source]]:

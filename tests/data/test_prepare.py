@@ -217,3 +217,25 @@ def test_vocab_larger_than_model_fails_before_tokenizing(corpus: Path, tmp_path:
     with pytest.raises(FlmError, match="512 tokens but model.vocab_size is 300"):
         prepare_data(cfg, progress=False, model=ModelConfig(vocab_size=300))
     assert not list((tmp_path / "prepared").glob("*/index.json"))
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (lambda text: text.encode("utf-16"), "NUL bytes: UTF-16 or binary"),
+        (lambda text: random.Random(1).randbytes(20000).replace(b"\x00", b"\x01"), "undecodable bytes or control"),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path, content, words) -> None:
+    text = make_text(random.Random(0), 3000)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "v.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    bad = src / "bad.txt"
+    bad.write_bytes(content(text))
+    with pytest.raises(FlmError) as e:
+        prepare_data(data_cfg(tmp_path, [{"path": str(bad)}]), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and f"data.train[0].path: {bad} does not look like UTF-8 text" in msg and words in msg
+    assert "allow_undecodable = true" in msg and not (tmp_path / "prepared").exists()
+    prepare_data(data_cfg(tmp_path, [{"path": str(bad), "allow_undecodable": True}]), progress=False)  # knowingly
