@@ -17,25 +17,14 @@ from flm.checkpoint.store import (
     write_manifest,
 )
 from flm.errors import FlmError
-from flm.growth.tensorio import DcpReader, SafetensorsWriter
+from flm.growth.tensorio import DcpReader, stream_tensors
 from flm.io import atomic_folder
 
 
 def _stream(src: Path, dst: Path, progress=None) -> int:
     reader = DcpReader(src)
-    names = sorted(reader.shapes)
-    writer = SafetensorsWriter(dst, [(n, reader.dtype(n), reader.shapes[n]) for n in names])
-    try:
-        for name in names:
-            t = reader.read(name)
-            writer.write(name, t)
-            if progress is not None:
-                progress(t.numel() * t.element_size())
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
-    return writer.nbytes
+    entries = [(n, reader.dtype(n), reader.shapes[n]) for n in sorted(reader.shapes)]
+    return stream_tensors(dst, entries, reader.read, progress)[1]
 
 
 def consolidate(ckpt: Path, out: Path, progress=None) -> int:

@@ -25,7 +25,7 @@ from flm.config import GrowthConfig, ModelConfig, RunConfig, config_from_dict, c
 from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
-from flm.growth.tensorio import SafetensorsWriter, TensorSource, open_tensors
+from flm.growth.tensorio import TensorSource, open_tensors, stream_tensors
 from flm.io import atomic_folder, sha256_file
 from flm.model import FLM
 
@@ -67,23 +67,15 @@ def _stream_file(
     def dtype_of(tp: TensorPlan) -> torch.dtype:
         return src.dtype(tp.source) if src is not None and tp.source is not None else default_dtype
 
+    by_name = {tp.name: tp for tp in plans}
+
+    def grown(name: str) -> torch.Tensor:
+        tp = by_name[name]
+        old = src.read(tp.source) if src is not None and tp.source is not None else None
+        return build_tensor(tp, old, seed, dtype_of(tp))
+
     entries = [(tp.name, dtype_of(tp), tp.shape) for tp in plans]
-    writer = SafetensorsWriter(path, entries, metadata={"format": "pt"})
-    largest = 0
-    try:
-        for tp, (_, dtype, _) in zip(plans, entries):
-            old = src.read(tp.source) if src is not None and tp.source is not None else None
-            t = build_tensor(tp, old, seed, dtype)
-            nbytes = t.numel() * t.element_size()
-            largest = max(largest, nbytes)
-            writer.write(tp.name, t)
-            del old, t
-            if progress is not None:
-                progress(nbytes)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close(), writer.nbytes, largest
+    return stream_tensors(path, entries, grown, progress, metadata={"format": "pt"})
 
 
 def _moment_plans(plan: GrowthPlan, src: TensorSource) -> list[TensorPlan]:
@@ -120,6 +112,11 @@ class GrownTensors(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._plans)
+
+    def close(self) -> None:
+        """Close the checkpoint reader (once the trainer has taken its shards)."""
+        if self._src is not None:
+            self._src.close()
 
 
 def grown_tensors(folder: Path, cfg: ModelConfig, growth: GrowthConfig, seed: int

@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -241,6 +242,33 @@ class _Sink:
             os.close(self._fd)
             del self._stage_t
             self._stage.close()
+
+
+def stream_tensors(
+    path: str | os.PathLike[str],
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    produce: Callable[[str], Tensor],
+    progress: Callable[[int], None] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> tuple[str, int, int]:
+    """Write ``entries`` to a safetensors file, each tensor made by ``produce(name)`` only when its turn comes
+    (memory holds about one at a time); returns (sha256, file bytes, largest tensor bytes). On any error the
+    partial file is abandoned."""
+    writer = SafetensorsWriter(path, entries, metadata=metadata)
+    largest = 0
+    try:
+        for name, _, _ in entries:
+            t = produce(name)
+            nbytes = t.numel() * t.element_size()
+            largest = max(largest, nbytes)
+            writer.write(name, t)
+            del t
+            if progress is not None:
+                progress(nbytes)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(), writer.nbytes, largest
 
 
 class SafetensorsWriter:

@@ -14,7 +14,7 @@ from torch import Tensor
 from flm.checkpoint import MANIFEST
 from flm.checkpoint.store import manifest_text
 from flm.errors import FlmError
-from flm.growth.tensorio import SafetensorsWriter
+from flm.growth.tensorio import stream_tensors
 from flm.io import atomic_folder, atomic_write, sha256_file
 
 
@@ -31,18 +31,11 @@ class Recipe:
 def write_tensors(path: Path, recipes: list[Recipe], metadata: dict[str, str] | None = None) -> tuple[str, int]:
     """Stream ``recipes`` into a safetensors file: one recipe's tensors in memory at a time.
     Returns (sha256, bytes)."""
-    writer = SafetensorsWriter(
-        path, [(r.name, r.dtype, r.shape) for r in recipes], metadata=metadata or {"format": "pt"}
-    )
-    try:
-        for r in recipes:
-            t = r.make().to(r.dtype).contiguous()
-            writer.write(r.name, t)
-            del t
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close(), writer.nbytes
+    by_name = {r.name: r for r in recipes}
+    entries = [(r.name, r.dtype, r.shape) for r in recipes]
+    sha, nbytes, _ = stream_tensors(path, entries, lambda name: by_name[name].make().to(by_name[name].dtype),
+                                    metadata=metadata or {"format": "pt"})
+    return sha, nbytes
 
 
 def write_manifest(folder: Path, known: dict[str, dict[str, object]]) -> None:

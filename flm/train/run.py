@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config, verify_manifest
-from flm.checkpoint.grow import grown_tensors
+from flm.checkpoint.grow import GrownTensors, grown_tensors
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
@@ -157,6 +157,10 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
             schedule=schedule, ckpt_dir=out_dir / stage.folder, save_config_file=False,
             eval_at_start=True,
         )
+        if init is not None:  # the grown tensors are in the trained stage's checkpoints now
+            for tensors in (init.model_state, init.optim_tensors):
+                if isinstance(tensors, GrownTensors):
+                    tensors.close()
         prev = _final_checkpoint(out_dir, stage)
     if env.is_main:
         write_report(out_dir, stages)

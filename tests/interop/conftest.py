@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from flm.checkpoint import CheckpointData, save_checkpoint
+from flm.checkpoint import CheckpointData, load_model, save_checkpoint
 from flm.config import config_from_dict
 from flm.data.tokenizer import HFTokenizer, train_bpe
+from flm.generate import generate
 from flm.model import FLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,3 +73,12 @@ def make_neox(tmp_path: Path, tok: HFTokenizer) -> Callable[..., Path]:
         return out
 
     return make
+
+
+def assert_same_greedy(ckpt, hf, prompt: list[int], n: int, vocab_size: int) -> None:
+    """Greedy generation with the KV cache gives the same tokens in flm (checkpoint ``ckpt``) and transformers."""
+    model, _, _ = load_model(ckpt)
+    ours = generate(model, prompt, n, temperature=0, vocab_size=vocab_size, use_cache=True)
+    # the exported generation config is greedy and never picks the embedding's padding rows, as flm does
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=n, use_cache=True)[0].tolist()
+    assert len(ours) == len(prompt) + n and ours == theirs

@@ -12,10 +12,11 @@ from flm.checkpoint.grow import grow_checkpoint
 from flm.cli import main
 from flm.data.tokenizer import load_tiktoken
 from flm.errors import FlmError
-from flm.generate import generate
 from flm.growth.spec import parse_growth_spec
 from flm.interop.hf_export import export_hf
 from flm.interop.hf_tokenizer import save_hf_tokenizer
+
+from .conftest import assert_same_greedy
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,14 +52,7 @@ def test_export_is_gpt_neox_with_same_logits(make_ckpt, tmp_path, options):
 def test_greedy_generation_with_cache_matches(make_ckpt, tmp_path, tok):
     ckpt = make_ckpt()
     export_hf(ckpt, tmp_path / "hf")
-    model, _, _ = load_model(ckpt)
-    hf = _hf(tmp_path / "hf")
-    prompt = tok.encode("the king of spain is")
-    ours = generate(model, prompt, 20, temperature=0, vocab_size=tok.vocab_size, use_cache=True)
-    # the exported generation config is greedy and never picks the embedding's padding rows, as flm does
-    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, use_cache=True)[0].tolist()
-    assert len(ours) == len(prompt) + 20
-    assert ours == theirs
+    assert_same_greedy(ckpt, _hf(tmp_path / "hf"), tok.encode("the king of spain is"), 20, tok.vocab_size)
 
 
 def test_tokenizer_loads_in_transformers_with_same_ids(make_ckpt, tmp_path, tok):

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from flm.checkpoint import load_model, read_config
-from flm.generate import generate
 from flm.interop.hf_export import export_hf
 from flm.interop.hf_import import import_hf
+
+from .conftest import assert_same_greedy
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,12 +45,7 @@ def test_remote_code_matches_flm(make_ckpt, tmp_path, name):
 def test_remote_code_greedy_generation_with_cache(make_ckpt, tmp_path, tok):
     ckpt = make_ckpt(**OPTIONS["flm101b-options"])
     export_hf(ckpt, tmp_path / "hf")
-    model, _, _ = load_model(ckpt)
-    hf = _load(tmp_path / "hf")
-    prompt = tok.encode("the river of stone")
-    ours = generate(model, prompt, 24, temperature=0, vocab_size=tok.vocab_size, use_cache=True)
-    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=24, use_cache=True)[0].tolist()
-    assert len(ours) == len(prompt) + 24 and ours == theirs
+    assert_same_greedy(ckpt, _load(tmp_path / "hf"), tok.encode("the river of stone"), 24, tok.vocab_size)
 
 
 def test_xpos_export_imports_back_bitwise(make_ckpt, tmp_path):
