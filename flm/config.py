@@ -128,6 +128,10 @@ class GrowthConfig(_Strict):
         None, ge=0, description="old layer every new block copies (default: the old block just below it)"
     )
     reset_optimizer: bool = False
+    readout: Literal["keep", "mup"] = Field(
+        "keep", description="μP width growth: keep the readout multiplier (function-preserving; output_mult "
+        "scales with d_model) or move it to the new width's over the ramp"
+    )
 
     def apply(self, model: ModelConfig, where: str = "grow") -> ModelConfig:
         """The grown shape; refuses to shrink any dimension; keeps head_dim."""
@@ -153,6 +157,9 @@ class GrowthConfig(_Strict):
                     f"{where}.n_heads to keep the attention width apart from d_model"
                 )
             update["n_heads"] = self.d_model // hd
+        if model.mup_base_width and self.readout == "keep" and update.get("d_model", model.d_model) != model.d_model:
+            # readout multiplier output_mult / width_mult unchanged: the old logits are not rescaled
+            update["output_mult"] = model.output_mult * update["d_model"] / model.d_model
         data = model.model_dump()
         data.update(update)
         return _validated(ModelConfig, data, where=f"{where} result")
@@ -258,8 +265,10 @@ class SpikeConfig(_Strict):
 
     factor: float = Field(3.0, gt=1, description="a loss above factor x the running mean of recent losses is a spike")
     window: int = Field(50, gt=0, description="accepted steps the running mean covers")
-    action: Literal["skip"] = Field("skip", description="skip: drop the update (weights, moments, step unchanged)")
-    max_events: int = Field(10, ge=0, description="stop the run after this many skipped steps")
+    action: Literal["skip", "rollback"] = Field(
+        "skip", description="skip: drop the update (weights, moments, step unchanged); rollback: reload the last "
+        "checkpoint and read on after the bad batch (skip while there is none)")
+    max_events: int = Field(10, ge=0, description="stop the run after this many spikes (skipped or rolled back)")
 
 
 class TrainConfig(_Strict):
@@ -334,8 +343,15 @@ class StageConfig(_Strict):
     grow: GrowthConfig | None = None
     steps: int | None = Field(None, gt=0)
     tokens: int | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0, description="stage-start LR (default: inherited)")
-    warmup_steps: int | None = Field(None, ge=0)
+    lr: float | None = Field(
+        None, gt=0, description="lr_mode restart: the stage's peak LR; inherit: only the first stage's (the plan's peak)"
+    )
+    lr_scale: float | None = Field(
+        None, gt=0, description="lr_mode inherit, later stages: multiplies the inherited LR from this stage on"
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, description="restart: the stage's warmup; inherit: later stages move to lr_scale over these steps"
+    )
     batch_size: int | None = Field(None, gt=0)
     data: StageData | None = Field(None, description="this stage's training mixture (e.g. teacher signals late)")
     parallel: ParallelConfig | None = None

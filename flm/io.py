@@ -3,6 +3,7 @@ rule, folder fsync."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from flm.errors import FlmError
 
 
 def current_umask() -> int:
@@ -82,4 +85,22 @@ def atomic_folder(out: Path) -> Iterator[Path]:
         fsync_folder(out.parent, files=False)  # the rename itself
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def raise_if_disk_full(e: BaseException, path: Path, fix: str) -> None:
+    """A full disk (or quota) while writing ``path`` becomes one ``FlmError`` line; the caller removes what it
+    half-wrote (or has already)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "" if e.errno == errno.ENOSPC else f" ({e.strerror})"
+        raise FlmError(f"no space left on device writing {path}{why}; nothing half-written is left: {fix}") from None
+
+
+@contextmanager
+def disk_full_is_one_line(path: Path, fix: str) -> Iterator[None]:
+    """``raise_if_disk_full`` for the block (whose own cleanup, e.g. ``atomic_folder``, runs first)."""
+    try:
+        yield
+    except OSError as e:
+        raise_if_disk_full(e, path, fix)
         raise

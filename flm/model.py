@@ -12,7 +12,8 @@ new units. For a marked unit the mask is ``m``, otherwise 1:
 - heads: q, k, v of new heads are multiplied by the head mask;
 - FFN: gelu(mask * (x W1 + b1));
 - depth: h <- m * Block(h) + (1 - m) * h for new blocks;
-- muP readout multiplier: linearly interpolated from the old width's to the new width's.
+- muP readout multiplier: unchanged by default (the grown config's output_mult scales with d_model); with
+  grow.readout = "mup" linearly interpolated from the old width's to the new width's.
 """
 
 from __future__ import annotations

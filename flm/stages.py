@@ -37,9 +37,10 @@ class Stage:
     tokens: int  # what the stage trains on: as given, or steps · batch_size · seq_len
     growth: GrowthConfig | None  # how it grows out of the previous stage; None for the first
     tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU, for `flm cost`
-    lr: float | None  # stage-start LR (stages[i].lr); None: inherited
+    lr: float | None  # stages[i].lr: the stage's peak (restart), the plan's peak (inherit, first stage only)
     warmup_steps: int | None  # stages[i].warmup_steps; None: optim.warmup_steps
     parallel_where: str = "parallel"  # the table that sets its layout: "stages[i].parallel", or "parallel"
+    lr_scale: float | None = None  # stages[i].lr_scale (inherit): multiplies the inherited LR from this stage on
 
     @property
     def model(self) -> ModelConfig:
@@ -84,9 +85,32 @@ def resolve_stages(cfg: RunConfig) -> list[Stage]:
             index=i + 1, name=st.name or f"stage {i + 1}", where=where, cfg=stage_cfg, steps=steps,
             tokens=st.tokens or tokens, growth=st.grow, tflops_per_gpu=st.tflops_per_gpu, lr=st.lr,
             warmup_steps=st.warmup_steps, parallel_where=f"{where}.parallel" if st.parallel else "parallel",
+            lr_scale=st.lr_scale,
         ))
     _check_warmups(cfg, stages)
+    _check_lr_keys(cfg, stages)
     return stages
+
+
+def _check_lr_keys(cfg: RunConfig, stages: list[Stage]) -> None:
+    """Under 'inherit' a later stage continues the previous stage's LR (flm.train.schedule), so its own
+    ``lr`` would contradict that: it changes the LR only through ``lr_scale``, which 'restart' has no use for."""
+    for s in stages:
+        later = s.index > 1
+        if cfg.lr_mode == "inherit" and later and s.lr is not None:
+            raise FlmError(
+                f"{s.where}.lr = {s.lr}: under lr_mode 'inherit' stage {s.index} continues the previous stage's "
+                f"learning rate; drop it (or scale the inherited LR with {s.where}.lr_scale, or set "
+                "lr_mode = 'restart' for a schedule per stage)"
+            )
+        if s.lr_scale is not None and (cfg.lr_mode != "inherit" or not later):
+            why = "the first stage has no LR to inherit" if not later else "lr_mode 'restart' gives each stage its lr"
+            raise FlmError(f"{s.where}.lr_scale: {why}; set {s.where}.lr instead")
+        if cfg.lr_mode == "inherit" and later and s.warmup_steps and s.lr_scale is None:
+            raise FlmError(
+                f"{s.where}.warmup_steps = {s.warmup_steps}: under lr_mode 'inherit' a later stage's warmup moves "
+                f"from the inherited LR to {s.where}.lr_scale times it; set {s.where}.lr_scale, or drop the warmup"
+            )
 
 
 def _stage_config(cfg: RunConfig, i: int, st: StageConfig | None, model: ModelConfig) -> RunConfig:
@@ -136,7 +160,7 @@ def stage_mixture(cfg: RunConfig, i: int, st: StageConfig) -> list[dict]:
 def _check_warmups(cfg: RunConfig, stages: list[Stage]) -> None:
     """A warmup longer than the steps it covers never lets the LR reach its peak (flm.train.schedule):
     without stages optim.warmup_steps covers train.steps; under lr_mode 'restart' each stage warms up on its
-    own; under 'inherit' the first stage's warmup covers the whole plan and a later stage's re-warms it."""
+    own; under 'inherit' the first stage's warmup covers the whole plan and a later stage's moves to its lr_scale."""
     if not cfg.stages:
         check_warmup("optim.warmup_steps", cfg.optim.warmup_steps, stages[0].steps, "train.steps")
         return

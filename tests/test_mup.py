@@ -300,7 +300,8 @@ def test_grown_model_follows_the_mup_rules_of_its_new_width():
 
     torch.manual_seed(0)
     small = FLM(small_cfg(128))
-    grown = grow_model(small, GrowthConfig(d_model=256, d_ff=1024, n_heads=16, ramp_steps=10)).model
+    # readout = "mup": the new width's readout multiplier too (the default keeps the old one, flm.config.GrowthConfig)
+    grown = grow_model(small, GrowthConfig(d_model=256, d_ff=1024, n_heads=16, ramp_steps=10, readout="mup")).model
     grown.end_growth()  # after the ramp: the grown model is a plain width-256 model
     torch.manual_seed(1)
     fresh = FLM(small_cfg(256))

@@ -29,9 +29,11 @@ def _cfg(stages: list[dict] | None = None, **parts) -> dict:
 
 
 def _three(**parts) -> dict:
+    parts.setdefault("lr_mode", "restart")  # a stage's own lr; under 'inherit' a later stage scales the inherited one
+    lr = {"lr": 5e-4} if parts["lr_mode"] == "restart" else {"lr_scale": 0.5}
     return _cfg([
         {"steps": 20},
-        {"tokens": 1000, "batch_size": 8, "lr": 5e-4, "warmup_steps": 2, "name": "wide",
+        {"tokens": 1000, "batch_size": 8, **lr, "warmup_steps": 2, "name": "wide",
          "parallel": {"tp": 2, "dp": 1}, "tflops_per_gpu": 10.0, "grow": {"d_model": 128, "ramp_steps": 3}},
         {"steps": 6, "grow": {"n_layers": 4, "ramp_steps": 6}},
     ], **parts)
@@ -116,6 +118,8 @@ def test_warmups_that_fit_are_accepted(lr_mode):
     data["stages"][2]["warmup_steps"] = 6
     if lr_mode == "restart":
         data["stages"][0]["warmup_steps"] = 20
+    else:  # a later stage's warmup moves to its lr_scale
+        data["stages"][2]["lr_scale"] = 1.5
     assert [s.steps for s in resolve_stages(config_from_dict(data))] == [20, 4, 6]
 
 

@@ -43,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     Grow a checkpoint (width, FFN, heads, depth; any subset at once) into a new checkpoint folder. The
     grown model computes the same function as the old one (growth masks at m = 0, saved in
     growth.safetensors; training ramps them to 1 over ramp_steps). Tensors are streamed one at a time,
-    so checkpoints larger than RAM can be grown. Exit code 2 on a bad spec or checkpoint.
+    so checkpoints larger than RAM can be grown; a sharded checkpoint is read and (by default) written
+    sharded. Exit code 2 on a bad spec or checkpoint.
     """
     growth = parse_growth_spec(args.to)
     with progress_bar("growing", enabled=not args.no_progress, unit="bytes") as bar:
-        rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed, progress=bar.start)
+        rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed, progress=bar.start, fmt=args.format)
     changed = ", ".join(f"{k} {rep.old[k]} -> {rep.new[k]}" for k in rep.new if rep.new[k] != rep.old[k])
     print(f"grew {changed or 'nothing (same shape)'}")
     print(f"wrote {rep.out} ({rep.bytes_written / 1e9:.3f} GB of tensors in {rep.seconds:.1f} s)")
@@ -116,4 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(exit 1 above {CHECK_TOLERANCE:g}); loads both models into memory",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the new weights' random init (default 0)")
+    p.add_argument("--format", choices=("full", "sharded"), default=None,
+                   help="write safetensors files (full) or torch.distributed.checkpoint shards that the trainer "
+                   "loads under any layout (sharded); default: the format of CKPT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")

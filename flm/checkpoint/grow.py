@@ -1,10 +1,10 @@
 """Offline growth of a saved checkpoint, streamed tensor by tensor (what ``flm grow`` runs).
 
-Reads one old tensor, builds the grown one (ops.build_tensor), writes it to the new safetensors file and
-drops both, so peak memory is about one old plus one new tensor, not the model: a checkpoint larger than
-RAM can be grown. The output is a complete checkpoint folder (store.py's layout) with the growth masks
-at m = 0 in growth.safetensors and the ramp in trainer.json, built under a temporary name and renamed into
-place at the end.
+Reads one old tensor, builds the grown one (ops.build_tensor), writes it to the new safetensors file (or
+the new DCP folder, for a sharded checkpoint) and drops both, so peak memory is about one old plus one new
+tensor, not the model: a checkpoint larger than RAM can be grown. The output is a complete checkpoint folder
+(store.py's layout) with the growth masks at m = 0 in growth.safetensors and the ramp in trainer.json, built
+under a temporary name and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -16,17 +16,26 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import save_file
 
-from flm.checkpoint.store import MANIFEST, manifest_text, read_config, resolve_checkpoint, verify_manifest
+from flm.checkpoint.store import (
+    MANIFEST,
+    is_sharded,
+    manifest_text,
+    read_config,
+    resolve_checkpoint,
+    verify_manifest,
+)
 from flm.config import GrowthConfig, ModelConfig, RunConfig, config_from_dict, config_to_dict, save_config
 from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
-from flm.growth.tensorio import TensorSource, open_tensors, stream_tensors
-from flm.io import atomic_folder, sha256_file
+from flm.growth.region import build_region
+from flm.growth.tensorio import Region, TensorSource, open_tensors, stream_dcp, stream_tensors
+from flm.io import atomic_folder, disk_full_is_one_line, sha256_file
 from flm.model import FLM
 
 # Files this module writes itself; every other file of the checkpoint (tokenizer, rng, ...) is copied.
@@ -54,15 +63,18 @@ def find_checkpoint(path: str | os.PathLike[str]) -> Path:
     return resolve_checkpoint(p)
 
 
-def _stream_file(
-    path: Path,
+def _write_tensors(
+    folder: Path,
+    stem: str,
     plans: list[TensorPlan],
     src: TensorSource | None,
     seed: int,
     default_dtype: torch.dtype,
     progress: Progress | None,
-) -> tuple[str, int, int]:
-    """Write the tensors of ``plans`` to ``path``; returns (sha256, bytes, largest tensor bytes)."""
+    sharded: bool,
+) -> tuple[dict[str, dict[str, object]], int, int]:
+    """Write the tensors of ``plans`` as ``folder/stem.safetensors`` or the DCP folder ``folder/stem/``;
+    returns (manifest entries of the files already hashed, tensor bytes, largest tensor bytes)."""
 
     def dtype_of(tp: TensorPlan) -> torch.dtype:
         return src.dtype(tp.source) if src is not None and tp.source is not None else default_dtype
@@ -75,12 +87,19 @@ def _stream_file(
         return build_tensor(tp, old, seed, dtype_of(tp))
 
     entries = [(tp.name, dtype_of(tp), tp.shape) for tp in plans]
-    return stream_tensors(path, entries, grown, progress, metadata={"format": "pt"})
+    if sharded:
+        nbytes, largest = stream_dcp(folder / stem, entries, grown, progress)
+        return {}, nbytes, largest
+    sha, nbytes, largest = stream_tensors(folder / f"{stem}.safetensors", entries, grown, progress,
+                                          metadata={"format": "pt"})
+    return {f"{stem}.safetensors": {"bytes": nbytes, "sha256": sha}}, nbytes, largest
 
 
 def _moment_plans(plan: GrowthPlan, src: TensorSource) -> list[TensorPlan]:
     out = []
     for tp in plan.tensors:
+        if tp.new_param:  # new blocks: no moments, AdamW starts them fresh (step 0)
+            continue
         for kind in MOMENTS:
             mp = moment_plan(tp, kind)
             if mp.source is not None and mp.source not in src.shapes:  # never had a gradient: zeros
@@ -91,8 +110,9 @@ def _moment_plans(plan: GrowthPlan, src: TensorSource) -> list[TensorPlan]:
 
 class GrownTensors(Mapping[str, torch.Tensor]):
     """The grown model's tensors (or moments), each built only when asked for, from the one old tensor it
-    grows from (read from the checkpoint then): the trainer keeps each rank's shard of it, so no rank ever
-    holds the whole old or new model. Bitwise what ``flm.growth.ops.grow`` gives (same plan, same seed)."""
+    grows from (read from the checkpoint then); ``region`` builds one rank's box of it from the old slice
+    inside that box alone, so no rank holds or reads the whole old or new model. Bitwise what
+    ``flm.growth.ops.grow`` gives (same plan, same seed)."""
 
     def __init__(self, plans: list[TensorPlan], src: TensorSource | None, seed: int, dtype: torch.dtype) -> None:
         self._plans = {tp.name: tp for tp in plans}
@@ -103,6 +123,15 @@ class GrownTensors(Mapping[str, torch.Tensor]):
         if self._src is None or tp.source is None:
             return build_tensor(tp, None, self._seed, self._dtype)
         return build_tensor(tp, self._src.read(tp.source), self._seed, self._src.dtype(tp.source))
+
+    def region(self, name: str, region: Region) -> torch.Tensor:
+        """``self[name][region]``, reading only the old slice inside ``region``: a rank's shard."""
+        tp, src = self._plans[name], self._src
+        if src is None or tp.source is None:
+            return build_region(tp, None, None, region, self._seed, self._dtype)
+        source = tp.source
+        return build_region(tp, src.shapes[source], lambda r: src.read_region(source, r), region, self._seed,
+                            src.dtype(source))
 
     def __contains__(self, name: object) -> bool:
         return name in self._plans
@@ -155,11 +184,15 @@ def grow_checkpoint(
     out: str | os.PathLike[str],
     seed: int = 0,
     progress: Callable[[int], Progress] | None = None,
+    fmt: Literal["full", "sharded"] | None = None,
 ) -> GrowReport:
     """Grow the checkpoint at ``src_path`` into the new folder ``out``. ``progress(total_bytes)`` may
-    return a callback that receives the bytes written as they go."""
+    return a callback that receives the bytes written as they go. ``fmt``: write safetensors files ("full")
+    or torch.distributed.checkpoint folders ("sharded", which the trainer loads under any layout); default:
+    the format of the input."""
     t0 = time.perf_counter()
     folder = find_checkpoint(src_path)
+    sharded = is_sharded(folder) if fmt is None else fmt == "sharded"
     out = Path(out)
     if out.exists():
         raise FlmError(f"--out {out} already exists; growth never overwrites, pick a new folder")
@@ -183,26 +216,23 @@ def grow_checkpoint(
 
     files: dict[str, dict[str, object]] = {}
     try:
-        with atomic_folder(out) as tmp:
+        with disk_full_is_one_line(out, "free space (or pick an --out on another disk), then grow again"), \
+                atomic_folder(out) as tmp:
             moment_plans = _moment_plans(plan, optim_src) if optim_src is not None else []
             itemsize = torch.empty((), dtype=model_dtype).element_size()
             total = sum(torch.Size(tp.shape).numel() * itemsize for tp in plan.tensors + moment_plans)
             tick = progress(total) if progress is not None else None
-            sha, nbytes, largest = _stream_file(
-                tmp / "model.safetensors", plan.tensors, model_src, seed, model_dtype, tick
-            )
-            files["model.safetensors"] = {"bytes": nbytes, "sha256": sha}
-            written = nbytes
+            files, written, largest = _write_tensors(tmp, "model", plan.tensors, model_src, seed, model_dtype,
+                                                     tick, sharded)
             if optim_src is not None:
-                sha, nbytes, big = _stream_file(
-                    tmp / "optim.safetensors", moment_plans, optim_src, seed, model_dtype, tick
-                )
-                files["optim.safetensors"] = {"bytes": nbytes, "sha256": sha}
-                written, largest = written + nbytes, max(largest, big)
+                hashed, nbytes, big = _write_tensors(tmp, "optim", moment_plans, optim_src, seed, model_dtype,
+                                                     tick, sharded)
+                files, written, largest = files | hashed, written + nbytes, max(largest, big)
             _write_small_files(folder, tmp, cfg, plan, growth)
-            for p in sorted(tmp.iterdir()):
-                if p.is_file() and p.name not in files:
-                    files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.rglob("*")):  # the small files, and the shard files of a sharded checkpoint
+                name = p.relative_to(tmp).as_posix()
+                if p.is_file() and name not in files:
+                    files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             (tmp / MANIFEST).write_text(manifest_text(files))
     finally:
         model_src.close()
@@ -222,6 +252,10 @@ def _write_small_files(
         meta = json.loads((folder / "optim.json").read_text())
         if growth.reset_optimizer:
             meta["step"] = 0
+        steps = {} if growth.reset_optimizer else plan.carried_steps(meta.get("step", 0), meta.get("param_steps"))
+        meta.pop("param_steps", None)
+        if steps:
+            meta["param_steps"] = steps
         (tmp / "optim.json").write_text(json.dumps(meta, indent=1))
     if (folder / "trainer.json").is_file():
         trainer = json.loads((folder / "trainer.json").read_text())

@@ -47,7 +47,7 @@ from flm.data.jsonl import json_lines
 from flm.data.teacher import TeacherSource, resolve_labels
 from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
 from flm.errors import FlmError
-from flm.io import atomic_write, sha256_file
+from flm.io import atomic_write, raise_if_disk_full, sha256_file
 from flm.progress import Bar, progress_bar
 
 FORMAT = 1
@@ -200,7 +200,7 @@ def prepared_folders(path: Path) -> list[Path]:
     """``path`` when it is a prepared data folder, else every prepared folder directly under it."""
     if not path.is_dir():
         raise FlmError(
-            f"flm data stats: no such folder: {path}; give a prepared data folder (data/prepared/<hash>)"
+            f"no such folder: {path}; give a prepared data folder (data/prepared/<hash>)"
         )
     if (path / INDEX_FILE).is_file():
         return [path]
@@ -713,6 +713,7 @@ def prepare_data(
     tok_cfg = data_cfg.tokenizer
     if model is not None and tok_cfg.kind == "bpe" and tok_cfg.vocab_size > model.vocab_size:
         raise vocab_error(tok_cfg.vocab_size, model.vocab_size)
+    made_base = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".tmp-{digest}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -754,8 +755,14 @@ def prepare_data(
         except OSError:  # another process finished the same folder first: theirs is identical
             if not (final / INDEX_FILE).is_file():
                 raise
+    except OSError as e:  # a full disk: one line (the finally below removes the half-written folder)
+        raise_if_disk_full(e, base, "free space (or set data.prepared_dir to another disk), then run it again")
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_base and not final.exists():  # refused input leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                base.rmdir()
     prepared = load_prepared(final)
     _name_streams(prepared.index["splits"], stream_ids)  # another process may have built the folder first
     return prepared

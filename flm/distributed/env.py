@@ -9,6 +9,9 @@ processes (``DistEnv.with_layout``), which builds that layout's mesh.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -83,6 +86,10 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig, where: str = 
     ParallelDims.from_config(parallel, world, where)
     env = DistEnv(rank, world, local_rank, device)
     if world > 1:
+        unset = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if unset and not dist.is_initialized():  # init_process_group would end in a traceback (or wait for peers that never come)
+            raise FlmError(f"WORLD_SIZE = {world} but {', '.join(unset)} not set: start a job of several processes "
+                           f"with torchrun (torchrun --nproc_per_node {world} -m flm.cli ...), or unset WORLD_SIZE")
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
@@ -92,6 +99,34 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig, where: str = 
                 "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=parallel.timeout_s)
             )
     return env.with_layout(parallel, where)
+
+
+class RankLost(FlmError):
+    """A collective failed because another rank died or stopped answering: not the user's mistake (exit 1)."""
+
+    exit_code = 1
+
+
+# What gloo / NCCL / the c10d store say when a peer is gone (its socket closed) or silent (the timeout)
+_PEER_GONE = re.compile(r"connection (?:closed|reset) by peer|broken pipe|timed out|socket timeout|"
+                        r"communicator was aborted", re.IGNORECASE)
+
+
+@contextmanager
+def rank_loss_as_error(env: DistEnv, timeout_s: int, out: os.PathLike[str] | str) -> Iterator[None]:
+    """Under torchrun, turn the error of a collective whose peer died (or hangs past ``timeout_s``) into one
+    line that says so and how to go on, instead of each survivor's traceback."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.distributed.DistError is one
+        found = _PEER_GONE.search(str(e)) if env.distributed else None
+        if found is None:
+            raise
+        raise RankLost(
+            f"rank {env.rank} of {env.world_size}: a collective failed ({found.group(0)}): another rank died or "
+            f"stopped answering (parallel.timeout_s = {timeout_s}); the complete checkpoints in {out} are kept: "
+            "start the job again with --resume"
+        ) from None
 
 
 def barrier(env: DistEnv) -> None:

@@ -8,7 +8,8 @@ holding a subset of the blocks (its parameters keep the full model's names), or 
 type matters (CPU and CUDA generators draw different numbers).
 
 Each rank draws a parameter's full tensor, then keeps its local shard: peak extra memory is one full tensor
-(the largest is the embedding, padded vocabulary x d_model), never the model.
+(the largest is the embedding, padded vocabulary x d_model), never the model. A grown stage's state
+(``flm.growth.region.RegionSource``) is asked for each rank's box alone, which reads only the old slice in it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from flm.config import ModelConfig
 from flm.growth.ops import build_tensor
 from flm.growth.plan import TensorPlan, init_for
+from flm.growth.region import RegionSource
+from flm.growth.tensorio import Region, whole
 from flm.model import FLM
 from flm.mup import canonical_name
 
@@ -48,6 +52,9 @@ def materialize(model: FLM, device: torch.device | str, seed: int, state: Mappin
     cfg = model.cfg
     for name, p in model.named_parameters():
         key = canonical_name(name)
+        if isinstance(state, RegionSource):
+            copy_local(p, state.region(key, local_region(p)))
+            continue
         if state is None:
             full = full_init(key, tuple(p.shape), cfg, seed, device)
         else:
@@ -65,3 +72,19 @@ def copy_shard(p: nn.Parameter | Tensor, full: Tensor) -> None:
         p.to_local().copy_(local)
     else:
         p.copy_(full)
+
+
+def local_region(p: Tensor) -> Region:
+    """The box of the full tensor this rank holds of ``p`` (a DTensor's shard, or all of a plain tensor)."""
+    if not isinstance(p, DTensor):
+        return whole(tuple(p.shape))
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
+
+
+def copy_local(p: nn.Parameter | Tensor, local: Tensor) -> None:
+    """Copy this rank's box of a tensor (``local_region(p)``) into ``p``."""
+    dst = p.to_local() if isinstance(p, DTensor) else p
+    if tuple(dst.shape) != tuple(local.shape):
+        raise AssertionError(f"shard shape {tuple(dst.shape)} but the box read has {tuple(local.shape)}")
+    dst.copy_(local.to(device=dst.device, dtype=dst.dtype))

@@ -36,10 +36,11 @@ from flm.config import ModelConfig, TrainConfig
 from flm.data.packing import document_ids
 from flm.distributed.clip import clip_grad_norm_
 from flm.distributed.env import DistEnv
-from flm.distributed.init import copy_shard, materialize, meta_model
+from flm.distributed.init import copy_local, copy_shard, local_region, materialize, meta_model
 from flm.distributed.parallelize import parallelize
 from flm.distributed.pipeline import Pipeline, StageParts, part_state, split_model
 from flm.distributed.tensor_parallel import growth_state
+from flm.growth.region import RegionSource
 from flm.growth.tensorio import DcpReader
 from flm.model import FLM
 from flm.mup import canonical_name, param_groups
@@ -197,7 +198,7 @@ class ParallelModel(StageParts):
         for key, p in self._named_parameters():
             st = optimizer.state.get(p)
             if st:
-                step = int(st["step"])
+                step = max(step, int(st["step"]))  # a block a growth added counts from 0 (optim_steps)
                 for kind in ("exp_avg", "exp_avg_sq"):
                     if (full := self._gather(st[kind])) is not None:
                         tensors[f"{kind}/{key}"] = full
@@ -207,6 +208,17 @@ class ParallelModel(StageParts):
     def optim_step(self, optimizer: torch.optim.Optimizer) -> int:
         """AdamW's step count (every parameter takes every step); 0 before the first step."""
         return next((int(st["step"]) for _, p in self._named_parameters() if (st := optimizer.state.get(p))), 0)
+
+    def optim_steps(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """optim.json's step counts on global rank 0 (collective under pp): ``{"step": the largest}``, plus
+        ``"param_steps"``: the tensors whose own count differs (blocks a growth added start at 0)."""
+        local = {k: int(st["step"]) for k, p in self._named_parameters() if (st := optimizer.state.get(p))}
+        steps = self._to_rank0(local)
+        if steps is None:
+            return None
+        top = max(steps.values(), default=0)
+        differ = {k: v for k, v in steps.items() if v != top}
+        return {"step": top, "param_steps": differ} if differ else {"step": top}
 
     def full_growth_state(self) -> dict[str, Tensor] | None:
         tp_mesh = self.env.mesh["tp"] if self.env.dims.tp > 1 and self.env.mesh is not None else None
@@ -218,14 +230,17 @@ class ParallelModel(StageParts):
             for key, p in self._named_parameters(include_copy=True):
                 copy_shard(p, state[key].to(p.device, p.dtype))
 
-    def load_optim_state(self, optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], step: int) -> None:
+    def load_optim_state(self, optimizer: torch.optim.Optimizer, tensors: Mapping[str, Tensor], step: int,
+                         param_steps: Mapping[str, int] | None = None) -> None:
         """AdamW moments from full tensors (each rank keeps its shard); parameters without saved moments start
-        fresh. The step count is fp32 on the parameter's device, as fused AdamW keeps it."""
+        fresh (step 0). The step count is ``param_steps[name]`` or else ``step``, fp32 on the parameter's
+        device, as fused AdamW keeps it."""
+        steps = param_steps or {}
         for key, p in self._named_parameters(include_copy=True):
             if f"exp_avg/{key}" not in tensors:
                 continue
             optimizer.state[p] = self._adam_state(
-                step, _shard_like(p, tensors[f"exp_avg/{key}"]), _shard_like(p, tensors[f"exp_avg_sq/{key}"]))
+                steps.get(key, step), _shard_of(p, tensors, f"exp_avg/{key}"), _shard_of(p, tensors, f"exp_avg_sq/{key}"))
 
     def _adam_state(self, step: int, exp_avg: Tensor, exp_avg_sq: Tensor) -> dict[str, Tensor]:
         """One parameter's AdamW state as fused AdamW keeps it (the step count fp32 on the device)."""
@@ -276,18 +291,20 @@ class ParallelModel(StageParts):
         return [self._writer.submit(write)]
 
     @torch.no_grad()
-    def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    def load_sharded(self, model_dir: Path, optim_dir: Path, optimizer: torch.optim.Optimizer, step: int,
+                     param_steps: Mapping[str, int] | None = None) -> None:
         """Weights and moments from a sharded checkpoint written under any layout (DCP reshards): each rank
-        reads only the pieces of its own shards."""
+        reads only the pieces of its own shards; step counts as in ``load_optim_state``."""
         saved = set(DcpReader(optim_dir).shapes) if (optim_dir / ".metadata").is_file() else set()
         model, moments = self.sharded_state(optimizer, create=saved)
         one = not self.env.distributed
         dcp.load(model, checkpoint_id=model_dir, no_dist=one)
         if moments:
             dcp.load(moments, checkpoint_id=optim_dir, no_dist=one)
-            for _, p in self._named_parameters(include_copy=True):
+            steps = param_steps or {}
+            for key, p in self._named_parameters(include_copy=True):
                 if p in optimizer.state:
-                    optimizer.state[p]["step"].fill_(float(step))
+                    optimizer.state[p]["step"].fill_(float(steps.get(key, step)))
 
     def close(self) -> None:
         """Wait for background checkpoint writes and stop their thread."""
@@ -301,9 +318,15 @@ def _full(t: Tensor) -> Tensor:
     return (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().clone()
 
 
-def _shard_like(p: Tensor, full: Tensor) -> Tensor:
-    """``full`` laid out as ``p`` is (the same DTensor placements, this rank's shard), on p's device."""
+def _shard_of(p: Tensor, tensors: Mapping[str, Tensor], name: str) -> Tensor:
+    """``tensors[name]`` laid out as ``p`` is (the same DTensor placements, this rank's shard), on p's device;
+    from a ``RegionSource`` only this rank's box is built."""
+    if isinstance(tensors, RegionSource):
+        out = torch.zeros_like(p)
+        copy_local(out, tensors.region(name, local_region(p)))
+        return out
+    full = tensors[name].to(p.device, p.dtype)
     if isinstance(p, DTensor):
-        return distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
-    return full.to(p.device, p.dtype).clone()
+        return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+    return full.clone()
 

@@ -36,7 +36,7 @@ def generate(
     """Continue ``prompt``; temperature 0 is greedy. Without the cache every step re-runs the whole prefix
     (the reference the cached path is tested against)."""
     if not prompt:
-        raise FlmError("generate: the prompt is empty; give at least one token")
+        raise FlmError("the prompt is empty; give --prompt at least one token")
     limit = model.cfg.max_seq_len
     if len(prompt) >= limit:
         raise FlmError(

@@ -1,8 +1,10 @@
 """MSG growth operators as pure functions: (config, state dict, optimizer state) -> bigger ones + masks.
 
 ``grow`` executes a ``GrowthPlan`` (plan.py): each tensor is the old one in the top-left corner and the
-muP init of the new width elsewhere; Adam moments are the old ones in the corner and zeros elsewhere (new
-blocks start from zero moments). Function preservation does not depend on the init: it comes from the masks
+muP init of the new width elsewhere; Adam moments are the old ones in the corner and zeros elsewhere, and
+a widened tensor keeps its step count (one per tensor in torch's AdamW). New blocks get no optimizer state:
+AdamW starts them as a fresh optimizer would, at step 0 with zero moments, so their first updates have the full
+bias-corrected size instead of ~0.45x of it (zero moments under an old step count). Function preservation does not depend on the init: it comes from the masks
 (``GrowthResult.mask_state``, loaded with ``FLM.load_growth_state``) that start at m = 0.
 
 Random entries are drawn from a generator seeded per tensor (from the seed and the tensor's name), so the
@@ -53,10 +55,14 @@ def _complement(old: tuple[int, ...], new: tuple[int, ...]) -> list[tuple[slice,
 _CHUNK = 1 << 23  # elements per temporary buffer when filling a strided region (32 MiB in fp32)
 
 
-def _fill(t: Tensor, init: Init, gen: torch.Generator | None) -> None:
+def _fill(t: Tensor, init: Init, gen: torch.Generator | None, chunked: bool | None = None) -> None:
+    """``chunked``: draw row chunks as for a strided view (default: when ``t`` is one); ``flm.growth.region``
+    redraws a strided region of a grown tensor into a buffer of its own, bitwise."""
+    if chunked is None:
+        chunked = not (t.is_contiguous() or t.ndim == 0)
     if init.std is None:
         t.fill_(init.value)
-    elif t.is_contiguous() or t.ndim == 0:
+    elif not chunked:
         t.normal_(0.0, init.std, generator=gen)
     else:  # normal_ on a strided view is ~4x slower than on contiguous memory: draw into a buffer, copy
         rows = max(1, _CHUNK // max(1, t[0].numel()))
@@ -93,7 +99,8 @@ def build_tensor(
 
 
 def moment_plan(tp: TensorPlan, kind: str) -> TensorPlan:
-    """Adam moment ``kind`` of a grown parameter: old moments in the corner, zeros elsewhere."""
+    """Adam moment ``kind`` of a grown parameter: old moments in the corner, zeros elsewhere (callers skip
+    new blocks' tensors, ``tp.new_param``: they start with no state)."""
     source = None if tp.new_param or tp.source is None else f"{kind}/{tp.source}"
     return TensorPlan(f"{kind}/{tp.name}", tp.shape, source, Init(value=0.0), tp.new_param)
 
@@ -151,8 +158,10 @@ def grow(
     """Grow a model state dict (and its AdamW moments) by ``growth``.
 
     ``optim_state`` is keyed "exp_avg/<param>", "exp_avg_sq/<param>"; the step count is not touched
-    (MSG keeps it). With ``growth.reset_optimizer`` the result has no optimizer state. Random entries
-    come from ``seed`` (or one draw of ``generator``; default 0).
+    (MSG keeps it for old and widened tensors; ``GrowthPlan.carried_steps`` renames per-tensor counts). New
+    blocks' tensors have no moments in the result: they start fresh (step 0). With ``growth.reset_optimizer``
+    the result has no optimizer state. Random entries come from ``seed`` (or one draw of ``generator``;
+    default 0).
     """
     plan = make_plan(model_cfg, growth)
     check_shapes(model_cfg, {k: tuple(v.shape) for k, v in state_dict.items()}, "state dict")
@@ -167,6 +176,8 @@ def grow(
         dtype = next(iter(optim_state.values())).dtype if optim_state else torch.float32
         new_optim = {}
         for tp in plan.tensors:
+            if tp.new_param:
+                continue
             for kind in MOMENTS:
                 mp = moment_plan(tp, kind)
                 old = optim_state.get(mp.source) if mp.source is not None else None

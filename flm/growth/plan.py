@@ -9,6 +9,8 @@ both execute, one tensor at a time, with the same per-tensor random streams.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -56,8 +58,9 @@ class GrowthPlan:
         state: dict[str, torch.Tensor] = {"grow_m": torch.zeros(())}
         if new.d_model > old.d_model:
             state["hidden_new"] = torch.arange(new.d_model) >= old.d_model
-        if new.mup_base_width and new.width_mult != old.width_mult:
-            state["readout_mult_from"] = torch.tensor(old.output_mult / old.width_mult, dtype=torch.float64)
+        before, after = old.output_mult / old.width_mult, new.output_mult / new.width_mult
+        if not math.isclose(before, after, rel_tol=1e-12):  # grow.readout = "mup": moves over the ramp
+            state["readout_mult_from"] = torch.tensor(before, dtype=torch.float64)
         for i, src in enumerate(self.layer_source):
             if src is None:
                 state[f"blocks.{i}.depth_new"] = torch.tensor(True)
@@ -67,6 +70,18 @@ class GrowthPlan:
             if new.d_ff > old.d_ff:  # type: ignore[operator]
                 state[f"blocks.{i}.ffn_new"] = torch.arange(new.d_ff) >= old.d_ff  # type: ignore[operator]
         return state
+
+
+    def carried_steps(self, step: int, param_steps: Mapping[str, int] | None = None) -> dict[str, int]:
+        """AdamW step counts of the grown model that differ from ``step`` (optim.json's "param_steps"), from
+        the old model's (``param_steps``: those that differ from its ``step``). An old tensor keeps its count
+        under its new name (widened ones too: one count per tensor, the old slice's); a new block's tensors
+        get no state at all, so AdamW starts them at step 0, as a fresh optimizer would."""
+        old = param_steps or {}
+        return {
+            tp.name: old[tp.source] for tp in self.tensors
+            if not tp.new_param and tp.source is not None and tp.source in old and old[tp.source] != step
+        }
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -62,6 +62,8 @@ def parse_growth_spec(spec: str) -> GrowthConfig:
                 f"--to: {part!r} is not KEY=VALUE; write e.g. --to d_model=256,n_layers=8,ramp_steps=100"
             )
         key, raw = part.split("=", 1)
+        if key.strip() in data:  # the last would win silently
+            raise FlmError(f"--to: {key.strip()} is given twice; give each key once")
         data[key.strip()] = _value(raw)
     if not data:
         raise FlmError("--to: empty growth spec; write e.g. --to d_model=256,n_layers=8")

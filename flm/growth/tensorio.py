@@ -3,6 +3,10 @@
 - ``SafetensorsReader``: parses the header and reads each tensor on its own (no mmap of the file, so the
   file never piles up in the process's resident memory).
 - ``DcpReader``: one tensor at a time from a torch.distributed.checkpoint folder (partial loads).
+- Both read a ``Region`` of a tensor (one slice per dimension) without reading the rest: what a rank needs
+  of an old tensor to build its shard of a grown one (``flm.growth.region``).
+- ``stream_dcp``: a torch.distributed.checkpoint folder written by one process, tensor by tensor (what the
+  trainer's sharded checkpoints hold, readable under any layout).
 - ``SafetensorsWriter``: the safetensors format (8-byte little-endian header length, JSON header padded
   with spaces to 8 bytes, raw little-endian tensor bytes), with the header written first from the known
   shapes and each tensor streamed after it; sha256 is computed on the way. ``safetensors.safe_open``
@@ -30,8 +34,10 @@ from typing import Protocol
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadPlan, WriteItem
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from flm.errors import FlmError
 
@@ -62,12 +68,25 @@ def _open_direct(path: Path, flags: int) -> int | None:
         return None
 
 
+Region = tuple[slice, ...]  # one slice per dimension, each with explicit start and stop, step 1
+
+
+def whole(shape: tuple[int, ...]) -> Region:
+    return tuple(slice(0, n) for n in shape)
+
+
+def region_shape(region: Region) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in region)
+
+
 class TensorSource(Protocol):
     shapes: dict[str, tuple[int, ...]]
 
     def dtype(self, name: str) -> torch.dtype: ...
 
     def read(self, name: str) -> Tensor: ...
+
+    def read_region(self, name: str, region: Region) -> Tensor: ...
 
     def close(self) -> None: ...
 
@@ -109,6 +128,25 @@ class SafetensorsReader:
         if raw.storage_offset() % torch.empty((), dtype=dtype).element_size():
             raw = raw.clone()
         return raw.view(dtype).reshape(shape)
+
+    def read_region(self, name: str, region: Region) -> Tensor:
+        """``tensor[region]``, reading only the rows (first-dimension range) the region spans."""
+        e = self._entries[name]
+        dtype, shape = DTYPES[e["dtype"]], tuple(e["shape"])
+        if not shape or region == whole(shape):
+            return self.read(name)
+        row = torch.Size(shape[1:]).numel() * torch.empty((), dtype=dtype).element_size()
+        start = self._data_start + e["data_offsets"][0] + region[0].start * row
+        rows = region[0].stop - region[0].start
+        if rows == 0:
+            return torch.empty(region_shape(region), dtype=dtype)
+        end = start + rows * row
+        raw = self._read_direct(start, end) if self._fd is not None else self._read_buffered(start, end)
+        if raw is None:
+            raise FlmError(f"{self.path}: tensor {name} is truncated; the checkpoint is corrupt")
+        if raw.storage_offset() % torch.empty((), dtype=dtype).element_size():
+            raw = raw.clone()
+        return raw.view(dtype).reshape((rows, *shape[1:]))[(slice(None), *region[1:])].clone()
 
     def _read_buffered(self, start: int, end: int) -> Tensor | None:
         buf = torch.empty(end - start, dtype=torch.uint8)
@@ -160,6 +198,16 @@ class DcpReader:
     def read(self, name: str) -> Tensor:
         return self.read_many([name])[name]
 
+    def read_region(self, name: str, region: Region) -> Tensor:
+        """``tensor[region]``: only the shard-file pieces that overlap it are read."""
+        out = torch.empty(region_shape(region), dtype=self.dtype(name))
+        chunk = ChunkStorageMetadata(torch.Size([s.start for s in region]), out.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({name: out}, storage_reader=dcp.FileSystemReader(str(self.path)),
+                     planner=_RegionPlanner(self._meta[name], name, chunk), no_dist=True)
+        return out
+
     def read_many(self, names: list[str]) -> dict[str, Tensor]:
         """Several whole tensors with one pass over the shard files."""
         out = {name: torch.empty(self.shapes[name], dtype=self.dtype(name)) for name in names}
@@ -175,6 +223,21 @@ class DcpReader:
 
     def close(self) -> None:
         pass
+
+
+class _RegionPlanner(DefaultLoadPlanner):
+    """Loads one tensor's region: its destination is the region (a chunk at the region's offsets), so DCP reads
+    only the saved pieces that overlap it, into the right places."""
+
+    def __init__(self, md: TensorStorageMetadata, name: str, chunk: ChunkStorageMetadata) -> None:
+        super().__init__(allow_partial_load=True)
+        self._md, self._name, self._chunk = md, name, chunk
+
+    def create_local_plan(self) -> LoadPlan:
+        return LoadPlan(create_read_items_for_chunk_list(self._name, self._md, [self._chunk]))
+
+    def lookup_tensor(self, index: MetadataIndex) -> Tensor:  # the destination is the region itself
+        return self.state_dict[index.fqn]
 
 
 def open_tensors(folder: Path, stem: str) -> TensorSource | None:
@@ -218,9 +281,11 @@ class _Sink:
     def _flush(self, nbytes: int) -> None:
         assert self._fd is not None and nbytes % ALIGN == 0
         view, done = memoryview(self._stage)[:nbytes], 0
-        while done < nbytes:
-            done += os.write(self._fd, view[done:])
-        view.release()
+        try:
+            while done < nbytes:
+                done += os.write(self._fd, view[done:])
+        finally:  # released even when the write fails (ENOSPC): else closing the buffer hides that error
+            view.release()
         self._fill = 0
 
     def close(self, sync: bool = True) -> None:
@@ -269,6 +334,44 @@ def stream_tensors(
         writer.abort()
         raise
     return writer.close(), writer.nbytes, largest
+
+
+class _LazySavePlanner(DefaultSavePlanner):
+    """Plans the save from shapes alone (meta tensors) and makes each tensor only when DCP writes it."""
+
+    def __init__(self, produce: Callable[[str], Tensor], written: Callable[[Tensor], None]) -> None:
+        super().__init__()
+        self._produce, self._written = produce, written
+
+    def resolve_data(self, write_item: WriteItem) -> Tensor:
+        t = self._produce(write_item.index.fqn).contiguous()
+        self._written(t)
+        return t
+
+
+def stream_dcp(
+    folder: str | os.PathLike[str],
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    produce: Callable[[str], Tensor],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Write ``entries`` as a one-process torch.distributed.checkpoint folder (one shard file), each tensor made
+    by ``produce(name)`` when its turn comes; returns (tensor bytes, largest tensor bytes)."""
+    sizes = {"total": 0, "largest": 0}
+
+    def written(t: Tensor) -> None:
+        n = t.numel() * t.element_size()
+        sizes["total"] += n
+        sizes["largest"] = max(sizes["largest"], n)
+        if progress is not None:
+            progress(n)
+
+    shapes = {name: torch.empty(shape, dtype=dtype, device="meta") for name, dtype, shape in entries}
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(shapes, storage_writer=dcp.FileSystemWriter(str(folder), thread_count=1),
+                 planner=_LazySavePlanner(produce, written), no_dist=True)
+    return sizes["total"], sizes["largest"]
 
 
 class SafetensorsWriter:

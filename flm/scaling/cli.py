@@ -325,6 +325,9 @@ def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int,
         raise FlmError("--widths: give the d_model of the runs to fit, e.g. --widths 32,48,64,96")
     cfg = load_run_config(args)
     fit_widths, all_widths = predict.split_series(args.widths, args.targets)
+    if len(fit_widths) < 3:  # refused before training the series, not after
+        raise FlmError(f"--widths: fitting a·N^b + c needs at least 3 widths, got {len(fit_widths)}; "
+                       "give e.g. --widths 32,48,64")
     out = args.out or Path("runs") / cfg.name / "predict"
     if args.no_train:
         return predict.series_dirs(out, all_widths), fit_widths, out, cfg.model

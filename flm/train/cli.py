@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import torch.distributed as dist
 
 from flm.cli_args import add_command, add_config_args, load_run_config
 from flm.config import check_stage_overrides
+from flm.distributed.env import DistEnv, rank_loss_as_error
 from flm.errors import FlmError
 from flm.train.launch import process_group, stage_init_from
 from flm.train.loop import StageResult, train_stage
 from flm.train.plot import plot_runs
 from flm.train.run import run_plan, scratch_config
-from flm.train.setup import check_stage_layout, run_folder_lock
+from flm.train.setup import LOCK_FILE, check_stage_layout, run_folder_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,10 +66,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
     init = stage_init_from(args.init, cfg) if args.init else None
-    with process_group(cfg) as env:
+    with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
+        resume = _resumable(out, args.resume, env)
         with run_folder_lock(out, env):
-            res = train_stage(cfg, out, resume=args.resume, env=env, init=init)
+            res = train_stage(cfg, out, resume=resume, env=env, init=init)
     if env.is_main:
         print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
               f"{res.train_loss:.4f}{_val_loss(res)}; checkpoint {res.checkpoint}")
@@ -85,16 +90,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.scratch:
         cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name
-    with process_group(cfg) as env, run_folder_lock(out, env):
-        if args.scratch:
-            res = train_stage(cfg, out, resume=args.resume, env=env)
-        else:
-            run_plan(cfg, out, resume=args.resume, env=env)
+    with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
+        resume = _resumable(out, args.resume, env)
+        with run_folder_lock(out, env):
+            if args.scratch:
+                res = train_stage(cfg, out, resume=resume, env=env)
+            else:
+                run_plan(cfg, out, resume=resume, env=env)
     if env.is_main and args.scratch:
         print(f"scratch baseline: {res.steps} steps, {res.tokens:,} tokens{_val_loss(res)} -> {out}")
     elif env.is_main:
         print(f"done: {out}/report.md, {out}/loss.png")
     return 0
+
+
+def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
+    """--resume of a start that was killed before it wrote anything but its lock (e.g. while it prepared the
+    data) starts afresh: nothing to continue, nothing to lose, and a job script may always pass --resume.
+    Rank 0 looks (before it takes the lock) and tells the others."""
+    box = [resume and env.is_main and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]]
+    if env.distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[0] and env.is_main:
+        print(f"note: {out} holds no run yet (an earlier start ended before its first write); starting it",
+              file=sys.stderr)
+    return resume and not box[0]
 
 
 def _val_loss(res: StageResult) -> str:

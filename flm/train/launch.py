@@ -36,6 +36,7 @@ def stage_init_from(path: Path, cfg: RunConfig) -> StageInit:
     tr = data.trainer
     return StageInit(
         model_state=data.model, optim_tensors=data.optim_tensors, optim_step=int(data.optim_meta.get("step", 0)),
+        optim_param_steps=data.optim_meta.get("param_steps", {}),
         growth_state=data.growth, ramp=tr.get("ramp"), tokens=int(tr.get("tokens", 0)),
         flops=float(tr.get("flops", 0.0)), loader_state=tr.get("loader"),
     )

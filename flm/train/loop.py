@@ -40,7 +40,6 @@ from flm.checkpoint import (
     sharded_shapes,
     staging_folder,
     step_name,
-    verify_manifest,
 )
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
@@ -51,7 +50,7 @@ from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.growth.ops import check_shapes
 from flm.growth.ramp import MaskRamp
-from flm.hardware import device_peak
+from flm.hardware import MfuWatch, Peak, machine_peak
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.preemption import Preempted, StopRequest
@@ -61,10 +60,10 @@ from flm.train.setup import (
     check_out_dir,
     check_stage_layout,
     prepare_stage_data,
-    rank0_first,
+    verify_checkpoint,
     write_run_config,
 )
-from flm.train.spike import SpikeGuard
+from flm.train.spike import SKIPPED, SpikeGuard, describe, roll_back
 from flm.train.state import Counters, RngState, seed_everything
 
 VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
@@ -88,6 +87,7 @@ class StageInit:
     model_state: Mapping[str, Tensor]  # full tensors; a grown stage's are built lazily (GrownTensors)
     optim_tensors: Mapping[str, Tensor] = field(default_factory=dict)
     optim_step: int = 0
+    optim_param_steps: dict[str, int] = field(default_factory=dict)  # counts that differ from optim_step
     growth_state: dict[str, Tensor] = field(default_factory=dict)
     ramp: dict[str, int] | None = None
     tokens: int = 0
@@ -167,7 +167,9 @@ class Trainer:
         self.micro, self.accum = batch_layout(cfg, env)
         self.validate = Validation.available(self.prepared, cfg, eval_at_start)
         self.validation = Validation(self.prepared, cfg, env)
-        self.peak = tc.peak_flops or device_peak(env.device)  # measured before seeding: it draws numbers
+        # measured (when neither set nor cached) before seeding: it draws numbers
+        peak = Peak(tc.peak_flops, "train.peak_flops") if tc.peak_flops else machine_peak(env.device)
+        self.mfu = MfuWatch(peak.flops * env.world_size, peak.source, enabled=env.is_main)
         seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
         eos = self.prepared.tokenizer.eos_id if cfg.data.document_mask else None
         self.model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=self.bf16, document_eos=eos,
@@ -199,7 +201,7 @@ class Trainer:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
         self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
-        self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step)
+        self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step, init.optim_param_steps)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
         elif init.loader_state and self.loader.carry_over(init.loader_state):
@@ -215,7 +217,7 @@ class Trainer:
     def restore(self, folder: Path) -> None:
         """Every part's state from a checkpoint of this stage (``--resume``)."""
         sharded = is_sharded(folder)
-        rank0_first(self.env, lambda: verify_manifest(folder))  # one rank hashes the files, all hear its verdict
+        verify_checkpoint(self.env, folder)  # the ranks split the hashing
         data, saved_cfg = load_checkpoint(folder, verify=False, tensors=not sharded)
         if saved_cfg.model != self.cfg.model:
             raise FlmError(
@@ -228,12 +230,12 @@ class Trainer:
             self.model.load_growth_state(data.growth)
         else:
             self.model.end_growth()
-        step = int(data.optim_meta.get("step", 0))
+        step, steps = int(data.optim_meta.get("step", 0)), data.optim_meta.get("param_steps")  # per-tensor counts
         if sharded:
-            self.model.load_sharded(folder / SHARDED_MODEL, folder / SHARDED_OPTIM, self.optimizer, step)
+            self.model.load_sharded(folder / SHARDED_MODEL, folder / SHARDED_OPTIM, self.optimizer, step, steps)
             return self._restore_rest(folder, data)
         self.model.load_model_state(data.model)
-        self.model.load_optim_state(self.optimizer, data.optim_tensors, step)
+        self.model.load_optim_state(self.optimizer, data.optim_tensors, step, steps)
         self._restore_rest(folder, data)
 
     def _restore_rest(self, folder: Path, data: CheckpointData) -> None:
@@ -277,7 +279,7 @@ class Trainer:
             model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
-        growth = self.model.full_growth_state()
+        growth, steps = self.model.full_growth_state(), self.model.optim_steps(self.optimizer)
         data = None
         if self.env.is_main:
             assert model_state is not None and optim is not None and growth is not None
@@ -288,7 +290,7 @@ class Trainer:
                        "spike": self.spike.state_dict()}
             data = CheckpointData(
                 model=model_state, optim_tensors=optim[0],
-                optim_meta={"step": optim[1], "lr": self.schedule(max(at - 1, 0))},
+                optim_meta={**(steps or {}), "lr": self.schedule(max(at - 1, 0))},
                 trainer=trainer, growth=growth, rng=self.rng.state_dict(),
             )
         self._pending = (folder, staged, data, futures)
@@ -353,14 +355,19 @@ class Trainer:
         return loss, lr, float(grad_norm)
 
     def _skip(self, reason: str, loss: float, grad_norm: float) -> None:
-        """Log a skipped step (metrics.jsonl, report.md), with where the data stream stood."""
-        c = self.counters
-        self.metrics.write({"stage": self.stage, "step": c.step, "event": "spike skipped", "reason": reason,
-                            "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
-                            "data": self.loader.state_dict()})
+        """Log a refused step (metrics.jsonl, report.md), with where the data stream stood; ``action =
+        "rollback"`` first goes back to the last good checkpoint, past the bad batch (flm.train.spike.roll_back)."""
+        c, at = self.counters, self.counters.step + 1
+        record = {"stage": self.stage, "step": c.step, "spike_step": at, "event": SKIPPED, "reason": reason,
+                  "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
+                  "data": self.loader.state_dict()}
+        if self.spike.rolls_back:
+            self.finish_save()  # a checkpoint still being written is the last good one
+            record |= roll_back(self.spike, self.loader, c, self.metrics, self.restore, self.last_ckpt)
+        self.metrics.write(record)
         if self.env.is_main:
-            print(f"step {c.step + 1} skipped: {reason}", file=sys.stderr)
-        self.spike.count(c.step + 1, reason)
+            print(describe(record), file=sys.stderr)
+        self.spike.count(at, reason)
 
     def evaluate(self) -> float:
         self.val_loss = self.validation(self.model)
@@ -371,7 +378,7 @@ class Trainer:
         rec = {
             "stage": self.stage, "step": c.step, "tokens": c.tokens, "flops": c.flops, "loss": self.last_loss,
             "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * self.flops_per_token / (self.peak * self.env.world_size),
+            "mfu": self.mfu(tokens_per_s * self.flops_per_token),
             "d_model": m.d_model, "n_layers": m.n_layers, "time": c.seconds + time.perf_counter() - self._t_start,
         }
         if self.ramp.total:
@@ -406,8 +413,10 @@ class Trainer:
                 self.last_loss, lr, grad_norm = done
                 window.add(self.tokens_per_step)
                 final = c.step == tc.steps
-                do_eval = self.validate and (bool(tc.eval_every) and c.step % tc.eval_every == 0 or final)
-                if c.step % tc.log_every == 0 or do_eval or final:
+                ramp = c.step <= self.ramp.total  # a growth ramp: every loss, 4 validations (its loss bump, run.py)
+                do_eval = self.validate and (bool(tc.eval_every) and c.step % tc.eval_every == 0 or final
+                                             or ramp and c.step % max(1, self.ramp.total // 4) == 0)
+                if c.step % tc.log_every == 0 or do_eval or final or ramp:
                     rec = self._record(lr, grad_norm, window.rate())
                     if do_eval:
                         rec["val_loss"] = self.evaluate()

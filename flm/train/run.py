@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config, verify_manifest
+from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
 from flm.checkpoint.grow import GrownTensors, grown_tensors
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
@@ -31,11 +31,13 @@ from flm.flops import flops_per_token
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
+from flm.train.growth_bump import bump_lines, bump_record
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
 from flm.train.schedule import stage_schedules
-from flm.train.setup import check_out_dir, rank0_first, write_run_config
+from flm.train.setup import check_out_dir, rank0_first, verify_checkpoint, write_run_config
+from flm.train.spike import ROLLED_BACK, SKIPPED, describe
 
 
 def _preflight(stages: list[Stage], env: DistEnv) -> None:
@@ -80,7 +82,7 @@ def _final_checkpoint(run_dir: Path, stage: Stage) -> Path | None:
 def _grown_init(prev_ckpt: Path, stage: Stage, seed: int, env: DistEnv) -> StageInit:
     """The next stage's start from the previous stage's final checkpoint (full or sharded): weights and
     moments grown lazily, tensor by tensor, each rank keeping its shards under the new stage's layout."""
-    rank0_first(env, lambda: verify_manifest(prev_ckpt))  # one rank hashes the files, all hear its verdict
+    verify_checkpoint(env, prev_ckpt)  # the ranks split the hashing
     data, prev_cfg = load_checkpoint(prev_ckpt, verify=False, tensors=False)
     assert stage.growth is not None
     if data.growth:
@@ -95,6 +97,9 @@ def _grown_init(prev_ckpt: Path, stage: Stage, seed: int, env: DistEnv) -> Stage
         model_state=weights,
         optim_tensors=moments or {},
         optim_step=int(data.optim_meta.get("step", 0)) if moments else 0,
+        # old tensors keep their own counts (renamed as blocks move); new blocks have no state: fresh, step 0
+        optim_param_steps=plan.carried_steps(data.optim_meta.get("step", 0), data.optim_meta.get("param_steps"))
+        if moments else {},
         growth_state=plan.mask_state(),
         ramp={"step": 0, "total": stage.growth.ramp_steps},
         tokens=tr["tokens"],
@@ -120,6 +125,9 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
     schedules = stage_schedules(cfg, stages)
     env = env or init_distributed(cfg.train, cfg.parallel)
     if env.is_main:
+        if resume and (out_dir / "checkpoints").is_dir():  # `flm train` wrote it: a plan would start over beside it
+            raise FlmError(f"--resume: {out_dir} holds a single-stage run (flm train); continue it with "
+                           f"`flm train {out_dir / 'config.toml'} --out {out_dir} --resume`")
         if resume and (out_dir / "config.toml").is_file():
             old = read_config(out_dir / "config.toml")
             changed = _changed_keys(config_to_dict(old), config_to_dict(cfg))
@@ -143,6 +151,7 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
         final = _final_checkpoint(out_dir, stage)
         if final is not None:  # finished before a resume
             prev = final
+            _log_bump(out_dir, stages, stage, env)  # unless the kill came right before its record
             continue
         partial = latest_checkpoint(out_dir / stage.folder)
         init = None
@@ -162,11 +171,21 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
                 if isinstance(tensors, GrownTensors):
                     tensors.close()
         prev = _final_checkpoint(out_dir, stage)
+        _log_bump(out_dir, stages, stage, env)
     if env.is_main:
         write_report(out_dir, stages)
         plot_runs([out_dir], out_dir / "loss.png")
     barrier(env)
     return out_dir
+
+
+def _log_bump(out_dir: Path, stages: list[Stage], stage: Stage, env: DistEnv) -> None:
+    """Append the loss bump of ``stage``'s growth to metrics.jsonl, once: after the stage's last checkpoint, or
+    on the resume of a run killed between that checkpoint and this record."""
+    rows = read_metrics(out_dir / "metrics.jsonl") if env.is_main else []
+    record = bump_record(rows, stages, stage) if env.is_main else None
+    if record is not None and not any(r.get("event") == record["event"] and r.get("stage") == stage.index for r in rows):
+        MetricsLog(out_dir / "metrics.jsonl").write(record)
 
 
 def scratch_config(cfg: RunConfig, match: str = "tokens") -> RunConfig:
@@ -241,7 +260,9 @@ def write_report(run_dir: Path, stages: list[Stage]) -> None:
                 f"- Growth into stage {b['stage']}: val loss {a['val_end']:.4f} before, {b['val_start']:.4f} "
                 f"right after ({change:+.4f}%)."
             )
-    skipped = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r.get("event") == "spike skipped"]
-    lines += [f"- Stage {r['stage']}, step {r['step'] + 1} skipped (train.spike): {r['reason']}." for r in skipped]
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    lines += bump_lines(rows, stages)
+    spikes = [r for r in rows if r.get("event") in (SKIPPED, ROLLED_BACK)]
+    lines += [f"- {describe(r)} (train.spike)." for r in spikes]
     lines += ["", "![loss](loss.png)", ""]
     atomic_write(Path(run_dir) / "report.md", "\n".join(lines))

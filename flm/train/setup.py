@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from flm.checkpoint import read_config
+from flm.checkpoint import read_config, verify_manifest
 from flm.config import RunConfig, save_config
 from flm.data.prepare import PreparedData, prepare_data
 from flm.data.tokenizer import check_vocab
@@ -42,6 +42,23 @@ def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] |
     if not env.is_main and others is not None:
         result = others()
     return result
+
+
+def verify_checkpoint(env: DistEnv, folder: Path) -> None:
+    """Check ``folder`` against its manifest, every rank hashing its share of the files (a sharded checkpoint
+    of a big model is many files: one rank hashing them all would keep the others waiting); a damaged file
+    found by any rank is raised on every rank."""
+    err = None
+    try:
+        verify_manifest(folder, share=(env.rank, env.world_size))
+    except FlmError as e:
+        err = str(e)
+    if env.distributed:
+        errors: list[str | None] = [None] * env.world_size
+        dist.all_gather_object(errors, err)
+        err = next((e for e in errors if e is not None), None)
+    if err is not None:
+        raise FlmError(err)
 
 
 def prepare_stage_data(cfg: RunConfig, env: DistEnv) -> PreparedData:

@@ -6,6 +6,7 @@ it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -22,6 +23,7 @@ from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 from tests.conftest import tiny_config_dict
 
+from ._checkpoint_workers import grow_into_layouts, verify_on_ranks
 from ._harness import spawn
 from ._train_workers import train_then_resume
 
@@ -103,6 +105,25 @@ def test_missing_or_damaged_shard_is_refused(runs, tmp_path):
         load_checkpoint(folder)
 
 
+def test_ranks_split_the_hashing_and_all_hear_of_a_damaged_file(runs, tmp_path):
+    """Under 2 ranks each hashes every other file of the manifest; a flipped byte in a file only rank 1 hashes
+    is raised on both ranks, naming the file."""
+    _, cut = runs
+    bad = tmp_path / "ckpt"
+    shutil.copytree(latest_checkpoint(cut), bad)
+    names = list(json.loads((bad / "manifest.json").read_text())["files"])
+    victim = bad / names[1]  # rank 1's share: files 1, 3, ...
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    spawn(verify_on_ranks, 2, tmp_path, str(bad), timeout=120)
+    errors = [(tmp_path / f"verify-{r}.txt").read_text() for r in range(2)]
+    assert errors[0] == errors[1] and names[1] in errors[0] and "sha256" in errors[0]
+    shutil.copy2(latest_checkpoint(cut) / names[1], victim)
+    spawn(verify_on_ranks, 2, tmp_path, str(bad), timeout=120)
+    assert [(tmp_path / f"verify-{r}.txt").read_text() for r in range(2)] == ["", ""]
+
+
 def test_consolidate_writes_the_same_tensors_as_a_full_checkpoint(runs, tmp_path, capsys):
     _, cut = runs
     folder = latest_checkpoint(cut)
@@ -130,6 +151,26 @@ def test_grow_reads_a_sharded_checkpoint(runs, tmp_path):
     assert cfg.model.d_ff == 192 and grown.model["blocks.0.mlp.up.weight"].shape[0] == 192
 
 
+@pytest.mark.parametrize("fmt", ["sharded", "full"])
+def test_grow_writes_a_sharded_checkpoint_like_the_full_one(runs, tmp_path, fmt):
+    """``flm grow`` of a sharded checkpoint writes a sharded one by default (a full one on request): both read
+    back as bitwise ``grow`` of the consolidated checkpoint, and verify against their manifest."""
+    _, cut = runs
+    folder = latest_checkpoint(cut)
+    out = tmp_path / "grown"
+    argv = ["grow", str(folder), "--to", "d_model=64,n_layers=3", "--out", str(out), "--no-progress", "--seed", "5"]
+    assert main(argv + (["--format", "full"] if fmt == "full" else [])) == 0
+    assert is_sharded(out) == (fmt == "sharded")
+    assert main(["checkpoint", "verify", str(out)]) == 0
+    data, cfg = load_checkpoint(folder)
+    ref = grow(cfg.model, data.model, GrowthConfig(d_model=64, n_layers=3), data.optim_tensors, seed=5)
+    grown, _ = load_checkpoint(out)
+    assert set(grown.model) == set(ref.state_dict)
+    assert all(torch.equal(grown.model[k], v) for k, v in ref.state_dict.items())
+    assert ref.optim_state is not None
+    assert all(torch.equal(grown.optim_tensors[k], ref.optim_state[k]) for k in grown.optim_tensors)
+
+
 def test_lazy_growth_of_a_sharded_checkpoint_equals_in_memory_growth(runs):
     """What ``flm run`` hands the next stage (each tensor built from the shards when a rank asks for it) is
     bitwise ``grow`` of the consolidated checkpoint: weights and moments."""
@@ -143,6 +184,31 @@ def test_lazy_growth_of_a_sharded_checkpoint_equals_in_memory_growth(runs):
     assert set(weights) == set(ref.state_dict) and set(moments) == set(ref.optim_state)
     assert all(torch.equal(weights[k], v) for k, v in ref.state_dict.items())
     assert all(torch.equal(moments[k], v) for k, v in ref.optim_state.items())
+
+
+def test_sharded_growth_builds_each_rank_from_its_old_slices(runs, tmp_path):
+    """The next stage built on 4 ranks (tp2·dp2, pp2·dp2) straight from the dp2 sharded checkpoint: weights and
+    moments bitwise ``grow`` of the consolidated checkpoint; no rank reads a whole tensor, and the 4 ranks
+    together read the old bytes about once, not 4 times as whole-tensor reads would (above once: the new block
+    re-reads the slices of the block it copies, and under pp the last stage reads the tied embedding again
+    for its readout copy)."""
+    _, cut = runs
+    folder = latest_checkpoint(cut)
+    data, cfg = load_checkpoint(folder)
+    growth = {"d_model": 64, "d_ff": 192, "n_layers": 3}
+    ref = grow(cfg.model, data.model, GrowthConfig(**growth), data.optim_tensors, seed=5)
+    layouts = {"tp2dp2": {"tp": 2}, "pp2dp2": {"pp": 2}}
+    spawn(grow_into_layouts, 4, tmp_path, str(folder), cfg.model.model_dump(), growth, layouts, 5, timeout=300)
+    old_bytes = sum(t.numel() * t.element_size() for t in [*data.model.values(), *data.optim_tensors.values()])
+    assert ref.optim_state is not None
+    for name in layouts:
+        got = torch.load(tmp_path / f"{name}.pt")
+        assert set(got["model"]) == set(ref.state_dict) and set(got["optim"]) == set(ref.optim_state)
+        assert all(torch.equal(got["model"][k], v) for k, v in ref.state_dict.items()), name
+        assert all(torch.equal(got["optim"][k], v) for k, v in ref.optim_state.items()), name
+        reads = [json.loads((tmp_path / f"{name}-{rank}.json").read_text()) for rank in range(4)]
+        assert all(r["whole"] == 0 for r in reads), name
+        assert old_bytes <= sum(r["bytes"] for r in reads) <= 1.6 * old_bytes, (name, reads, old_bytes)
 
 
 def test_background_save_writes_the_same_checkpoints(cfg, tmp_path):

@@ -22,7 +22,7 @@ def plan_dict(base: dict) -> dict:
     base["train"] = {**base["train"], "ckpt_every": 2, "keep_last": 10, "eval_every": 4}
     base["stages"] = [
         {"steps": 8},
-        {"steps": 6, "lr": 2e-3, "grow": {"d_model": 64, "ramp_steps": 3}},
+        {"steps": 6, "lr_scale": 1.5, "grow": {"d_model": 64, "ramp_steps": 3}},
         {"steps": 6, "grow": {"n_layers": 4, "ramp_steps": 3, "depth_position": "interleave"}},
     ]
     return base
