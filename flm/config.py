@@ -132,6 +132,11 @@ class GrowthConfig(_Strict):
         "keep", description="μP width growth: keep the readout multiplier (function-preserving; output_mult "
         "scales with d_model) or move it to the new width's over the ramp"
     )
+    method: Literal["msg", "gstack", "hyperclone", "net2net"] = Field(
+        "msg", description="msg: masked growth (the default); literature baselines (docs/growth.md#baselines), "
+        "fresh optimizer, no masks: gstack stacks the old layers (depth, a multiple), hyperclone duplicates the "
+        "width (integer factors), net2net replicates random units and adds identity blocks"
+    )
 
     def apply(self, model: ModelConfig, where: str = "grow") -> ModelConfig:
         """The grown shape; refuses to shrink any dimension; keeps head_dim."""
@@ -157,12 +162,33 @@ class GrowthConfig(_Strict):
                     f"{where}.n_heads to keep the attention width apart from d_model"
                 )
             update["n_heads"] = self.d_model // hd
+        self._check_method(model, update, where)
         if model.mup_base_width and self.readout == "keep" and update.get("d_model", model.d_model) != model.d_model:
             # readout multiplier output_mult / width_mult unchanged: the old logits are not rescaled
             update["output_mult"] = model.output_mult * update["d_model"] / model.d_model
         data = model.model_dump()
         data.update(update)
         return _validated(ModelConfig, data, where=f"{where} result")
+
+    def _check_method(self, model: ModelConfig, update: dict[str, Any], where: str) -> None:
+        """The shapes a baseline can reach: G_stack repeats the whole stack (depth only, a multiple of it),
+        HyperCloning duplicates the width (integer factors, depth unchanged)."""
+        widths = ("d_model", "d_ff", "n_heads")
+        if self.method == "gstack":
+            if any(update.get(k, getattr(model, k)) != getattr(model, k) for k in widths):
+                raise FlmError(f"{where}.method = 'gstack' stacks layers only; drop d_model/d_ff/n_heads from "
+                               "this growth (grow the width in another stage, or use method 'net2net')")
+            if update.get("n_layers", model.n_layers) % model.n_layers:
+                raise FlmError(f"{where}.n_layers = {update['n_layers']}: gstack repeats all {model.n_layers} "
+                               f"layers, so it needs a multiple of {model.n_layers}; pick one, or use method 'net2net'")
+        if self.method == "hyperclone":
+            if update.get("n_layers", model.n_layers) != model.n_layers:
+                raise FlmError(f"{where}.method = 'hyperclone' grows the width only; drop n_layers from this "
+                               "growth (grow the depth in another stage, or use method 'gstack' or 'net2net')")
+            for k in widths:
+                if update.get(k, getattr(model, k)) % getattr(model, k):
+                    raise FlmError(f"{where}.{k} = {update[k]}: hyperclone duplicates every unit, so it needs a "
+                                   f"multiple of the current {getattr(model, k)}; pick one, or use method 'net2net'")
 
 
 class DataSource(_Strict):
@@ -344,7 +370,7 @@ class StageConfig(_Strict):
     steps: int | None = Field(None, gt=0)
     tokens: int | None = Field(None, gt=0)
     lr: float | None = Field(
-        None, gt=0, description="lr_mode restart: the stage's peak LR; inherit: only the first stage's (the plan's peak)"
+        None, gt=0, description="restart: the stage's peak LR; inherit: the first stage's only (the plan's peak)"
     )
     lr_scale: float | None = Field(
         None, gt=0, description="lr_mode inherit, later stages: multiplies the inherited LR from this stage on"

@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import tomli_w
@@ -27,8 +28,9 @@ from flm.cli import main
 from tests.conftest import REPO, tiny_config_dict
 
 DOCS = REPO / "docs" / "mistakes.md"
-RUN, CKPT, EARLIER, GROWN = "runs/tiny", "runs/tiny/checkpoints/step_00000002", "runs/tiny/checkpoints/step_00000001", \
-    "runs/grown"
+RUN = "runs/tiny"  # trained 2 steps, a checkpoint after each
+CKPT, EARLIER = f"{RUN}/checkpoints/step_00000002", f"{RUN}/checkpoints/step_00000001"
+GROWN = "runs/grown"  # runs/tiny grown, in the middle of its growth ramp
 LOCK_FILE = ".lock"
 
 
@@ -80,10 +82,11 @@ def _plan_folder(root: Path) -> None:
     (root / RUN / "config.toml").write_text(cfg.replace("stages = []", plan, 1))
 
 
-def _locked(root: Path):
+def _locked(root: Path) -> IO[str]:
     """Another process holds runs/tiny: its advisory lock taken on a file description of our own."""
-    f = (root / RUN / LOCK_FILE).open("r+" if (root / RUN / LOCK_FILE).exists() else "w+")
+    f = (root / RUN / LOCK_FILE).open("a+")
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.truncate(0)
     f.write(json.dumps({"pid": 4242, "host": "node7"}))
     f.flush()
     return f
@@ -182,7 +185,8 @@ CASES = [
     Mistake("grow-out-exists", f"grow {CKPT} --to d_model=64 --out {RUN}", "growth never overwrites"),
     Mistake("grow-mid-ramp", f"grow {GROWN} --to d_model=64 --out big", "in the middle of a growth ramp"),
     # flm run: growth plans
-    Mistake("run-ramp-longer-than-stage", "run tiny.toml --out plan --set 'stages=[{steps=2},{steps=2,grow={d_ff=256}}]'",
+    Mistake("run-ramp-longer-than-stage",
+            "run tiny.toml --out plan --set 'stages=[{steps=2},{steps=2,grow={d_ff=256}}]'",
             "stages[1].grow.ramp_steps (100) is longer than the stage (2 steps)"),
     Mistake("run-stage-without-length", "run tiny.toml --out plan --set 'stages=[{steps=2},{grow={d_ff=256}}]'",
             "stages[1] sets neither steps nor tokens"),
@@ -216,7 +220,8 @@ CASES = [
     Mistake("eval-data-missing", f"eval ppl {RUN} --data corpus/test.jsonl", "--data corpus/test.jsonl: no such file"),
     Mistake("eval-model-missing", "eval ppl runs/tiy --data corpus/valid.jsonl", "model not found: runs/tiy"),
     Mistake("eval-text-field", f"eval ppl {RUN} --data corpus/valid.jsonl --text-field body", "no string field 'body'"),
-    Mistake("eval-overlap", f"eval ppl {RUN} --data corpus/valid.jsonl --overlap 32", "--overlap 32 must be in [0, 31]"),
+    Mistake("eval-overlap", f"eval ppl {RUN} --data corpus/valid.jsonl --overlap 32",
+            "--overlap 32 must be in [0, 31]"),
     Mistake("eval-bench-unknown-task", f"eval bench {RUN} --tasks arc_easyy", "unknown benchmark task 'arc_easyy'"),
     Mistake("eval-iq-unknown-task", f"eval iq {RUN} --tasks counting2", "unknown IQ task 'counting2'"),
     Mistake("eval-teacher-labels", f"eval teacher {RUN} --labels yes yes", "'yes' is not a token of this tokenizer"),
@@ -228,8 +233,8 @@ CASES = [
     Mistake("export-gguf-xpos", f"export gguf {CKPT} tiny.gguf", "cannot hold this model: xpos = true"),
     Mistake("export-mid-ramp", f"export hf {GROWN} hf", "in the middle of a growth ramp"),
     Mistake("import-not-a-model", f"import hf {RUN} imported", "is not a transformers model folder (no config.json)"),
-    Mistake("import-unsupported-architecture", "import hf llama imported", "unsupported architecture model_type='llama'",
-            _write("llama/config.json", json.dumps(LLAMA))),
+    Mistake("import-unsupported-architecture", "import hf llama imported",
+            "unsupported architecture model_type='llama'", _write("llama/config.json", json.dumps(LLAMA))),
     Mistake("import-no-weights", "import hf neox imported", "holds no weights",
             _write("neox/config.json", json.dumps(NEOX))),
     # μP and scaling
@@ -260,12 +265,15 @@ def world(tiny_corpus: Path, tmp_path_factory) -> Path:
 
 
 def _snapshot(root: Path) -> dict[str, object]:
-    return {
-        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).digest())
-        if p.is_file() else "folder"
-        for p in sorted(root.rglob("*"))
-        if p.name != LOCK_FILE
-    }
+    """Every path under ``root`` (but run-folder locks): a file's size, mtime and sha256; "folder" for a folder."""
+    out: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        if p.name != LOCK_FILE:
+            stat = p.stat()
+            out[p.relative_to(root).as_posix()] = (
+                (stat.st_size, stat.st_mtime_ns, hashlib.sha256(p.read_bytes()).digest()) if p.is_file() else "folder"
+            )
+    return out
 
 
 def run_mistake(case: Mistake, world: Path, root: Path, capsys) -> tuple[int, str, dict, dict]:
@@ -274,7 +282,10 @@ def run_mistake(case: Mistake, world: Path, root: Path, capsys) -> tuple[int, st
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for key, value in case.env:
-            mp.setenv(key, value) if value is not None else mp.delenv(key, raising=False)
+            if value is None:
+                mp.delenv(key, raising=False)
+            else:
+                mp.setenv(key, value)
         held = case.setup(root) if case.setup else None
         before = _snapshot(root)
         capsys.readouterr()

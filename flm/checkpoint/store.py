@@ -75,13 +75,23 @@ def _table_sha256(files: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(folder: Path) -> None:
-    """Size and sha256 of every file of the checkpoint, those in its DCP shard folders too."""
-    files = {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+def file_entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Manifest entries (size, sha256) of the files ``names`` (relative to ``folder``)."""
+    return {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)} for n in names}
+
+
+def shard_files(folder: Path) -> list[str]:
+    """The files of a sharded checkpoint's DCP folders, relative to it, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for sub in (SHARDED_MODEL, SHARDED_OPTIM)
+                  for p in (folder / sub).glob("*") if p.is_file())
+
+
+def write_manifest(folder: Path, hashed: dict[str, dict[str, Any]] | None = None) -> None:
+    """Size and sha256 of every file of the checkpoint, those in its DCP shard folders too; ``hashed``: entries
+    the caller computed already (the ranks hash the shard files they are given, ``shard_files``)."""
+    hashed = hashed or {}
+    names = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    files = {n: hashed[n] if n in hashed else file_entries(folder, [n])[n] for n in names}
     atomic_write(folder / MANIFEST, manifest_text(files))
 
 
@@ -190,10 +200,10 @@ class CheckpointData:
 
 
 def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenizer: Any | None,
-                    staged: Path | None = None) -> Path:
+                    staged: Path | None = None, hashed: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``data`` to ``folder`` atomically (temp folder, then rename). ``staged``: the folder where the
     ranks already wrote a sharded checkpoint's ``model/`` and ``optim/`` (``staging_folder``); ``data`` then
-    carries no model or moment tensors."""
+    carries no model or moment tensors; ``hashed``: the manifest entries of its shard files, if known."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = staged or folder.parent / f".tmp-{folder.name}-{os.getpid()}"
@@ -217,7 +227,7 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
         if tokenizer is not None:
             tokenizer.save(tmp)
         fsync_folder(tmp)
-        write_manifest(tmp)
+        write_manifest(tmp, hashed)
         if folder.exists() and not (folder / MANIFEST).is_file():  # not one this run completed: keep it aside
             folder.rename(folder.parent / f".incomplete-{folder.name}-{os.getpid()}")
         if folder.exists():

@@ -87,7 +87,8 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig, where: str = 
     env = DistEnv(rank, world, local_rank, device)
     if world > 1:
         unset = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-        if unset and not dist.is_initialized():  # init_process_group would end in a traceback (or wait for peers that never come)
+        # without them init_process_group ends in a traceback (or waits for peers that never come)
+        if unset and not dist.is_initialized():
             raise FlmError(f"WORLD_SIZE = {world} but {', '.join(unset)} not set: start a job of several processes "
                            f"with torchrun (torchrun --nproc_per_node {world} -m flm.cli ...), or unset WORLD_SIZE")
         if device.type == "cuda":

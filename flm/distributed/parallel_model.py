@@ -239,8 +239,8 @@ class ParallelModel(StageParts):
         for key, p in self._named_parameters(include_copy=True):
             if f"exp_avg/{key}" not in tensors:
                 continue
-            optimizer.state[p] = self._adam_state(
-                steps.get(key, step), _shard_of(p, tensors, f"exp_avg/{key}"), _shard_of(p, tensors, f"exp_avg_sq/{key}"))
+            optimizer.state[p] = self._adam_state(steps.get(key, step), _shard_of(p, tensors, f"exp_avg/{key}"),
+                                                  _shard_of(p, tensors, f"exp_avg_sq/{key}"))
 
     def _adam_state(self, step: int, exp_avg: Tensor, exp_avg_sq: Tensor) -> dict[str, Tensor]:
         """One parameter's AdamW state as fused AdamW keeps it (the step count fp32 on the device)."""

@@ -3,9 +3,10 @@
 ``grow`` executes a ``GrowthPlan`` (plan.py): each tensor is the old one in the top-left corner and the
 muP init of the new width elsewhere; Adam moments are the old ones in the corner and zeros elsewhere, and
 a widened tensor keeps its step count (one per tensor in torch's AdamW). New blocks get no optimizer state:
-AdamW starts them as a fresh optimizer would, at step 0 with zero moments, so their first updates have the full
-bias-corrected size instead of ~0.45x of it (zero moments under an old step count). Function preservation does not depend on the init: it comes from the masks
-(``GrowthResult.mask_state``, loaded with ``FLM.load_growth_state``) that start at m = 0.
+AdamW starts them as a fresh optimizer would, at step 0 with zero moments, so their first updates have the
+full bias-corrected size instead of ~0.45x of it (zero moments under an old step count). Function
+preservation does not depend on the init: it comes from the masks (``GrowthResult.mask_state``, loaded with
+``FLM.load_growth_state``) that start at m = 0.
 
 Random entries are drawn from a generator seeded per tensor (from the seed and the tensor's name), so the
 in-memory and the streaming paths give the same bytes, in any order.

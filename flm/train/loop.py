@@ -59,6 +59,7 @@ from flm.train.setup import (
     batch_layout,
     check_out_dir,
     check_stage_layout,
+    hash_shards,
     prepare_stage_data,
     verify_checkpoint,
     write_run_config,
@@ -308,8 +309,9 @@ class Trainer:
             f.result()  # a failed background write raises here, at the latest when the stage ends
         self._pending = None
         barrier(self.env)
+        hashed = hash_shards(self.env, staged) if staged is not None else None  # collective: ranks split it
         if data is not None:
-            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged)
+            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged, hashed=hashed)
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         barrier(self.env)
         self.last_ckpt = folder

@@ -31,7 +31,7 @@ from flm.flops import flops_per_token
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
-from flm.train.growth_bump import bump_lines, bump_record
+from flm.train.growth_bump import EVENT, bump_lines, bump_record
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
@@ -184,7 +184,8 @@ def _log_bump(out_dir: Path, stages: list[Stage], stage: Stage, env: DistEnv) ->
     on the resume of a run killed between that checkpoint and this record."""
     rows = read_metrics(out_dir / "metrics.jsonl") if env.is_main else []
     record = bump_record(rows, stages, stage) if env.is_main else None
-    if record is not None and not any(r.get("event") == record["event"] and r.get("stage") == stage.index for r in rows):
+    logged = any(r.get("event") == EVENT and r.get("stage") == stage.index for r in rows)
+    if record is not None and not logged:
         MetricsLog(out_dir / "metrics.jsonl").write(record)
 
 

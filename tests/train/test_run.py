@@ -55,6 +55,10 @@ def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_p
     assert [line.split("|")[1].strip() for line in report if line.startswith("| ") and "M |" in line] == ["1", "2", "3"]
     assert (tmp_path / "a" / "loss.png").stat().st_size > 10_000
     rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    bumps = [r for r in rows if r.get("event") == "growth loss bump"]  # one per growth, in metrics and report
+    assert [(r["stage"], r["ramp_steps"]) for r in bumps] == [(2, 3), (3, 3)]
+    assert all(r["loss_bump"] >= 0 and r["val_loss_bump"] >= 0 for r in bumps)
+    assert sum(line.startswith("- Loss bump of the growth into stage") for line in report) == 2
     assert rows[-1]["tokens"] == 20 * 4 * 32
 
     # Crash right after stage 2 finished: stage 3 is grown again and trained to the same bytes.
