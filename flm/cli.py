@@ -7,6 +7,7 @@ User mistakes raise ``FlmError``: one line on stderr, exit code 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -72,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # an output path that cannot be written, a folder where a file should be, ...
         where = f" {e.filename}" if e.filename else ""
-        print(
-            f"flm {args.command}: error: cannot use{where}: {e.strerror or e}; check the path and its permissions",
-            file=sys.stderr,
-        )
+        fix = ("free space (or pick a path on another disk), then run it again"
+               if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and its permissions")
+        print(f"flm {args.command}: error: cannot use{where}: {e.strerror or e}; {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flm: interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,18 @@ def _corpus_lines(split: str, chars: int) -> list[str]:
             if total >= chars:
                 break
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_out_of_home(tmp_path_factory):
+    """The measured-peak cache (flm.hardware) goes to a temporary folder, not the user's ~/.cache."""
+    old = os.environ.get("FLM_CACHE_DIR")
+    os.environ["FLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("flm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FLM_CACHE_DIR", None)
+    else:
+        os.environ["FLM_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,9 @@ def grow_checkpoint(
     or torch.distributed.checkpoint folders ("sharded", which the trainer loads under any layout); default:
     the format of the input."""
     t0 = time.perf_counter()
+    if growth.method != "msg":  # the baselines grow in memory, inside flm run (flm.train.baseline_growth)
+        raise FlmError(f"flm grow: method {growth.method!r} is a baseline that runs only between the stages of "
+                       "`flm run`; drop method (MSG) or put the growth in a [[stages]] grow table")
     folder = find_checkpoint(src_path)
     sharded = is_sharded(folder) if fmt is None else fmt == "sharded"
     out = Path(out)

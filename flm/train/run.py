@@ -31,6 +31,7 @@ from flm.flops import flops_per_token
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
+from flm.train.baseline_growth import baseline_init
 from flm.train.growth_bump import EVENT, bump_lines, bump_record
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics
@@ -89,6 +90,8 @@ def _grown_init(prev_ckpt: Path, stage: Stage, seed: int, env: DistEnv) -> Stage
         raise FlmError(
             f"{prev_ckpt}: the previous stage ended mid-ramp; make its ramp_steps shorter than the stage"
         )
+    if stage.growth.method != "msg":  # a literature baseline: in memory, fresh optimizer, no masks
+        return baseline_init(prev_ckpt, stage, seed)
     plan, weights, moments = grown_tensors(prev_ckpt, prev_cfg.model, stage.growth, seed)
     if plan.new != stage.model:
         raise FlmError(f"stage {stage.index}: growth gives {plan.new.shape()}, the plan says {stage.model.shape()}")

@@ -121,7 +121,7 @@ def test_dcp_model_is_read_tensor_by_tensor(ckpt: Path, tmp_path: Path, capsys) 
         dcp.save(state, checkpoint_id=str(src / "model"), no_dist=True)
     (src / "config.toml").write_text((ckpt / "config.toml").read_text())
     out = tmp_path / "grown"
-    code, _, _ = _run(["grow", str(src), "--to", "d_model=48", "--out", str(out)], capsys)
+    code, _, _ = _run(["grow", str(src), "--to", "d_model=48", "--out", str(out), "--format", "full"], capsys)
     assert code == 0
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("blocks.1.attn.q.weight")[:32, :32], state["blocks.1.attn.q.weight"])
