@@ -1,34 +1,78 @@
-"""Progressive growth vs training the final shape from scratch, side by side on the same data.
+"""Progressive growth (MSG and three literature baselines) vs training the final shape from scratch, on the same
+data, to the same final shape, for the same number of tokens.
 
-Runs the plan of CONFIG (default configs/demo.toml) with `flm run`, then its from-scratch baseline (the
-final shape, the same number of tokens, the same optimizer settings and schedule shape), and reports the
-FLOPs and wall time the progressive run needed to reach the scratch run's final validation loss:
-speedup = scratch / progressive. Also the tokens-per-parameter budget. Prints one JSON line, writes
-benchmarks/results/growth_speedup.json and growth_speedup.png.
+Arms (each run with `flm run`, scratch with `flm train`'s loop), for every seed, back to back:
+- scratch: the final shape from step 0 (``scratch_config``: the plan's tokens, peak LR and warmup).
+- msg: the plan of CONFIG as it is (default configs/demo.toml: width 128 -> 192, then depth 4 -> 6).
+- net2net: the same stages, every growth with ``method = "net2net"`` (it reaches any shape).
+- gstack: G_stack stacks whole models, so depth must grow by an integer factor: two stages, the final shape at
+  n_layers / g (g = --gstack-factor, default 2: 3 -> 6 layers for the demo), stacked g times.
+- hyperclone: HyperCloning duplicates the width by integer factors: two stages, the final shape with d_model,
+  heads (head_dim kept) and d_ff divided by k (--hyperclone-factor, default 2: d 96 -> 192 for the demo).
+The two-stage arms grow where the plan first grows (the first stage's steps at the small shape, the rest at the
+final one, the same total tokens), take the first growth's ramp_steps as their loss-bump window, and the
+second stage's other keys (lr_scale, batch_size, ...). Every arm uses the plan's LR schedule (lr_mode).
 
-    python benchmarks/growth_speedup.py [--config configs/demo.toml] [--work runs/bench-growth]
+Reported per arm and seed (the definitions are written into the JSON): FLOPs and wall-clock seconds to reach
+the same seed's scratch final validation loss (linearly interpolated between evaluations) and the speedups
+scratch total / that; the reverse ratio (the FLOPs scratch needed to reach the arm's final validation loss over
+the arm's total FLOPs); the final loss gap; the loss bump of every growth (flm.train.growth_bump: the largest
+rise of the training and of the validation loss during the growth's first ramp_steps steps over the value
+right before it); the machine load around each arm (load average before/after, the CPU share other processes
+used; a warning when the machine is busy, as benchmarks/throughput.py does). One plot: validation loss vs FLOPs
+and vs seconds, all arms and seeds.
+
+    python benchmarks/growth_speedup.py [--config configs/demo.toml] [--seeds 2] [--arms msg,gstack,...]
+    python benchmarks/growth_speedup.py --quick     # tiny shapes, 60 steps per arm: about 2 minutes idle
+
+Writes benchmarks/results/growth_speedup.json and .png (growth_speedup_quick.* with --quick).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
+from statistics import mean
+from typing import Any
 
-from flm.config import load_config
+from throughput import cpu_busy
+
+from flm.config import RunConfig, config_from_dict, config_to_dict, load_config
+from flm.io import atomic_write
 from flm.stages import resolve_stages
+from flm.train.growth_bump import EVENT
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
-from flm.train.plot import plot_runs
 from flm.train.run import run_plan, scratch_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ARMS = ("scratch", "msg", "net2net", "gstack", "hyperclone")
+BUSY_PCT = 10  # others' CPU share above which the wall-clock figures are noise
+
+DEFINITIONS = {
+    "target": "the same seed's scratch run's final validation loss",
+    "flops_to_reach": "FLOPs at which the arm's validation loss first reaches the target, linearly interpolated "
+                      "between evaluations (null: never)",
+    "flops_speedup": "scratch's total FLOPs / the arm's flops_to_reach",
+    "seconds_to_reach, seconds_speedup": "the same in wall-clock seconds (training time of the stages, evaluations "
+                                         "and checkpoints included)",
+    "reverse_ratio": "FLOPs scratch needed to reach the arm's final validation loss / the arm's total FLOPs "
+                     "(> 1: the arm's compute bought more than scratch's; null: scratch never got there)",
+    "final_gap": "the arm's final validation loss - scratch's (negative: better)",
+    "bumps": "per growth (flm.train.growth_bump): the largest rise of the training and the validation loss during "
+             "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
+             "ramp_steps is only this window",
+    "load": "load average before and after the arm; others_cpu_pct: CPU share other processes used meanwhile",
+}
 
 
 def first_reach(rows: list[dict], target: float, key: str) -> float | None:
-    """Smallest ``key`` (tokens, flops, time) at which the validation loss reaches ``target``, linearly
+    """Smallest ``key`` (tokens, flops, wall) at which the validation loss reaches ``target``, linearly
     interpolated between evaluations; None when it never does."""
     vals = [(r[key], r["val_loss"]) for r in rows if "val_loss" in r]
     for (x0, y0), (x1, y1) in zip(vals, vals[1:]):
@@ -51,60 +95,179 @@ def cumulative_time(rows: list[dict]) -> list[dict]:
     return out
 
 
+def quick_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """--quick: the demo's recipe at toy size (final d 64, 4 layers, 4 heads of 16, d_ff 256; 60 steps of 8 x 32)."""
+    data["model"].update(d_model=48, n_layers=2, n_heads=3, d_ff=None, head_dim=None, max_seq_len=32)
+    data["train"].update(batch_size=8, eval_every=6, eval_batches=2, log_every=1, ckpt_every=0, progress=False)
+    data["optim"].update(warmup_steps=6)
+    data["stages"] = [
+        {"steps": 36},
+        {"steps": 12, "grow": {"d_model": 64, "d_ff": 256, "ramp_steps": 4}},
+        {"steps": 12, "grow": {"n_layers": 4, "ramp_steps": 4, "depth_position": "interleave"}},
+    ]
+    return data
+
+
+def _small(final: dict[str, Any], arm: str, factor: int) -> dict[str, Any]:
+    """The first stage's model of a two-stage arm: the final one with its depth (gstack) or widths (hyperclone)
+    divided by ``factor``."""
+    keys = ("n_layers",) if arm == "gstack" else ("d_model", "n_heads", "d_ff")
+    small = dict(final)
+    for k in keys:
+        if final[k] % factor:
+            raise SystemExit(f"{arm}: the final {k} = {final[k]} is not a multiple of {factor}; pick another "
+                             f"--{arm}-factor")
+        small[k] //= factor
+    if arm == "hyperclone" and final.get("mup_base_width"):  # grow.readout = "keep" scales output_mult back up
+        small["output_mult"] = final["output_mult"] / factor
+    return small
+
+
+def arm_config(plan: RunConfig, arm: str, seed: int, factors: dict[str, int]) -> RunConfig:
+    """The run config of ``arm`` (module docstring) at ``seed``."""
+    if arm == "scratch":
+        data = config_to_dict(scratch_config(plan, "tokens"))
+    else:
+        data = config_to_dict(plan)
+    data["train"]["seed"] = seed
+    data["name"] = f"{plan.name}-{arm}-seed{seed}"
+    if arm == "net2net":
+        for st in data["stages"][1:]:
+            st["grow"]["method"] = "net2net"
+    elif arm in ("gstack", "hyperclone"):
+        stages = resolve_stages(plan)
+        final = config_to_dict(stages[-1].model)
+        first, second = dict(data["stages"][0]), dict(data["stages"][1])
+        first.pop("tokens", None)
+        first["steps"] = stages[0].steps
+        grow = {k: final[k] for k in (("n_layers",) if arm == "gstack" else ("d_model", "n_heads", "d_ff"))}
+        second.pop("tokens", None)
+        second.update(steps=sum(s.steps for s in stages[1:]),
+                      grow={**grow, "method": arm, "ramp_steps": second["grow"].get("ramp_steps", 100)})
+        data["model"] = _small(final, arm, factors[arm])
+        data["stages"] = [first, second]
+    return config_from_dict(data, where=f"arm {arm}")
+
+
+def run_arm(cfg: RunConfig, arm: str, out: Path) -> dict[str, Any]:
+    """Train one arm; its metrics rows (with "wall") and the machine's load around it."""
+    load0, busy0, own0, t0 = os.getloadavg()[0], cpu_busy(), sum(os.times()[:4]), time.perf_counter()
+    if arm == "scratch":
+        train_stage(cfg, out)
+    else:
+        run_plan(cfg, out)
+    wall = time.perf_counter() - t0
+    others = max(cpu_busy() - busy0 - (sum(os.times()[:4]) - own0), 0.0) / (wall * (os.cpu_count() or 1))
+    load = {"loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)], "others_cpu_pct": round(100 * others, 1),
+            "process_seconds": round(wall, 1)}
+    if load["others_cpu_pct"] > BUSY_PCT or load0 > (os.cpu_count() or 1):
+        print(f"warning: arm {arm}: the machine was busy (load {load['loadavg']}, other processes "
+              f"{load['others_cpu_pct']}% of the CPUs): its seconds are noise; rerun on an idle machine",
+              file=sys.stderr)
+    return {"rows": cumulative_time(read_metrics(out / "metrics.jsonl")), "load": load}
+
+
+def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
+    """An arm's figures against the same seed's scratch rows (DEFINITIONS)."""
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    target, final = [r["val_loss"] for r in scratch if "val_loss" in r][-1], vals[-1]
+    reach_flops, reach_wall = first_reach(rows, target, "flops"), first_reach(rows, target, "wall")
+    scratch_reach = first_reach(scratch, final, "flops")
+    train_rows = [r for r in rows if "event" not in r]
+    return {
+        "final_val_loss": final,
+        "final_gap": final - target,
+        "flops": train_rows[-1]["flops"],
+        "seconds": train_rows[-1]["wall"],
+        "flops_to_reach": reach_flops,
+        "flops_speedup": scratch[-1]["flops"] / reach_flops if reach_flops else None,
+        "seconds_to_reach": reach_wall,
+        "seconds_speedup": scratch[-1]["wall"] / reach_wall if reach_wall else None,
+        "reverse_ratio": scratch_reach / train_rows[-1]["flops"] if scratch_reach else None,
+        "bumps": [{k: b[k] for k in ("stage", "ramp_steps", "loss_before", "loss_bump", "val_loss_before",
+                                     "val_loss_bump")} for b in rows if b.get("event") == EVENT],
+    }
+
+
+def _mean(per_seed: list[dict[str, Any]], key: str) -> float | None:
+    xs = [s[key] for s in per_seed if s.get(key) is not None]
+    return mean(xs) if len(xs) == len(per_seed) else None  # a seed that never got there: no mean
+
+
+def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
+    import matplotlib  # heavy optional dependency: imported where it is used
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for i, (arm, runs) in enumerate(curves.items()):
+        for seed, rows in enumerate(runs):
+            pts = [r for r in rows if "val_loss" in r]
+            for ax, key in zip(axes, ("flops", "wall")):
+                ax.plot([r[key] for r in pts], [r["val_loss"] for r in pts], color=f"C{i}",
+                        linestyle="-" if seed == 0 else "--", label=arm if seed == 0 else None)
+    axes[0].set_xlabel("training FLOPs")
+    axes[1].set_xlabel("wall-clock seconds")
+    axes[0].set_ylabel("validation loss")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="arm (dashed: 2nd seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-growth"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    ap.add_argument("--gstack-factor", type=int, default=2)
+    ap.add_argument("--hyperclone-factor", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and 60 steps per arm (a smoke run)")
     args = ap.parse_args()
+    arms = [a for a in ARMS if a in args.arms.split(",")]  # scratch first: the others are measured against it
+    if "scratch" not in arms:
+        raise SystemExit("--arms must include scratch: every figure is relative to it")
 
-    cfg = load_config(args.config, args.overrides)
+    plan = load_config(args.config, args.overrides)
+    if args.quick:
+        plan = config_from_dict(quick_plan(config_to_dict(plan)), where="--quick plan")
+    factors = {"gstack": args.gstack_factor, "hyperclone": args.hyperclone_factor}
+    configs = {(a, s): arm_config(plan, a, s, factors) for s in range(args.seeds) for a in arms}  # refuse early
     shutil.rmtree(args.work, ignore_errors=True)
-    prog_dir, scratch_dir = args.work / "progressive", args.work / "scratch"
-    t0 = time.perf_counter()
-    run_plan(cfg, prog_dir)
-    t_prog = time.perf_counter() - t0
-    base = scratch_config(cfg, "tokens")
-    t0 = time.perf_counter()
-    train_stage(base, scratch_dir)
-    t_scratch = time.perf_counter() - t0
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in range(args.seeds):
+        for arm in arms:
+            runs[arm, seed] = run_arm(configs[arm, seed], arm, args.work / f"{arm}-seed{seed}")
 
-    prog = cumulative_time(read_metrics(prog_dir / "metrics.jsonl"))
-    scratch = cumulative_time(read_metrics(scratch_dir / "metrics.jsonl"))
-    target = [r["val_loss"] for r in scratch if "val_loss" in r][-1]
-    prog_final = [r["val_loss"] for r in prog if "val_loss" in r][-1]
-    scratch_flops, scratch_wall = scratch[-1]["flops"], scratch[-1]["wall"]
-    reach_flops = first_reach(prog, target, "flops")
-    reach_wall = first_reach(prog, target, "wall")
-    final = resolve_stages(cfg)[-1].model
-    result = {
-        "config": args.config,
-        "final_shape": final.shape(),
-        "final_params": final.num_params(),
-        "tokens": scratch[-1]["tokens"],
-        "tokens_per_param": scratch[-1]["tokens"] / final.num_params(),
-        "scratch_val_loss": target,
-        "progressive_val_loss": prog_final,
-        "scratch_flops": scratch_flops,
-        "progressive_flops": prog[-1]["flops"],
-        "progressive_flops_to_reach": reach_flops,
-        "flops_speedup": scratch_flops / reach_flops if reach_flops else None,
-        "scratch_seconds": scratch_wall,
-        "progressive_seconds": prog[-1]["wall"],
-        "progressive_seconds_to_reach": reach_wall,
-        "time_speedup": scratch_wall / reach_wall if reach_wall else None,
-        "wall_clock_total_s": t_prog + t_scratch,
-    }
-    if reach_flops is None:  # progressive never got there: how far the scratch run had to go to match it
-        scratch_reach = first_reach(scratch, prog_final, "flops")
-        result["scratch_flops_to_reach_progressive_final"] = scratch_reach
-        result["flops_ratio_at_progressive_final"] = (
-            scratch_reach / prog[-1]["flops"] if scratch_reach else None
-        )
+    final = resolve_stages(plan)[-1].model
+    result: dict[str, Any] = {"config": args.config, "quick": args.quick, "seeds": args.seeds,
+                              "final_shape": final.shape(), "final_params": final.num_params(),
+                              "definitions": DEFINITIONS, "arms": {}}
+    for arm in arms:
+        scratch = [runs["scratch", s]["rows"] for s in range(args.seeds)]
+        per_seed = [summarize(runs[arm, s]["rows"], scratch[s]) | {"load": runs[arm, s]["load"]}
+                    for s in range(args.seeds)]
+        first = configs[arm, 0]
+        result["arms"][arm] = {
+            "stages": [{"shape": st.model.shape(), "steps": st.steps,
+                        "method": st.growth.method if st.growth else None} for st in resolve_stages(first)],
+            "tokens": runs[arm, 0]["rows"][-1]["tokens"],
+            "mean": {k: _mean(per_seed, k) for k in ("final_val_loss", "final_gap", "flops_speedup",
+                                                     "seconds_speedup", "reverse_ratio")},
+            "per_seed": per_seed,
+        }
+    result["tokens_per_param"] = result["arms"]["scratch"]["tokens"] / final.num_params()
     RESULTS.mkdir(exist_ok=True)
-    plot_runs([prog_dir, scratch_dir], RESULTS / "growth_speedup.png")
-    (RESULTS / "growth_speedup.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result))
+    name = "growth_speedup_quick" if args.quick else "growth_speedup"
+    plot({arm: [runs[arm, s]["rows"] for s in range(args.seeds)] for arm in arms}, RESULTS / f"{name}.png")
+    atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    print(json.dumps({arm: r["mean"] for arm, r in result["arms"].items()}))
 
 
 if __name__ == "__main__":

@@ -199,8 +199,7 @@ def grow_checkpoint(
     out = Path(out)
     if out.exists():
         raise FlmError(f"--out {out} already exists; growth never overwrites, pick a new folder")
-    if (folder / MANIFEST).is_file():
-        verify_manifest(folder)
+    verify_manifest(folder)  # as every reader does: a damaged (or hand-assembled) checkpoint is not grown
     cfg = read_config(folder / "config.toml")
     if (folder / "growth.safetensors").is_file():
         raise FlmError(

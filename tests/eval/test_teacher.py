@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,11 +11,15 @@ import pytest
 import torch
 
 from flm.cli import main
-from flm.config import DataSource, config_from_dict, save_config
+from flm.config import DataSource, ModelConfig, config_from_dict, save_config
+from flm.data.loader import TokenLoader
+from flm.data.prepare import prepare_data
 from flm.data.teacher import TeacherItem, TeacherSource
-from flm.eval.models import load_scorer
+from flm.eval.models import FlmScorer, load_scorer
 from flm.eval.scorer import Scorer
-from flm.eval.teacher import margins, run_teacher, score_items, seen_note, seen_tasks
+from flm.eval.teacher import margins, prompt_ids, run_teacher, score_items, seen_note, seen_tasks
+from flm.model import FLM
+from tests.data.conftest import data_cfg, make_text
 from tests.data.test_teacher import _tasks_file
 
 
@@ -113,3 +118,31 @@ def test_bench_names_the_tasks_seen_as_teacher(flm_checkpoint: Path, tmp_path: P
     assert report["seen_as_teacher"] == ["mmlu", "sst2"]
     err = capsys.readouterr().err
     assert "sst2 (80% of its items)" in err and "mmlu (" not in err, "MMLU's test split was not trained on"
+
+
+def test_scored_prompts_are_the_training_tokens_before_the_label(tmp_path: Path) -> None:
+    """What `flm eval teacher` feeds the model is what training put before each label token: the EOS that
+    ended the previous packed sample, then the proposition, encoded the same way."""
+    path = _tasks_file(tmp_path)
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(random.Random(0), 3000))
+    teacher = {"kind": "teacher", "tasks": ["color", "plus"], "templates": str(path)}
+    cfg = data_cfg(tmp_path, [{"path": str(text), "weight": 0}, teacher], valid=[{"path": str(text)}])
+    prepared = prepare_data(cfg, progress=False)
+    tok = prepared.tokenizer
+    scorer = FlmScorer(FLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=1,
+                                       max_seq_len=64)), tok)
+    truth = {tuple(prompt_ids(scorer, t)): true
+             for t, true in TeacherSource(DataSource(**teacher), "x", "train").samples()}
+    label = {True: tok.special["label_pos"], False: tok.special["label_neg"]}
+    x, y, mask = next(TokenLoader(prepared, "train", seq_len=64, batch_size=8, seed=0))
+    checked = 0
+    for row, pos in mask.nonzero().tolist():
+        eos = (x[row, : pos + 1] == tok.eos_id).nonzero()
+        start = int(eos[-1]) if len(eos) else 0
+        prompt = x[row, start : pos + 1].tolist()
+        prompt = prompt if len(eos) else [tok.eos_id, *prompt]  # a window's first sample has no EOS before it
+        assert tuple(prompt) in truth, tok.decode(prompt)
+        assert int(y[row, pos]) == label[truth[tuple(prompt)]]
+        checked += 1
+    assert checked >= 8

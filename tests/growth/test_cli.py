@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from flm.checkpoint import MANIFEST, CheckpointData, load_checkpoint, save_checkpoint, verify_manifest
+from flm.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, verify_manifest, write_manifest
 from flm.checkpoint.grow import max_logit_delta
 from flm.cli import main
 from flm.config import GrowthConfig, RunConfig
@@ -120,6 +120,7 @@ def test_dcp_model_is_read_tensor_by_tensor(ckpt: Path, tmp_path: Path, capsys) 
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=str(src / "model"), no_dist=True)
     (src / "config.toml").write_text((ckpt / "config.toml").read_text())
+    write_manifest(src)
     out = tmp_path / "grown"
     code, _, _ = _run(["grow", str(src), "--to", "d_model=48", "--out", str(out), "--format", "full"], capsys)
     assert code == 0
@@ -156,7 +157,7 @@ def test_bad_specs_exit_2_with_one_line(ckpt: Path, tmp_path: Path, capsys, spec
 def test_config_that_does_not_match_its_tensors(ckpt: Path, tmp_path: Path, capsys) -> None:
     text = (ckpt / "config.toml").read_text()
     (ckpt / "config.toml").write_text(text.replace("d_ff = 128", "d_ff = 96"))
-    (ckpt / MANIFEST).unlink()  # a hand-edited checkpoint: no manifest to trip over first
+    write_manifest(ckpt)  # a hand-edited checkpoint, its manifest made anew: the shapes are what trips it
     code, _, err = _run(["grow", str(ckpt), "--to", "d_model=64", "--out", str(tmp_path / "o")], capsys)
     _one_error_line(code, err, r"tensor blocks\.0\.mlp\.up\.weight has shape \(128, 32\).*needs \(96, 32\)")
 
