@@ -29,6 +29,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections import deque
@@ -687,6 +688,26 @@ def _corpus_tokenizer(
     return tokenizer
 
 
+def _clear_abandoned(base: Path, digest: str) -> None:
+    """Remove the temporary folders of earlier preparations of this data on this host whose process is gone
+    (killed mid-way: never read, but never cleaned either). Another host's may still be working: kept."""
+    host = socket.gethostname()
+    for p in base.glob(f".tmp-{digest}-{host}-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def prepare_data(
     data_cfg: DataConfig,
     *,
@@ -715,7 +736,8 @@ def prepare_data(
         raise vocab_error(tok_cfg.vocab_size, model.vocab_size)
     made_base = not base.exists()
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{digest}-{os.getpid()}"
+    _clear_abandoned(base, digest)
+    tmp = base / f".tmp-{digest}-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     t0 = time.time()

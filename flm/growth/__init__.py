@@ -3,8 +3,10 @@
 - ``grow`` (ops.py): pure function on (model config, state dict, AdamW moments) -> bigger ones + masks.
 - ``grow_model`` / ``MaskRamp`` (ramp.py): the same on a live model, and the 0 -> 1 mask ramp.
 - ``grow_checkpoint`` (flm/checkpoint/grow.py): streaming growth of a checkpoint folder (``flm grow``).
+- ``grow_baseline`` (baselines.py): the literature baselines G_stack, HyperCloning and Net2Net (``grow.method``).
 """
 
+from flm.growth.baselines import grow_baseline
 from flm.growth.ops import GrowthResult, grow
 from flm.growth.plan import GrowthPlan, make_plan
 from flm.growth.ramp import GrownModel, MaskRamp, grow_model
@@ -16,6 +18,7 @@ __all__ = [
     "GrowthResult",
     "MaskRamp",
     "grow",
+    "grow_baseline",
     "grow_model",
     "make_plan",
     "parse_growth_spec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ def test_cache_reuse_and_invalidation(corpus: Path, tmp_path: Path) -> None:
     other_vocab = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}], tokenizer={"vocab_size": 400})
     assert prepare_data(other_vocab, progress=False).hash not in (first.hash, changed.hash)
     assert load_prepared(first.dir).tokens == first.tokens
+
+
+def test_a_killed_preparation_leaves_nothing_behind_once_run_again(corpus: Path, tmp_path: Path) -> None:
+    """The temporary folder of a preparation killed mid-way (its process gone) is removed by the next one;
+    one of a live process, or of another host, is kept."""
+    cfg = data_cfg(tmp_path, [{"path": str(corpus / "c.jsonl")}])
+    digest = P._content_hash(cfg, P._resolve_all(cfg, Path(".")), Path("."))[0]
+    base = Path(cfg.prepared_dir)
+    here = f".tmp-{digest}-{socket.gethostname()}"
+    dead, live = base / f"{here}-999999999", base / f"{here}-1"  # pid 1 is always alive
+    other = base / f".tmp-{digest}-another-host-999999999"
+    for p in (dead, live, other):
+        p.mkdir(parents=True)
+    prepared = prepare_data(cfg, progress=False)
+    assert prepared.dir.name == digest
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 def test_train_hash_follows_the_training_stream_only(corpus: Path, tmp_path: Path) -> None:
