@@ -21,6 +21,7 @@ COMMANDS = [
     "flm.generate.cli",  # flm generate
     "flm.checkpoint.cli",  # flm grow
     "flm.scaling.cli",  # flm cost, flm mup coord-check / search, flm predict
+    "flm.scaling.plan_cli",  # flm plan search
     "flm.eval.cli",  # flm eval ppl / bench / iq
     "flm.interop.cli",  # flm export hf / gguf, flm import hf
 ]
