@@ -84,14 +84,16 @@ def first_reach(rows: list[dict], target: float, key: str) -> float | None:
 
 
 def cumulative_time(rows: list[dict]) -> list[dict]:
-    """Add a run-level wall-clock "wall" (stage clocks restart at each stage)."""
+    """Add a run-level wall-clock "wall" (stage clocks restart at each stage; an event record, which has no
+    clock, gets the time of the record before it)."""
     out, offset, last_stage, last_t = [], 0.0, None, 0.0
     for r in rows:
         st = r.get("stage", 0)
         if last_stage is not None and st != last_stage:
             offset += last_t
-        last_stage, last_t = st, r.get("time", 0.0)
-        out.append({**r, "wall": offset + r.get("time", 0.0)})
+            last_t = 0.0
+        last_stage, last_t = st, r.get("time", last_t)
+        out.append({**r, "wall": offset + last_t})
     return out
 
 
@@ -201,6 +203,8 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    vals = [[r["val_loss"] for r in rows if "val_loss" in r] for runs in curves.values() for rows in runs]
+    tails = [v for run in vals for v in run[len(run) // 3 :]]  # the y range: the last two thirds of training
     for i, (arm, runs) in enumerate(curves.items()):
         for seed, rows in enumerate(runs):
             pts = [r for r in rows if "val_loss" in r]
@@ -211,8 +215,9 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
     axes[1].set_xlabel("wall-clock seconds")
     axes[0].set_ylabel("validation loss")
     for ax in axes:
-        ax.set_xscale("log")
         ax.grid(alpha=0.3)
+    spread = max(tails) - min(tails)
+    axes[0].set_ylim(min(tails) - 0.1 * spread, max(tails) + 0.1 * spread)
     axes[0].legend(title="arm (dashed: 2nd seed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

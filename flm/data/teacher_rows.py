@@ -107,6 +107,7 @@ def olmo_items(name: str, where: str, root: Path | None = None) -> list[Item]:
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _WORD = re.compile(r"[A-Za-z]{5,}")
+_SPACED_WORD = re.compile(r"(?<=\s)[A-Za-z]{5,}(?![A-Za-z])")  # after a space: the same tokens as " word"
 
 
 def _paragraphs(corpus: Path, where: str, limit: int) -> list[str]:
@@ -139,12 +140,13 @@ def _next_sentence(paras: list[str], n: int, rng: random.Random) -> Iterator[Ite
 
 def _word_in_paragraph(paras: list[str], n: int, rng: random.Random) -> Iterator[Item]:
     """Does this word occur in the paragraph above? The false word is one from another paragraph that
-    this one lacks."""
-    words = [sorted(set(_WORD.findall(p))) for p in paras]
+    this one lacks. Both are words that follow a space, as the templates write them: the true one is then
+    the very tokens of the paragraph, and the task a token match."""
+    words = [sorted(set(_SPACED_WORD.findall(p))) for p in paras]
     for i in range(min(n, len(paras))):
         if not words[i]:
             continue
-        have = {w.lower() for w in words[i]}
+        have = {w.lower() for w in _WORD.findall(paras[i])}
         other = words[(i + rng.randrange(1, len(paras))) % len(paras)]
         absent = [w for w in other if w.lower() not in have]
         if absent:

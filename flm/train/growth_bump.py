@@ -59,9 +59,12 @@ def bump_lines(rows: Sequence[dict[str, Any]], stages: Sequence[Stage]) -> list[
         b = growth_bump(rows, prev, stage)
         parts = []
         for key, name in (("loss", "training"), ("val_loss", "validation")):
-            if b[f"{key}_bump"] is not None:
-                parts.append(f"{name} +{b[f'{key}_bump']:.4f} over {b[f'{key}_before']:.4f} "
-                             f"(highest at step {b[f'{key}_bump_step']})")
+            if not b[f"{key}_bump"]:  # None (no data) or 0 (never above the loss before)
+                if b[f"{key}_bump"] == 0:
+                    parts.append(f"{name} never above {b[f'{key}_before']:.4f}")
+                continue
+            parts.append(f"{name} +{b[f'{key}_bump']:.4f} over {b[f'{key}_before']:.4f} "
+                         f"(highest at step {b[f'{key}_bump_step']})")
         if parts:
             lines.append(f"- Loss bump of the growth into stage {stage.index} (ramp of {b['ramp_steps']} steps): "
                          f"{'; '.join(parts)}.")

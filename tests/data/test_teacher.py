@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from flm.config import DataConfig, DataSource, ModelConfig
 from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
 from flm.data.teacher import TeacherSource, load_tasks, split_of, task_items
+from flm.data.tokenizer import train_bpe
 from flm.errors import FlmError
 from flm.model import FLM
 
-from .conftest import data_cfg
+from .conftest import WORDS, data_cfg
 
 COLORS = ["red", "green", "blue"]
 
@@ -152,3 +154,27 @@ def test_teacher_preview(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_teacher_config_keys_need_kind_teacher() -> None:
     with pytest.raises(ValueError, match='add kind = "teacher"'):
         DataConfig.model_validate({"train": [{"path": "x.txt", "tasks": ["sst2"]}]})
+
+
+def test_word_in_paragraph_asks_about_the_paragraphs_own_tokens(tmp_path: Path) -> None:
+    """The candidate word reads as the same tokens as inside the paragraph (a space before it), so the task
+    is a token match a small model can learn; a quoted "word" was other tokens in 95% of the items."""
+    rng = random.Random(0)
+    words = [w for w in WORDS if len(w) >= 5] + ["".join(rng.choices("aeioubdklmnrst", k=7)) for _ in range(60)]
+    paras = [" ".join(rng.choices(words, k=rng.randint(25, 60))) + "." for _ in range(80)]
+    (tmp_path / "c.txt").write_text("\n\n".join(paras) + "\n")
+    tok = train_bpe(paras, 300)
+    src = DataSource(kind="teacher", tasks=["word_in_paragraph"], corpus=str(tmp_path / "c.txt"), items=60)
+    task = load_tasks()["word_in_paragraph"]
+    items = task_items(task, src)
+    assert len(items) >= 40 and {len(it.propositions) for it in items} == {2}
+    templates = set()
+    for it in items:
+        for j, prop in enumerate(it.propositions):
+            para = next(p for p in paras if prop.startswith(p))
+            word = prop[len(para):].rstrip(".").split()[-1]
+            ids, inside = tok.encode(" " + word), tok.encode(para)
+            found = any(inside[i : i + len(ids)] == ids for i in range(len(inside)))
+            assert prop.endswith((" " + word, " " + word + ".")) and found == (j == it.gold), prop
+            templates.add(prop[len(para):].replace(word, "W"))
+    assert len(templates) == len(task.templates), "every template is used"
