@@ -59,8 +59,9 @@ DEFINITIONS = {
     "flops_to_reach": "FLOPs at which the arm's validation loss first reaches the target, linearly interpolated "
                       "between evaluations (null: never)",
     "flops_speedup": "scratch's total FLOPs / the arm's flops_to_reach",
-    "seconds_to_reach, seconds_speedup": "the same in wall-clock seconds (training time of the stages, evaluations "
-                                         "and checkpoints included)",
+    "seconds_to_reach, seconds_speedup": "the same in wall-clock seconds: the stages' clocks (training, evaluations "
+                                         "and checkpoints; not the start-up nor the growth between stages, which "
+                                         "load.process_seconds includes)",
     "reverse_ratio": "FLOPs scratch needed to reach the arm's final validation loss / the arm's total FLOPs "
                      "(> 1: the arm's compute bought more than scratch's; null: scratch never got there)",
     "final_gap": "the arm's final validation loss - scratch's (negative: better)",

@@ -11,6 +11,7 @@ from flm.checkpoint import latest_checkpoint, list_checkpoints
 from flm.checkpoint.grow import grow_checkpoint
 from flm.config import GrowthConfig, config_from_dict
 from flm.errors import FlmError
+from flm.stages import resolve_stages
 from flm.train.metrics import read_metrics
 from flm.train.run import run_plan, stage_summaries
 
@@ -41,3 +42,10 @@ def test_hyperclone_then_gstack_in_a_run(tiny_cfg, tmp_path):
 def test_flm_grow_refuses_a_baseline(tmp_path):
     with pytest.raises(FlmError, match="runs only between the stages"):
         grow_checkpoint(tmp_path / "nothing", GrowthConfig(method="gstack", n_layers=4), tmp_path / "out")
+
+
+def test_a_plan_with_an_unreachable_baseline_shape_is_refused_before_training(tiny_cfg):
+    base = tiny_cfg()
+    base["stages"] = [{"steps": 4}, {"steps": 4, "grow": {"method": "gstack", "n_layers": 3}}]
+    with pytest.raises(FlmError, match=r"stages\[1\].grow.n_layers = 3: gstack repeats all 2 layers"):
+        resolve_stages(config_from_dict(base))
