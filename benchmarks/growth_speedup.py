@@ -25,7 +25,11 @@ and vs seconds, all arms and seeds.
     python benchmarks/growth_speedup.py [--config configs/demo.toml] [--seeds 2] [--arms msg,gstack,...]
     python benchmarks/growth_speedup.py --quick     # tiny shapes, 60 steps per arm: about 2 minutes idle
 
-Writes benchmarks/results/growth_speedup.json and .png (growth_speedup_quick.* with --quick).
+    python benchmarks/growth_speedup.py --config configs/data-rich.toml --seeds 1 --name growth_speedup_data_rich \
+        --work runs/bench-rich   # 20 tokens per parameter from scratch: about 70 minutes idle
+    ... --arms scratch,msg --reuse   # add arms later: keeps the arms already trained in --work
+
+Writes benchmarks/results/growth_speedup.json and .png (growth_speedup_quick.* with --quick; NAME.* with --name).
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ DEFINITIONS = {
                                          "load.process_seconds includes)",
     "reverse_ratio": "FLOPs scratch needed to reach the arm's final validation loss / the arm's total FLOPs "
                      "(> 1: the arm's compute bought more than scratch's; null: scratch never got there)",
+    "reverse_seconds_ratio": "the same in wall-clock seconds (the stages' clocks, as seconds_to_reach)",
     "final_gap": "the arm's final validation loss - scratch's (negative: better)",
     "bumps": "per growth (flm.train.growth_bump): the largest rise of the training and the validation loss during "
              "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
@@ -154,6 +159,7 @@ def arm_config(plan: RunConfig, arm: str, seed: int, factors: dict[str, int]) ->
 
 def run_arm(cfg: RunConfig, arm: str, out: Path) -> dict[str, Any]:
     """Train one arm; its metrics rows (with "wall") and the machine's load around it."""
+    shutil.rmtree(out, ignore_errors=True)  # an arm interrupted before: start it again
     load0, busy0, own0, t0 = os.getloadavg()[0], cpu_busy(), sum(os.times()[:4]), time.perf_counter()
     if arm == "scratch":
         train_stage(cfg, out)
@@ -163,11 +169,18 @@ def run_arm(cfg: RunConfig, arm: str, out: Path) -> dict[str, Any]:
     others = max(cpu_busy() - busy0 - (sum(os.times()[:4]) - own0), 0.0) / (wall * (os.cpu_count() or 1))
     load = {"loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)], "others_cpu_pct": round(100 * others, 1),
             "process_seconds": round(wall, 1)}
-    if load["others_cpu_pct"] > BUSY_PCT or load0 > (os.cpu_count() or 1):
+    if load["others_cpu_pct"] > BUSY_PCT:  # not the load average: it still counts the previous arm, ours
         print(f"warning: arm {arm}: the machine was busy (load {load['loadavg']}, other processes "
               f"{load['others_cpu_pct']}% of the CPUs): its seconds are noise; rerun on an idle machine",
               file=sys.stderr)
-    return {"rows": cumulative_time(read_metrics(out / "metrics.jsonl")), "load": load}
+    atomic_write(out / "load.json", json.dumps(load) + "\n")  # for --reuse
+    return read_arm(out)
+
+
+def read_arm(out: Path) -> dict[str, Any]:
+    """A trained arm's metrics rows (with "wall") and the load recorded around it."""
+    return {"rows": cumulative_time(read_metrics(out / "metrics.jsonl")),
+            "load": json.loads((out / "load.json").read_text())}
 
 
 def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
@@ -175,7 +188,7 @@ def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
     target, final = [r["val_loss"] for r in scratch if "val_loss" in r][-1], vals[-1]
     reach_flops, reach_wall = first_reach(rows, target, "flops"), first_reach(rows, target, "wall")
-    scratch_reach = first_reach(scratch, final, "flops")
+    scratch_reach, scratch_reach_wall = first_reach(scratch, final, "flops"), first_reach(scratch, final, "wall")
     train_rows = [r for r in rows if "event" not in r]
     return {
         "final_val_loss": final,
@@ -187,6 +200,7 @@ def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
         "seconds_to_reach": reach_wall,
         "seconds_speedup": scratch[-1]["wall"] / reach_wall if reach_wall else None,
         "reverse_ratio": scratch_reach / train_rows[-1]["flops"] if scratch_reach else None,
+        "reverse_seconds_ratio": scratch_reach_wall / train_rows[-1]["wall"] if scratch_reach_wall else None,
         "bumps": [{k: b[k] for k in ("stage", "ramp_steps", "loss_before", "loss_bump", "val_loss_before",
                                      "val_loss_bump")} for b in rows if b.get("event") == EVENT],
     }
@@ -235,6 +249,9 @@ def main() -> None:
     ap.add_argument("--gstack-factor", type=int, default=2)
     ap.add_argument("--hyperclone-factor", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 60 steps per arm (a smoke run)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the arms already trained in --work (same config and seeds) and train only the others")
+    ap.add_argument("--name", help="results file stem (default growth_speedup, growth_speedup_quick with --quick)")
     args = ap.parse_args()
     arms = [a for a in ARMS if a in args.arms.split(",")]  # scratch first: the others are measured against it
     if "scratch" not in arms:
@@ -245,11 +262,14 @@ def main() -> None:
         plan = config_from_dict(quick_plan(config_to_dict(plan)), where="--quick plan")
     factors = {"gstack": args.gstack_factor, "hyperclone": args.hyperclone_factor}
     configs = {(a, s): arm_config(plan, a, s, factors) for s in range(args.seeds) for a in arms}  # refuse early
-    shutil.rmtree(args.work, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in range(args.seeds):
         for arm in arms:
-            runs[arm, seed] = run_arm(configs[arm, seed], arm, args.work / f"{arm}-seed{seed}")
+            out = args.work / f"{arm}-seed{seed}"
+            trained = args.reuse and (out / "load.json").is_file()  # written last: the arm finished
+            runs[arm, seed] = read_arm(out) if trained else run_arm(configs[arm, seed], arm, out)
 
     final = resolve_stages(plan)[-1].model
     result: dict[str, Any] = {"config": args.config, "quick": args.quick, "seeds": args.seeds,
@@ -265,12 +285,13 @@ def main() -> None:
                         "method": st.growth.method if st.growth else None} for st in resolve_stages(first)],
             "tokens": runs[arm, 0]["rows"][-1]["tokens"],
             "mean": {k: _mean(per_seed, k) for k in ("final_val_loss", "final_gap", "flops_speedup",
-                                                     "seconds_speedup", "reverse_ratio")},
+                                                     "seconds_speedup", "reverse_ratio",
+                                                     "reverse_seconds_ratio")},
             "per_seed": per_seed,
         }
     result["tokens_per_param"] = result["arms"]["scratch"]["tokens"] / final.num_params()
     RESULTS.mkdir(exist_ok=True)
-    name = "growth_speedup_quick" if args.quick else "growth_speedup"
+    name = args.name or ("growth_speedup_quick" if args.quick else "growth_speedup")
     plot({arm: [runs[arm, s]["rows"] for s in range(args.seeds)] for arm in arms}, RESULTS / f"{name}.png")
     atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
     print(json.dumps({arm: r["mean"] for arm, r in result["arms"].items()}))

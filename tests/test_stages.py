@@ -143,3 +143,6 @@ def test_shipped_configs_plan():
     paper = resolve_stages(load_config(CONFIGS / "flm-101b.toml"))
     assert [s.tokens / 1e9 for s in paper] == [pytest.approx(t, abs=0.01) for t in (245.37, 39.64, 26.54)]
     assert [(s.parallel.tp, s.parallel.pp) for s in paper] == [(2, 1), (4, 2), (4, 4)]
+    rich = resolve_stages(load_config(CONFIGS / "data-rich.toml"))  # growth_speedup's second scale
+    assert sum(s.tokens for s in rich) >= 20 * rich[-1].model.num_params()  # 20 tokens/param from scratch
+    assert [s.model.shape()["d_model"] for s in rich] == [64, 96, 96] and rich[-1].model.n_layers == 4
