@@ -29,7 +29,8 @@ and vs seconds, all arms and seeds.
         --work runs/bench-rich   # 20 tokens per parameter from scratch: about 70 minutes idle
     ... --arms scratch,msg --reuse   # add arms later: keeps the arms already trained in --work
 
-Writes benchmarks/results/growth_speedup.json and .png (growth_speedup_quick.* with --quick; NAME.* with --name).
+Writes benchmarks/results/growth_speedup.json, .png and .md (the README's table); growth_speedup_quick.* with
+--quick, NAME.* with --name.
 """
 
 from __future__ import annotations
@@ -239,6 +240,29 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
     plt.close(fig)
 
 
+def _fmt(seeds: list[dict[str, Any]], key: str, pattern: str) -> str:
+    """The seeds' mean of a figure (each seed in brackets), or "never" when a seed never got there."""
+    xs = [s[key] for s in seeds]
+    if any(x is None for x in xs):
+        return "never"
+    cell = pattern.format(mean(xs))  # type: ignore[arg-type]
+    return cell + (" (" + " / ".join(pattern.format(x) for x in xs) + ")" if len(xs) > 1 else "")
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README's table: one row per arm, seed means with the seeds in brackets."""
+    lines = ["| method | final val loss | vs scratch | FLOPs speedup | wall-clock speedup | reverse ratio FLOPs "
+             "| reverse ratio seconds | val loss bump at each growth |", "|---" * 8 + "|"]
+    for arm, r in result["arms"].items():
+        seeds = r["per_seed"]
+        bumps = " / ".join(", ".join(f"{b['val_loss_bump']:+.3f}" for b in s["bumps"]) for s in seeds if s["bumps"])
+        lines.append(f"| {arm} | {_fmt(seeds, 'final_val_loss', '{:.4f}')} | {_fmt(seeds, 'final_gap', '{:+.3f}')} "
+                     f"| {_fmt(seeds, 'flops_speedup', '{:.2f}x')} | {_fmt(seeds, 'seconds_speedup', '{:.2f}x')} "
+                     f"| {_fmt(seeds, 'reverse_ratio', '{:.2f}x')} | {_fmt(seeds, 'reverse_seconds_ratio', '{:.2f}x')} "
+                     f"| {bumps} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.toml")
@@ -294,6 +318,7 @@ def main() -> None:
     name = args.name or ("growth_speedup_quick" if args.quick else "growth_speedup")
     plot({arm: [runs[arm, s]["rows"] for s in range(args.seeds)] for arm in arms}, RESULTS / f"{name}.png")
     atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    atomic_write(RESULTS / f"{name}.md", markdown_table(result))
     print(json.dumps({arm: r["mean"] for arm, r in result["arms"].items()}))
 
 
