@@ -189,8 +189,12 @@ def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
     target, final = [r["val_loss"] for r in scratch if "val_loss" in r][-1], vals[-1]
     reach_flops, reach_wall = first_reach(rows, target, "flops"), first_reach(rows, target, "wall")
-    scratch_reach, scratch_reach_wall = first_reach(scratch, final, "flops"), first_reach(scratch, final, "wall")
     train_rows = [r for r in rows if "event" not in r]
+
+    def reverse(key: str) -> float | None:  # scratch's `key` to reach the arm's final loss / the arm's total
+        reach = first_reach(scratch, final, key)
+        return reach / train_rows[-1][key] if reach else None
+
     return {
         "final_val_loss": final,
         "final_gap": final - target,
@@ -200,8 +204,8 @@ def summarize(rows: list[dict], scratch: list[dict]) -> dict[str, Any]:
         "flops_speedup": scratch[-1]["flops"] / reach_flops if reach_flops else None,
         "seconds_to_reach": reach_wall,
         "seconds_speedup": scratch[-1]["wall"] / reach_wall if reach_wall else None,
-        "reverse_ratio": scratch_reach / train_rows[-1]["flops"] if scratch_reach else None,
-        "reverse_seconds_ratio": scratch_reach_wall / train_rows[-1]["wall"] if scratch_reach_wall else None,
+        "reverse_ratio": reverse("flops"),
+        "reverse_seconds_ratio": reverse("wall"),
         "bumps": [{k: b[k] for k in ("stage", "ramp_steps", "loss_before", "loss_bump", "val_loss_before",
                                      "val_loss_bump")} for b in rows if b.get("event") == EVENT],
     }
@@ -242,11 +246,11 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
 
 def _fmt(seeds: list[dict[str, Any]], key: str, pattern: str) -> str:
     """The seeds' mean of a figure (each seed in brackets), or "never" when a seed never got there."""
-    xs = [s[key] for s in seeds]
-    if any(x is None for x in xs):
+    avg = _mean(seeds, key)
+    if avg is None:
         return "never"
-    cell = pattern.format(mean(xs))  # type: ignore[arg-type]
-    return cell + (" (" + " / ".join(pattern.format(x) for x in xs) + ")" if len(xs) > 1 else "")
+    each = " (" + " / ".join(pattern.format(s[key]) for s in seeds) + ")" if len(seeds) > 1 else ""
+    return pattern.format(avg) + each
 
 
 def markdown_table(result: dict[str, Any]) -> str:
