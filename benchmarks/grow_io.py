@@ -27,8 +27,8 @@ import torch
 from flm.checkpoint import write_manifest
 from flm.config import ModelConfig, RunConfig, save_config
 from flm.growth.plan import param_shapes
-from flm.growth.tensorio import SafetensorsWriter
 from flm.io import atomic_write
+from flm.tensorio import SafetensorsWriter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grow_io.json"
 

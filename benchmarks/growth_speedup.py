@@ -16,7 +16,7 @@ second stage's other keys (lr_scale, batch_size, ...). Every arm uses the plan's
 Reported per arm and seed (the definitions are written into the JSON): FLOPs and wall-clock seconds to reach
 the same seed's scratch final validation loss (linearly interpolated between evaluations) and the speedups
 scratch total / that; the reverse ratio (the FLOPs scratch needed to reach the arm's final validation loss over
-the arm's total FLOPs); the final loss gap; the loss bump of every growth (flm.train.growth_bump: the largest
+the arm's total FLOPs); the final loss gap; the loss bump of every growth (flm.growth.bump: the largest
 rise of the training and of the validation loss during the growth's first ramp_steps steps over the value
 right before it); the machine load around each arm (load average before/after, the CPU share other processes
 used; a warning when the machine is busy, as benchmarks/throughput.py does). One plot: validation loss vs FLOPs
@@ -48,9 +48,9 @@ from typing import Any
 from throughput import cpu_busy
 
 from flm.config import RunConfig, config_from_dict, config_to_dict, load_config
+from flm.growth.bump import EVENT
 from flm.io import atomic_write
 from flm.stages import resolve_stages
-from flm.train.growth_bump import EVENT
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 from flm.train.run import run_plan, scratch_config
@@ -71,7 +71,7 @@ DEFINITIONS = {
                      "(> 1: the arm's compute bought more than scratch's; null: scratch never got there)",
     "reverse_seconds_ratio": "the same in wall-clock seconds (the stages' clocks, as seconds_to_reach)",
     "final_gap": "the arm's final validation loss - scratch's (negative: better)",
-    "bumps": "per growth (flm.train.growth_bump): the largest rise of the training and the validation loss during "
+    "bumps": "per growth (flm.growth.bump): the largest rise of the training and the validation loss during "
              "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
              "ramp_steps is only this window",
     "load": "load average before and after the arm; others_cpu_pct: CPU share other processes used meanwhile",

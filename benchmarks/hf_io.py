@@ -32,7 +32,7 @@ from grow_io import CHILD, save_result, timed_cp, write_checkpoint
 from flm.checkpoint import write_manifest
 from flm.config import ModelConfig
 from flm.data.tokenizer import train_bpe
-from flm.growth.tensorio import SafetensorsReader
+from flm.tensorio import SafetensorsReader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hf_io.json"
 RSS_TARGET = 1.5e9

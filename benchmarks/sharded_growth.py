@@ -2,7 +2,7 @@
 moments total >= 4 GB, sharded over 4 CPU ranks (FSDP2, dp4), saved with torch.distributed.checkpoint (in the
 foreground and in the background), loaded back, then grown 2x in width into a tp2·dp2 layout the way ``flm
 run`` does at a stage boundary: each rank builds the grown tensors its shards belong to one at a time
-(``flm.checkpoint.grow.GrownTensors``), so it never holds the old or the new model whole.
+(``flm.growth.offline.GrownTensors``), so it never holds the old or the new model whole.
 
 Reported: the peak RSS of each rank during the growth (a fresh set of processes, so nothing else counts)
 against the bound (new weights + moments / 4) + the largest tensor + 30%; the growth time vs copying the old
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from flm.checkpoint.grow import grown_tensors
 from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig
 from flm.distributed.env import init_distributed, shutdown
 from flm.distributed.parallel_model import ParallelModel
+from flm.growth.offline import grown_tensors
 
 RESULTS = Path(__file__).parent / "results" / "sharded_growth.json"
 SHAPES = {  # (old model, growth)

@@ -1,30 +1,40 @@
-"""The `flm` command. Each subcommand lives beside the code it drives and registers itself here.
+"""The `flm` command. Each command group lives beside the code it drives, in one ``cli.py`` module.
 
-A module in ``COMMANDS`` exposes ``register(subparsers)``; the parser it adds sets ``func`` (args -> int).
-User mistakes raise ``FlmError``: one line on stderr, exit code 2, no traceback.
+Every module in ``COMMANDS`` exposes ``register(sub)``; the parser it adds sets ``func``, a handler named
+``cmd_<command words>`` (``flm eval ppl`` -> ``cmd_eval_ppl``) that takes the parsed args and returns the
+exit code. A handler imports the heavy modules it drives (torch, transformers, lm-eval) inside itself, so
+that ``flm --help`` loads none of them. User mistakes raise ``FlmError``: one line on stderr, exit code 2,
+no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import sys
 
 from flm import __version__
+from flm.checkpoint import cli as checkpoint_cli
+from flm.data import cli as data_cli
 from flm.errors import FlmError
+from flm.eval import cli as eval_cli
+from flm.generate import cli as generate_cli
+from flm.growth import cli as growth_cli
+from flm.interop import cli as interop_cli
+from flm.scaling import cli as scaling_cli
+from flm.train import cli as train_cli
 
-COMMANDS = [
-    "flm.data.cli",  # flm data prepare
-    "flm.train.cli",  # flm train, flm run, flm plot
-    "flm.generate.cli",  # flm generate
-    "flm.checkpoint.cli",  # flm grow
-    "flm.scaling.cli",  # flm cost, flm mup coord-check / search, flm predict
-    "flm.scaling.plan_cli",  # flm plan search
-    "flm.eval.cli",  # flm eval ppl / bench / iq
-    "flm.interop.cli",  # flm export hf / gguf, flm import hf
-]
+COMMANDS = (
+    data_cli,  # flm data prepare / stats / teacher / instruct
+    train_cli,  # flm train, flm run, flm plot
+    generate_cli,  # flm generate
+    checkpoint_cli,  # flm checkpoint consolidate / verify
+    growth_cli,  # flm grow
+    scaling_cli,  # flm cost, flm mup coord-check / search, flm predict, flm plan search
+    eval_cli,  # flm eval ppl / bench / iq / teacher / harness / list
+    interop_cli,  # flm export hf / gguf, flm import hf
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for group in COMMANDS:
+        group.register(sub)
     _tag_subparsers(parser)
     return parser
 

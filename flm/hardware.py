@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,9 @@ import torch
 
 from flm.errors import FlmError
 from flm.io import atomic_write
+from flm.log import get_logger
+
+log = get_logger(__name__)
 
 PEAK_ENV = "FLM_PEAK_FLOPS"
 CACHE_ENV = "FLM_CACHE_DIR"
@@ -149,7 +151,7 @@ class MfuWatch:
         if mfu > 1 and not self.warned:
             self.warned = True
             if self.enabled:
-                print(f"warning: MFU {mfu:.2f} is above 1: the peak {self.peak:.3g} FLOP/s ({self.source}) is too "
-                      f"low for this machine; set train.peak_flops or {PEAK_ENV}, or delete {cache_file()} to "
-                      "measure it again", file=sys.stderr)
+                log.warning(f"warning: MFU {mfu:.2f} is above 1: the peak {self.peak:.3g} FLOP/s ({self.source}) is "
+                            f"too low for this machine; set train.peak_flops or {PEAK_ENV}, or delete {cache_file()} "
+                            "to measure it again")
         return mfu

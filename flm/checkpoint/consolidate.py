@@ -17,8 +17,8 @@ from flm.checkpoint.store import (
     write_manifest,
 )
 from flm.errors import FlmError
-from flm.growth.tensorio import DcpReader, stream_tensors
 from flm.io import atomic_folder
+from flm.tensorio import DcpReader, stream_tensors
 
 
 def _stream(src: Path, dst: Path, progress=None) -> int:

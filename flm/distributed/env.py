@@ -23,6 +23,7 @@ from flm.config import ParallelConfig, TrainConfig
 from flm.distributed.mesh import ParallelDims
 from flm.errors import FlmError
 from flm.hardware import pick_device
+from flm.log import set_rank
 
 
 @dataclass
@@ -85,6 +86,7 @@ def init_distributed(train: TrainConfig, parallel: ParallelConfig, where: str = 
     device = pick_device(train.device, local_rank, where="train.device")
     ParallelDims.from_config(parallel, world, where)
     env = DistEnv(rank, world, local_rank, device)
+    set_rank(rank)  # the log speaks on rank 0 (FLM_LOG_RANKS=all: on every rank)
     if world > 1:
         unset = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         # without them init_process_group ends in a traceback (or waits for peers that never come)

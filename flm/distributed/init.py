@@ -24,10 +24,9 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 from flm.config import ModelConfig
 from flm.growth.ops import build_tensor
 from flm.growth.plan import TensorPlan, init_for
-from flm.growth.region import RegionSource
-from flm.growth.tensorio import Region, whole
 from flm.model import FLM
 from flm.mup import canonical_name
+from flm.tensorio import Region, RegionSource, whole
 
 
 def meta_model(cfg: ModelConfig) -> FLM:

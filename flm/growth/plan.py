@@ -3,7 +3,7 @@
 Every MSG operator on FLM is "copy the old tensor into the top-left corner of a bigger one, initialise the
 rest": width grows the d_model axes, heads the attention axes (new heads sit after the old ones), FFN the
 d_ff axes. Depth adds whole blocks, each a copy of an old (grown) block or random. So a growth is a list of
-``TensorPlan``s, which the in-memory operators (ops.py) and the streaming checkpoint grower (checkpoint/grow.py)
+``TensorPlan``s, which the in-memory operators (ops.py) and the streaming checkpoint grower (growth/offline.py)
 both execute, one tensor at a time, with the same per-tensor random streams.
 """
 

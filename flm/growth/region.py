@@ -11,24 +11,15 @@ not sharded: a generator's stream cannot be entered in the middle.)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from flm.growth.ops import _complement, _fill, tensor_seed
 from flm.growth.plan import TensorPlan
-from flm.growth.tensorio import Region, region_shape, whole
+from flm.tensorio import Region, region_shape, whole
 
 ReadOld = Callable[[Region], Tensor]  # old[region], for a region inside the old tensor
-
-
-@runtime_checkable
-class RegionSource(Protocol):
-    """A state (name -> tensor) that can also give a box of a tensor without building the rest
-    (``flm.checkpoint.grow.GrownTensors``): ``flm.distributed.init`` asks it for each rank's shard."""
-
-    def region(self, name: str, region: Region) -> Tensor: ...
 
 
 def _overlap(a: Region, b: Region) -> Region | None:

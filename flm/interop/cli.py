@@ -4,11 +4,14 @@ transformers folders and GGUF files, streamed tensor by tensor."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group
-from flm.interop.gguf_export import export_gguf
-from flm.interop.hf_export import DTYPES, IOReport, export_hf
-from flm.interop.hf_import import import_hf
+
+if TYPE_CHECKING:
+    from flm.interop.hf_export import IOReport
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # the keys of flm.interop.hf_export.DTYPES
 
 
 def _print(rep: IOReport, what: str) -> int:
@@ -16,7 +19,7 @@ def _print(rep: IOReport, what: str) -> int:
     return 0
 
 
-def _export_hf(args: argparse.Namespace) -> int:
+def cmd_export_hf(args: argparse.Namespace) -> int:
     """export a checkpoint as a Hugging Face transformers folder
 
     Write a folder that transformers' AutoModelForCausalLM.from_pretrained loads without flm: a plain
@@ -25,20 +28,24 @@ def _export_hf(args: argparse.Namespace) -> int:
     config go with it. Tensors are streamed one at a time. A checkpoint in the middle of a growth ramp is
     refused (its masks are no part of a transformers model).
     """
+    from flm.interop.hf_export import export_hf
+
     return _print(export_hf(args.ckpt, args.out, args.dtype), "transformers folder")
 
 
-def _export_gguf(args: argparse.Namespace) -> int:
+def cmd_export_gguf(args: argparse.Namespace) -> int:
     """export a checkpoint (no xPos) as a GGUF file in llama.cpp's GPT-NeoX layout
 
     Write OUT.gguf with the gguf package: architecture gptneox, fp32 tensors, the tokenizer as a byte-level
     BPE vocabulary with merges. Models with xPos (or other options GPT-NeoX lacks) are refused, as is a
     checkpoint in the middle of a growth ramp. Tensors are streamed one at a time.
     """
+    from flm.interop.gguf_export import export_gguf
+
     return _print(export_gguf(args.ckpt, args.out), "GGUF file")
 
 
-def _import_hf(args: argparse.Namespace) -> int:
+def cmd_import_hf(args: argparse.Namespace) -> int:
     """import a local Hugging Face transformers folder as an flm checkpoint
 
     Read a GPT-NeoX folder (model_type gpt_neox, sequential residual, full rotary, tied embeddings) or one in
@@ -46,6 +53,8 @@ def _import_hf(args: argparse.Namespace) -> int:
     flm generate and flm eval accept. Variants flm cannot represent are refused with one line naming the
     difference. No download: MODEL is a local folder.
     """
+    from flm.interop.hf_import import import_hf
+
     return _print(import_hf(args.model, args.out, args.tokenizer), "flm checkpoint")
 
 
@@ -61,15 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "export", help="export a checkpoint to Hugging Face transformers (hf) or GGUF (gguf)",
         description="Write an flm checkpoint in another format, streamed tensor by tensor.", metavar="FORMAT",
     )  # fmt: skip
-    p = _in_out(add_command(ex, "hf", _export_hf), "CKPT", ckpt_help, "new folder")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype (default fp32)")
-    _in_out(add_command(ex, "gguf", _export_gguf), "CKPT", ckpt_help, "new .gguf file")
+    p = _in_out(add_command(ex, "hf", cmd_export_hf), "CKPT", ckpt_help, "new folder")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default="fp32", help="weights' dtype (default fp32)")
+    _in_out(add_command(ex, "gguf", cmd_export_gguf), "CKPT", ckpt_help, "new .gguf file")
     im = add_command_group(
         sub, "import", help="import a Hugging Face transformers folder as an flm checkpoint (hf)",
         description="Read a model of another format into a new flm checkpoint, streamed tensor by tensor.",
         metavar="FORMAT",
     )  # fmt: skip
-    p = _in_out(add_command(im, "hf", _import_hf), "MODEL", "local transformers folder (config.json + weights)",
+    p = _in_out(add_command(im, "hf", cmd_import_hf), "MODEL", "local transformers folder (config.json + weights)",
                 "new checkpoint folder")  # fmt: skip
     p.add_argument(
         "--tokenizer", metavar="PATH", default=None, help="tokenizer.json (or its folder) when MODEL has none"

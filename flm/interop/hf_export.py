@@ -21,12 +21,12 @@ from flm.config import ModelConfig
 from flm.data.tokenizer import Tokenizer, load_tokenizer
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes
-from flm.growth.tensorio import TensorSource, open_tensors
 from flm.interop import flm101b
 from flm.interop.hf_tokenizer import save_hf_tokenizer
 from flm.interop.neox import export_recipes, flm_section, neox_config, neox_problem, special_ids
 from flm.interop.stream import largest_bytes, staged_folder, write_tensors
 from flm.io import atomic_write
+from flm.tensorio import TensorSource, open_tensors
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

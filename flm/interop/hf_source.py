@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from flm.errors import FlmError
-from flm.growth.tensorio import SafetensorsReader
+from flm.tensorio import SafetensorsReader
 
 CONFIG = "config.json"
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")

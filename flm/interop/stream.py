@@ -14,8 +14,8 @@ from torch import Tensor
 from flm.checkpoint import MANIFEST
 from flm.checkpoint.store import manifest_text
 from flm.errors import FlmError
-from flm.growth.tensorio import stream_tensors
 from flm.io import atomic_folder, atomic_write, sha256_file
+from flm.tensorio import stream_tensors
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """`flm cost` (price a growth plan), `flm mup coord-check` and `flm mup search` (μP checks and the proxy
-search), and `flm predict` (μScaling loss prediction)."""
+search), `flm predict` (μScaling loss prediction) and `flm plan search` (the schedule of a growth plan that
+reaches the lowest validation loss under a fixed FLOP budget, searched on a small proxy)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -24,10 +26,10 @@ from flm.cli_args import (
 from flm.config import ModelConfig, RunConfig, load_config
 from flm.errors import FlmError
 from flm.progress import progress_bar
-from flm.scaling import coord_check, memory_report, predict, search
-from flm.scaling.cost import plan_cost
-from flm.scaling.cost_report import render_markdown, render_text
-from flm.scaling.memory import plan_memory
+
+if TYPE_CHECKING:
+    from flm.scaling.plan_search import Trial
+    from flm.scaling.search import SearchResult
 
 MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
 METRIC_CHOICES = ("val_loss", "loss")
@@ -44,13 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_search(msub)
     _register_predict(sub)
     _register_cost(sub)
+    _register_plan(sub)
 
 
 # ----- cost -------------------------------------------------------------------------------------------------
 
 
 def _register_cost(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "cost", _cost)
+    p = add_command(sub, "cost", cmd_cost)
     add_config_args(
         p, "run config (TOML), e.g. configs/flm-101b.toml or configs/demo.toml", example="cost.n_gpus=64"
     )
@@ -84,7 +87,7 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return [f"cost.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
 
 
-def _cost(args: argparse.Namespace) -> int:
+def cmd_cost(args: argparse.Namespace) -> int:
     """FLOPs, time, GPU-hours, dollars, energy and CO2 of a (growth) plan, vs training from scratch
 
     Price a run config before buying GPUs. For every stage: parameters, tokens, GPUs, throughput, training
@@ -94,6 +97,9 @@ def _cost(args: argparse.Namespace) -> int:
     stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
     peak). Example: flm cost configs/flm-101b.toml
     """
+    from flm.scaling.cost import plan_cost
+    from flm.scaling.cost_report import render_markdown, render_text
+
     cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
     if args.memory:
         return _memory(args, cfg)
@@ -111,6 +117,9 @@ def _cost(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace, cfg: RunConfig) -> int:
     """`flm cost --memory`: the memory planner's table (flm.scaling.memory)."""
+    from flm.scaling import memory_report
+    from flm.scaling.memory import plan_memory
+
     plan = plan_memory(cfg, args.gpu, args.device_gb)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -125,7 +134,7 @@ def _memory(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _register_coord_check(msub: argparse._SubParsersAction) -> None:
-    p = add_command(msub, "coord-check", _coord_check)
+    p = add_command(msub, "coord-check", cmd_mup_coord_check)
     add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200")
     p.add_argument(
         "--widths",
@@ -147,7 +156,7 @@ def _register_coord_check(msub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/coord-check)")
 
 
-def _coord_check(args: argparse.Namespace) -> int:
+def cmd_mup_coord_check(args: argparse.Namespace) -> int:
     """activation size vs width for the first training steps, μP vs standard parameterization
 
     Train the config's model at several widths for a few AdamW steps (μP parameter groups, no weight decay,
@@ -155,6 +164,8 @@ def _coord_check(args: argparse.Namespace) -> int:
     at each step. Under μP the curves stay flat across widths; under SP they grow. Writes coord_check.json
     and coord_check.png.
     """
+    from flm.scaling import coord_check
+
     cfg = load_run_config(args)
     shape = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len}
     widths = coord_check.check_setup(cfg, args.widths, **shape)
@@ -192,7 +203,7 @@ def _coord_check(args: argparse.Namespace) -> int:
 
 
 def _register_search(msub: argparse._SubParsersAction) -> None:
-    p = add_command(msub, "search", _search)
+    p = add_command(msub, "search", cmd_mup_search)
     add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200")
     p.add_argument("--width", type=int, help="proxy d_model (default: model.mup_base_width)")
     p.add_argument("--steps", type=int, help="training steps per point (default: train.steps)")
@@ -216,7 +227,7 @@ def _register_search(msub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/mup-search)")
 
 
-def _search(args: argparse.Namespace) -> int:
+def cmd_mup_search(args: argparse.Namespace) -> int:
     """grid or random search of (lr, init std, output multiplier) on a small μP proxy
 
     Train the config's model at the proxy width (default: model.mup_base_width) with the normal trainer for
@@ -225,6 +236,8 @@ def _search(args: argparse.Namespace) -> int:
     fragment with the chosen point) and tuned.toml (the whole config with it applied). Finished points are
     read, not retrained, so an interrupted search resumes.
     """
+    from flm.scaling import search
+
     cfg = load_run_config(args)
     if args.steps is not None and args.steps <= 0:
         raise FlmError(f"--steps {args.steps}: must be positive")
@@ -242,7 +255,7 @@ def _search(args: argparse.Namespace) -> int:
     best = [math.inf]
     with progress_bar("search", len(points), transient=False, console=console) as bar:
 
-        def done(res: search.SearchResult) -> None:
+        def done(res: SearchResult) -> None:
             best[0] = min(best[0], res.loss)
             bar.update(description=f"search (best {args.metric} {best[0]:.4f})")
             bar.advance()
@@ -273,7 +286,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def _register_predict(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "predict", _predict)
+    p = add_command(sub, "predict", cmd_predict)
     add_config_args(p, MUP_CONFIG_HELP, example="train.steps=200", optional=True)
     p.add_argument("--widths", type=positive_ints, help="d_model of the runs the law is fitted on (at least 3)")
     p.add_argument("--targets", type=positive_ints, default=[], help="d_model of the larger runs to predict")
@@ -316,6 +329,8 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
 def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int, Path], list[int], Path, ModelConfig]:
     """(run folder per width, the widths to fit, the output folder, the model template) of `flm predict`:
     the --runs given, or the config's series, trained unless --no-train."""
+    from flm.scaling import predict
+
     if args.runs:
         runs, fit_widths, template = predict.runs_by_width(args.runs, args.targets)
         return runs, fit_widths, args.out or Path("runs") / "predict", template
@@ -337,7 +352,7 @@ def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int,
     return runs, fit_widths, out, cfg.model
 
 
-def _predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     """μScaling: predict the loss of large μP widths from small ones (L = a N^b + c)
 
     Train the config's model at a series of μP widths with the same hyperparameters (or read finished
@@ -345,6 +360,8 @@ def _predict(args: argparse.Namespace) -> int:
     --targets runs, and print predicted vs actual with relative error. Writes prediction.json and
     prediction.png. Finished width runs in --out are read, not retrained.
     """
+    from flm.scaling import predict
+
     if args.window < 1:
         raise FlmError(f"--window {args.window}: must be >= 1")
     console = Console()
@@ -373,3 +390,78 @@ def _predict(args: argparse.Namespace) -> int:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+# ----- plan search ------------------------------------------------------------------------------------------
+
+
+def _plot_trials(trials: list[Trial], path: Path) -> None:
+    """Final validation loss of every candidate against the first stage's share, one marker per ramp share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    done = [t for t in trials if t.val_loss is not None and math.isfinite(t.val_loss)]
+    for ramp in sorted({t.choice.ramp_share for t in done if t.choice.ramp_share is not None}):
+        pts = [t for t in done if t.choice.ramp_share == ramp]
+        ax.scatter([t.choice.first_share for t in pts], [t.val_loss for t in pts], label=f"ramp {ramp:g} of stage")
+    given = [t for t in done if t.choice.first_share is None]
+    if given:
+        ax.axhline(given[0].val_loss, color="k", ls="--", lw=1, label="the plan as given")
+    ax.set_xlabel("share of the FLOP budget in the first stage")
+    ax.set_ylabel("final validation loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_plan_search(args: argparse.Namespace) -> int:
+    """search growth schedules under a fixed FLOP budget on a small proxy; write the best as a config
+
+    Give a small proxy of your plan (the same growth factors at a width that trains in minutes, e.g.
+    configs/demo.toml). Each candidate keeps the plan's shapes and changes the schedule: the share of the
+    budget in the first stage, each growth's ramp length, the LR scale at each growth (lr_mode 'inherit'),
+    and the order of the growths when they grow different dimensions. Steps per stage follow from the budget
+    (default: the plan's own model FLOPs). The plan as given is always the first candidate. Every candidate
+    is one `flm run` in OUT/trials/<tag> (an interrupted search resumes); OUT/search.jsonl ranks them,
+    OUT/best.toml is the winner's config and OUT/search.png plots them.
+    """
+    from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
+
+    cfg = load_run_config(args)
+    budget = plan_flops(cfg) * args.budget_scale
+    out = Path(args.out)
+    n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains
+    print(f"searching {n} schedules of {cfg.name} at {budget:.3g} FLOPs each, into {out}")
+
+    def say(t: Trial) -> None:
+        print(f"  {t.choice.tag}: steps {t.steps}, val loss {t.val_loss:.4f}", flush=True)
+
+    ranked = run_search(cfg, out, args.trials, budget, args.seed, on_trial=say)
+    table = Table(title=f"{len(ranked)} schedules at {budget:.3g} FLOPs (best first)")
+    for col in ("schedule", "steps per stage", "FLOPs", "val loss"):
+        table.add_column(col)
+    for t in ranked:
+        table.add_row(t.choice.tag, " / ".join(map(str, t.steps)), f"{t.flops:.3g}", f"{t.val_loss:.4f}")
+    Console().print(table)
+    save_best(cfg, ranked[0], budget, out / "best.toml")
+    _plot_trials(ranked, out / "search.png")
+    given = next((t for t in ranked if t.choice.first_share is None), None)
+    gain = f" ({given.val_loss - ranked[0].val_loss:+.4f} vs the plan as given)" if given else ""
+    print(f"best: {ranked[0].choice.tag}, val loss {ranked[0].val_loss:.4f}{gain}; wrote {out / 'best.toml'}")
+    return 0
+
+
+def _register_plan(sub: argparse._SubParsersAction) -> None:
+    psub = add_command_group(sub, "plan", help="growth-plan tools: search a plan's schedule on a small proxy",
+                             description="Tools for growth plans ([[stages]] of a run config).")
+    p = add_command(psub, "search", cmd_plan_search)
+    add_config_args(p, "run config with [[stages]] (a small proxy of your plan), e.g. configs/demo.toml")
+    p.add_argument("--out", required=True, metavar="DIR", help="search folder (trials, search.jsonl, best.toml)")
+    p.add_argument("--trials", type=int, default=8, help="candidates, the plan as given included (default 8)")
+    p.add_argument("--budget-scale", type=positive, default=1.0,
+                   help="FLOP budget as a multiple of the plan's own (default 1; < 1 for a quicker search)")
+    p.add_argument("--seed", type=int, default=0, help="which candidates are drawn from the grid (default 0)")

@@ -6,22 +6,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_config_args, load_run_config
 from flm.config import check_stage_overrides
-from flm.distributed.env import DistEnv, rank_loss_as_error
 from flm.errors import FlmError
-from flm.train.launch import process_group, stage_init_from
-from flm.train.loop import StageResult, train_stage
-from flm.train.plot import plot_runs
-from flm.train.run import run_plan, scratch_config
-from flm.train.setup import LOCK_FILE, check_stage_layout, run_folder_lock
+
+if TYPE_CHECKING:
+    from flm.distributed.env import DistEnv
+    from flm.train.loop import StageResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "train", _train)
+    p = add_command(sub, "train", cmd_train)
     add_config_args(p, "run config (TOML) without [[stages]], e.g. configs/demo.toml --set 'stages=[]'")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -31,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the config's [model] must match its shape",
     )
 
-    p = add_command(sub, "run", _run)
+    p = add_command(sub, "run", cmd_run)
     add_config_args(
         p, "run config (TOML) whose [[stages]] give the growth plan, e.g. configs/demo.toml "
         "(a config without [[stages]] is a plan of one stage)",
@@ -44,18 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the baseline; default folder runs/<name>-scratch-<tokens|flops>)",
     )
 
-    p = add_command(sub, "plot", _plot)
+    p = add_command(sub, "plot", cmd_plot)
     p.add_argument("runs", nargs="+", type=Path, help="run folders (with metrics.jsonl)")
     p.add_argument("--out", type=Path, help="PNG path (default: <first run>/loss.png)")
 
 
-def _train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     """train one stage (single process, or torchrun --nproc_per_node N for FSDP2)
 
     Train the config's [model] for train.steps optimizer steps on its [data]. Writes config.toml,
     metrics.jsonl and checkpoints/ into the output folder. Run under torchrun for data-parallel FSDP2
     training (gloo on CPU, NCCL on GPU).
     """
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group, stage_init_from
+    from flm.train.loop import train_stage
+    from flm.train.setup import check_stage_layout, run_folder_lock
+
     cfg = load_run_config(args)
     if cfg.stages:
         raise FlmError(
@@ -77,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     """progressive training: train, grow, train, ... (the FLM-101B recipe)
 
     Run every stage of the config's [[stages]] plan: prepare the data if needed, train stage 1, grow it
@@ -85,6 +87,12 @@ def _run(args: argparse.Namespace) -> int:
     metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan whose growth does
     not lead from one stage's shape to the next is rejected before training.
     """
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group
+    from flm.train.loop import train_stage
+    from flm.train.run import run_plan, scratch_config
+    from flm.train.setup import run_folder_lock
+
     cfg = load_run_config(args)
     check_stage_overrides(cfg, args.overrides)
     if args.scratch:
@@ -108,6 +116,10 @@ def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
     """--resume of a start that was killed before it wrote anything but its lock (e.g. while it prepared the
     data) starts afresh: nothing to continue, nothing to lose, and a job script may always pass --resume.
     Rank 0 looks (before it takes the lock) and tells the others."""
+    import torch.distributed as dist
+
+    from flm.train.setup import LOCK_FILE
+
     box = [resume and env.is_main and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]]
     if env.distributed:
         dist.broadcast_object_list(box, src=0)
@@ -121,11 +133,13 @@ def _val_loss(res: StageResult) -> str:
     return f", val loss {res.val_loss:.4f}" if res.val_loss is not None else ""
 
 
-def _plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace) -> int:
     """plot loss curves of one or more runs
 
     Training and validation loss against tokens and against FLOPs, growth points marked (dashed), several
     runs overlaid. Writes a PNG.
     """
+    from flm.train.plot import plot_runs
+
     print(plot_runs(args.runs, args.out or args.runs[0] / "loss.png"))
     return 0

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flm.checkpoint import load_checkpoint, resolve_checkpoint
+from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig
 from flm.distributed.env import DistEnv, init_distributed, shutdown
 from flm.errors import FlmError
-from flm.train.loop import StageInit
 
 
 @contextmanager

@@ -14,8 +14,8 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from flm.checkpoint import (
     staging_folder,
     step_name,
 )
+from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
 from flm.data.prepare import PreparedData
@@ -79,21 +80,6 @@ class StageResult:
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
-
-
-@dataclass
-class StageInit:
-    """Where a stage starts when it does not start from scratch (a grown model, in ``flm run``)."""
-
-    model_state: Mapping[str, Tensor]  # full tensors; a grown stage's are built lazily (GrownTensors)
-    optim_tensors: Mapping[str, Tensor] = field(default_factory=dict)
-    optim_step: int = 0
-    optim_param_steps: dict[str, int] = field(default_factory=dict)  # counts that differ from optim_step
-    growth_state: dict[str, Tensor] = field(default_factory=dict)
-    ramp: dict[str, int] | None = None
-    tokens: int = 0
-    flops: float = 0.0
-    loader_state: dict[str, Any] | None = None
 
 
 def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:

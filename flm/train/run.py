@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
-from flm.checkpoint.grow import GrownTensors, grown_tensors
+from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
 from flm.data.prepare import prepare_data
@@ -28,12 +28,13 @@ from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.distributed.mesh import check_layout
 from flm.errors import FlmError
 from flm.flops import flops_per_token
+from flm.growth.baseline_stage import baseline_init
+from flm.growth.bump import EVENT, bump_lines, bump_record
+from flm.growth.offline import GrownTensors, grown_tensors
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
-from flm.train.baseline_growth import baseline_init
-from flm.train.growth_bump import EVENT, bump_lines, bump_record
-from flm.train.loop import StageInit, train_stage
+from flm.train.loop import train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
 from flm.train.schedule import stage_schedules

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
+from flm import tensorio
 from flm.checkpoint import latest_checkpoint
 from flm.cli import main
 from flm.config import config_from_dict
-from flm.growth import tensorio
 from flm.train.loop import train_stage
 from tests.conftest import tiny_config_dict
 

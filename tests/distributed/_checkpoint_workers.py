@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from flm.checkpoint.grow import grown_tensors
 from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
-from flm.growth.tensorio import DcpReader, region_shape
+from flm.growth.offline import grown_tensors
+from flm.tensorio import DcpReader, region_shape
 from flm.train.setup import verify_checkpoint
 
 

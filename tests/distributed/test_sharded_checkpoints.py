@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from flm.checkpoint import is_sharded, latest_checkpoint, list_checkpoints, load_checkpoint, load_model
-from flm.checkpoint.grow import grown_tensors
 from flm.cli import main
 from flm.config import GrowthConfig, config_from_dict
 from flm.distributed.env import DistEnv
 from flm.errors import FlmError
+from flm.growth.offline import grown_tensors
 from flm.growth.ops import grow
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics

@@ -15,10 +15,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from flm.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, verify_manifest, write_manifest
-from flm.checkpoint.grow import max_logit_delta
 from flm.cli import main
 from flm.config import GrowthConfig, RunConfig
 from flm.growth import grow
+from flm.growth.offline import max_logit_delta
 from flm.model import FLM
 
 from ._util import generic_model, mup_tiny

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from flm.growth.ops import build_tensor
 from flm.growth.plan import Init, TensorPlan
 from flm.growth.region import build_region
-from flm.growth.tensorio import DcpReader, SafetensorsReader
+from flm.tensorio import DcpReader, SafetensorsReader
 
 CASES = [((6, 4), (12, 8)), ((6, 4), (6, 10)), ((5,), (9,)), ((3, 4), (3, 4)), (None, (7, 5)), ((2, 3, 4), (4, 3, 6))]
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from flm.checkpoint import load_model
-from flm.checkpoint.grow import grow_checkpoint
 from flm.cli import main
 from flm.data.tokenizer import load_tiktoken
 from flm.errors import FlmError
+from flm.growth.offline import grow_checkpoint
 from flm.growth.spec import parse_growth_spec
 from flm.interop.hf_export import export_hf
 from flm.interop.hf_tokenizer import save_hf_tokenizer

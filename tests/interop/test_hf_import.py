@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from flm.checkpoint import load_model, read_config
-from flm.checkpoint.grow import grow_checkpoint
 from flm.cli import main
+from flm.growth.offline import grow_checkpoint
 from flm.growth.spec import parse_growth_spec
 from flm.interop.hf_export import export_hf
 from flm.interop.hf_import import import_hf

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -13,7 +12,10 @@ from flm.eval.iq.items import FAMILIES, SUBTASKS, Item, generate_items, normaliz
 from flm.eval.iq.symbolic import parse_sources
 from flm.eval.report import print_table
 from flm.eval.scorer import GenRequest, Scorer
+from flm.log import get_logger
 from flm.progress import progress_bar
+
+log = get_logger(__name__)
 
 STOP = ["\n"]
 EXTRA_TOKENS = 8  # generation budget beyond the answer's own length in the model's tokens
@@ -180,9 +182,8 @@ def print_report(report: dict[str, Any]) -> None:
     fewer = sum(s.get("fewer_shots", 0) for s in report["subtasks"].values())
     cut = sum(s.get("truncated", 0) for s in report["subtasks"].values())
     if fewer or cut:
-        print(
+        log.warning(
             f"note: {fewer + cut} items ('short') do not fit the model's {report['max_length']}-token "
             f"context with all their demonstrations: {fewer} ran with fewer shots, {cut} were cut from the left "
-            "even without demonstrations; compare such scores only at equal context lengths",
-            file=sys.stderr,
+            "even without demonstrations; compare such scores only at equal context lengths"
         )

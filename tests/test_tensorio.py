@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from flm.errors import FlmError
-from flm.growth.tensorio import SafetensorsReader, SafetensorsWriter
+from flm.tensorio import SafetensorsReader, SafetensorsWriter
 
 
 def _tensors() -> dict[str, torch.Tensor]:

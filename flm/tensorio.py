@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -89,6 +89,14 @@ class TensorSource(Protocol):
     def read_region(self, name: str, region: Region) -> Tensor: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RegionSource(Protocol):
+    """A state (name -> tensor) that can also give a box of a tensor without building the rest
+    (``flm.growth.offline.GrownTensors``): ``flm.distributed.init`` asks it for each rank's shard."""
+
+    def region(self, name: str, region: Region) -> Tensor: ...
 
 
 class SafetensorsReader:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from flm.config import config_from_dict
+from flm.growth.bump import EVENT, bump_lines, bump_record, growth_bump
 from flm.stages import resolve_stages
-from flm.train.growth_bump import EVENT, bump_lines, bump_record, growth_bump
 
 
 def _stages():

@@ -5,7 +5,7 @@ Baselines run in memory: the previous stage's final checkpoint is loaded whole (
 grown, and handed to the trainer as full tensors, fine at benchmark scale (MSG streams tensor by tensor). The
 optimizer starts fresh (no moments, step 0) and there are no masks; the LR goes on as the run's schedule says.
 ``grow.ramp_steps`` still sets the window over which the trainer logs every loss and validates four times, so
-the loss bump (flm.train.growth_bump) is measured as for MSG.
+the loss bump (flm.growth.bump) is measured as for MSG.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from flm.checkpoint import load_checkpoint
+from flm.checkpoint.stage_init import StageInit
 from flm.errors import FlmError
 from flm.growth.baselines import grow_baseline
 from flm.stages import Stage
-from flm.train.loop import StageInit
 
 
 def baseline_init(prev_ckpt: Path, stage: Stage, seed: int) -> StageInit:

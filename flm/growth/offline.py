@@ -34,9 +34,9 @@ from flm.errors import FlmError
 from flm.growth.ops import MOMENTS, build_tensor, check_shapes, moment_plan
 from flm.growth.plan import GrowthPlan, TensorPlan, make_plan
 from flm.growth.region import build_region
-from flm.growth.tensorio import Region, TensorSource, open_tensors, stream_dcp, stream_tensors
 from flm.io import atomic_folder, disk_full_is_one_line, sha256_file
 from flm.model import FLM
+from flm.tensorio import Region, TensorSource, open_tensors, stream_dcp, stream_tensors
 
 # Files this module writes itself; every other file of the checkpoint (tokenizer, rng, ...) is copied.
 _HANDLED = {"model.safetensors", "model", "optim.safetensors", "optim", "optim.json", "growth.safetensors",
@@ -191,7 +191,7 @@ def grow_checkpoint(
     or torch.distributed.checkpoint folders ("sharded", which the trainer loads under any layout); default:
     the format of the input."""
     t0 = time.perf_counter()
-    if growth.method != "msg":  # the baselines grow in memory, inside flm run (flm.train.baseline_growth)
+    if growth.method != "msg":  # the baselines grow in memory, inside flm run (flm.growth.baseline_stage)
         raise FlmError(f"flm grow: method {growth.method!r} is a baseline that runs only between the stages of "
                        "`flm run`; drop method (MSG) or put the growth in a [[stages]] grow table")
     folder = find_checkpoint(src_path)

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from flm.checkpoint import latest_checkpoint, list_checkpoints
-from flm.checkpoint.grow import grow_checkpoint
 from flm.config import GrowthConfig, config_from_dict
 from flm.errors import FlmError
+from flm.growth.offline import grow_checkpoint
 from flm.stages import resolve_stages
 from flm.train.metrics import read_metrics
 from flm.train.run import run_plan, stage_summaries
