@@ -64,6 +64,7 @@ def mark(phase, stage=None):
         log.write(f"{time.monotonic():.6f} {key}\n")
 mark("startup")
 from flm.cli import main
+from flm.checkpoint import manager
 from flm.train import loop, run
 def wrap(owner, name, phase, after=None, stage=None):
     real = getattr(owner, name)
@@ -78,7 +79,7 @@ wrap(run, "prepare_data", "data", after="setup")
 wrap(run, "_grown_init", "growth", stage=lambda a: a[1].index)  # until the grown stage's first eval
 wrap(loop.Trainer, "evaluate", "eval", after="train", stage=lambda a: a[0].stage)
 wrap(loop.Trainer, "train_step", "train", stage=lambda a: a[0].stage)
-wrap(loop, "save_checkpoint", "checkpoint", after="train")
+wrap(manager, "save_checkpoint", "checkpoint", after="train")
 wrap(run, "write_report", "report")
 code = main(sys.argv[2:])
 mark("exit")

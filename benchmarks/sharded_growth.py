@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from flm.checkpoint.model_state import ModelState
 from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig
 from flm.distributed.env import init_distributed, shutdown
 from flm.distributed.parallel_model import ParallelModel
@@ -62,8 +63,9 @@ def _timed(env, fn) -> float:
 def _optimizer(model: ParallelModel) -> torch.optim.Optimizer:
     """AdamW with moments in place (random, so nothing compresses or shortcuts), as after some training."""
     opt = torch.optim.AdamW(model.param_groups(1e-3, 0.1), lr=1e-3, fused=True)
-    names = [f"{kind}/{k}" for k, _ in model.sharded_state(opt)[0].items() for kind in ("exp_avg", "exp_avg_sq")]
-    _, moments = model.sharded_state(opt, create=names)
+    state = ModelState(model)
+    names = [f"{kind}/{k}" for k, _ in state.sharded_state(opt)[0].items() for kind in ("exp_avg", "exp_avg_sq")]
+    _, moments = state.sharded_state(opt, create=names)
     for t in moments.values():
         (t.to_local() if hasattr(t, "to_local") else t).normal_()
     return opt
@@ -76,17 +78,18 @@ def phase_save(shape: str, tmp: Path) -> dict:
     model = ParallelModel(cfg, env, TrainConfig(device="cpu"), seed=0)
     opt = _optimizer(model)
     out = {}
-    out["save_s"] = _timed(env, lambda: model.save_sharded(tmp / "old" / "model", tmp / "old" / "optim", opt))
+    state = ModelState(model)
+    out["save_s"] = _timed(env, lambda: state.save_sharded(tmp / "old" / "model", tmp / "old" / "optim", opt))
     group = dist.new_group(backend="gloo")
     futures: list = []
     out["async_return_s"] = _timed(env, lambda: futures.extend(
-        model.save_sharded(tmp / "async" / "model", tmp / "async" / "optim", opt, background=group)))
+        state.save_sharded(tmp / "async" / "model", tmp / "async" / "optim", opt, background=group)))
     t0 = time.perf_counter()
     for f in futures:
         f.result()
     dist.barrier()
     out["async_total_s"] = out["async_return_s"] + time.perf_counter() - t0
-    out["load_s"] = _timed(env, lambda: model.load_sharded(tmp / "old" / "model", tmp / "old" / "optim", opt, 1))
+    out["load_s"] = _timed(env, lambda: state.load_sharded(tmp / "old" / "model", tmp / "old" / "optim", opt, 1))
     if env.is_main:
         (tmp / "save.json").write_text(json.dumps(out))
     shutdown(env)
@@ -104,10 +107,10 @@ def phase_grow(shape: str, tmp: Path) -> None:
                           growth=plan.mask_state())
     opt = torch.optim.AdamW(model.param_groups(1e-3, 0.1), lr=1e-3, fused=True)
     assert moments is not None
-    model.load_optim_state(opt, moments, 1)
+    ModelState(model).load_optim_state(opt, moments, 1)
     dist.barrier()
     grow_s = time.perf_counter() - t0
-    save_s = _timed(env, lambda: model.save_sharded(tmp / "new" / "model", tmp / "new" / "optim", opt))
+    save_s = _timed(env, lambda: ModelState(model).save_sharded(tmp / "new" / "model", tmp / "new" / "optim", opt))
     rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, base / 1e6], dtype=torch.float64)
     every = [torch.zeros_like(rss) for _ in range(env.world_size)]
     dist.all_gather(every, rss)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flm.config import RunConfig, config_from_dict, load_config
+from flm.stages import check_plan
 
 
 def add_config_args(
@@ -29,10 +30,10 @@ def add_config_args(
 
 def load_run_config(args: argparse.Namespace) -> RunConfig:
     """The config ``args.config`` names with ``args.overrides`` applied; without a file, the built-in
-    defaults (with the overrides)."""
+    defaults (with the overrides). A growth of its plan that cannot work is refused here too."""
     if args.config:
-        return load_config(args.config, args.overrides)
-    return config_from_dict({}, "defaults", args.overrides)
+        return check_plan(load_config(args.config, args.overrides))
+    return check_plan(config_from_dict({}, "defaults", args.overrides))
 
 
 Handler = Callable[[argparse.Namespace], int]

@@ -138,58 +138,6 @@ class GrowthConfig(_Strict):
         "width (integer factors), net2net replicates random units and adds identity blocks"
     )
 
-    def apply(self, model: ModelConfig, where: str = "grow") -> ModelConfig:
-        """The grown shape; refuses to shrink any dimension; keeps head_dim."""
-        update: dict[str, Any] = {}
-        for key in ("d_model", "d_ff", "n_heads", "n_layers"):
-            new = getattr(self, key)
-            if new is None:
-                continue
-            old = getattr(model, key)
-            if new < old:
-                raise FlmError(
-                    f"{where}.{key} = {new} is smaller than the current {old}: growth cannot shrink a "
-                    f"dimension; set {where}.{key} >= {old}"
-                )
-            update[key] = new
-        hd = model.head_dim
-        assert hd is not None
-        if self.d_model is not None and self.n_heads is None and model.attn_dim == model.d_model:
-            if self.d_model % hd:
-                raise FlmError(
-                    f"{where}.d_model = {self.d_model} is not a multiple of head_dim {hd}: growth keeps "
-                    f"head_dim and adds heads with the width; pick d_model as a multiple of {hd}, or set "
-                    f"{where}.n_heads to keep the attention width apart from d_model"
-                )
-            update["n_heads"] = self.d_model // hd
-        self._check_method(model, update, where)
-        if model.mup_base_width and self.readout == "keep" and update.get("d_model", model.d_model) != model.d_model:
-            # readout multiplier output_mult / width_mult unchanged: the old logits are not rescaled
-            update["output_mult"] = model.output_mult * update["d_model"] / model.d_model
-        data = model.model_dump()
-        data.update(update)
-        return _validated(ModelConfig, data, where=f"{where} result")
-
-    def _check_method(self, model: ModelConfig, update: dict[str, Any], where: str) -> None:
-        """The shapes a baseline can reach: G_stack repeats the whole stack (depth only, a multiple of it),
-        HyperCloning duplicates the width (integer factors, depth unchanged)."""
-        widths = ("d_model", "d_ff", "n_heads")
-        if self.method == "gstack":
-            if any(update.get(k, getattr(model, k)) != getattr(model, k) for k in widths):
-                raise FlmError(f"{where}.method = 'gstack' stacks layers only; drop d_model/d_ff/n_heads from "
-                               "this growth (grow the width in another stage, or use method 'net2net')")
-            if update.get("n_layers", model.n_layers) % model.n_layers:
-                raise FlmError(f"{where}.n_layers = {update['n_layers']}: gstack repeats all {model.n_layers} "
-                               f"layers, so it needs a multiple of {model.n_layers}; pick one, or use method 'net2net'")
-        if self.method == "hyperclone":
-            if update.get("n_layers", model.n_layers) != model.n_layers:
-                raise FlmError(f"{where}.method = 'hyperclone' grows the width only; drop n_layers from this "
-                               "growth (grow the depth in another stage, or use method 'gstack' or 'net2net')")
-            for k in widths:
-                if update.get(k, getattr(model, k)) % getattr(model, k):
-                    raise FlmError(f"{where}.{k} = {update[k]}: hyperclone duplicates every unit, so it needs a "
-                                   f"multiple of the current {getattr(model, k)}; pick one, or use method 'net2net'")
-
 
 class DataSource(_Strict):
     path: str | None = Field(None, description="file or glob: .txt, .jsonl, .jsonl.gz with a 'text' field")
@@ -462,14 +410,6 @@ class RunConfig(_Strict):
     def seq_len(self) -> int:
         return self.train.seq_len or self.model.max_seq_len
 
-    def stage_models(self) -> list[ModelConfig]:
-        """Model config of every stage (one entry when no stages are listed)."""
-        models = [self.model]
-        for i, st in enumerate(self.stages[1:], start=1):
-            assert st.grow is not None
-            models.append(st.grow.apply(models[-1], where=f"stages[{i}].grow"))
-        return models
-
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -568,9 +508,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config", overrides: lis
     for text in overrides:
         keys, value = parse_override(text)
         _set(data, keys, value, text)
-    cfg = _validated(RunConfig, data, where, overrides)
-    cfg.stage_models()  # a growth spec that cannot work is a config error too
-    return cfg
+    return _validated(RunConfig, data, where, overrides)
 
 
 def check_warmup(key: str, warmup: int, steps: int, span: str, why: str = "", other_fix: str = "") -> None:
@@ -580,17 +518,6 @@ def check_warmup(key: str, warmup: int, steps: int, span: str, why: str = "", ot
             f"{key} ({warmup}) is longer than {span} ({steps} steps{why}): the learning rate would never reach "
             f"its peak; lower {key} to at most {steps}{other_fix}"
         )
-
-
-def check_stage_overrides(cfg: RunConfig, overrides: list[str]) -> None:
-    """``--set train.steps=N`` on a plan whose stages all set their steps would be silently ignored."""
-    if cfg.stages and all(st.steps or st.tokens for st in cfg.stages):
-        for text in overrides:
-            if parse_override(text)[0] == ["train", "steps"]:
-                raise FlmError(
-                    f"--set {text}: this config's [[stages]] set their own steps, so train.steps is unused; "
-                    "set a stage's, e.g. --set stages[0].steps=50"
-                )
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> RunConfig:

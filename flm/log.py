@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = "flm"
@@ -74,12 +76,23 @@ def set_rank(rank: int, all_ranks: bool | None = None) -> None:
         _RANKS.all = all_ranks
 
 
+@contextmanager
+def logging_to(folder: Path) -> Iterator[None]:
+    """Also write the log to ``folder/log.txt`` while inside (appended: a resumed run goes on in the same
+    file). The file is created at the first line only, so a run that logs nothing leaves nothing behind."""
+    handler = log_to_file(folder)
+    try:
+        yield
+    finally:
+        close_file(handler)
+
+
 def log_to_file(folder: Path) -> logging.Handler | None:
-    """Also write the log to ``folder/log.txt`` (appended: a resumed run goes on in the same file); returns the
-    handler for ``close_file``. Every rank that logs writes, so with all ranks on the lines say which."""
+    """Also write the log to ``folder/log.txt``; returns the handler for ``close_file``. Every rank that logs
+    writes, so with all ranks on the lines say which."""
     if not (_RANKS.all or _RANKS.rank == 0):
         return None
-    handler = logging.FileHandler(Path(folder) / LOG_FILE, encoding="utf-8")
+    handler = logging.FileHandler(Path(folder) / LOG_FILE, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s rank %(rank)s %(name)s: %(message)s"))
     handler.addFilter(_RANKS)
     _root().addHandler(handler)

@@ -1,4 +1,5 @@
-"""The stage plan of a run: what every stage trains, derived once for `flm run`, its preflight and `flm cost`.
+"""The stage plan of a run: what every stage trains, derived once for `flm run`, its preflight and `flm cost`;
+the shape a growth makes (``grow_shape``), and the checks that need the whole plan.
 
 A config without ``[[stages]]`` is a one-stage plan. A stage gives its length in ``steps`` or in ``tokens``;
 one given in tokens keeps that exact count (what `flm cost` prices) and trains
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from flm.config import (
     GrowthConfig,
@@ -17,9 +19,11 @@ from flm.config import (
     ParallelConfig,
     RunConfig,
     StageConfig,
+    _validated,
     check_warmup,
     config_from_dict,
     config_to_dict,
+    parse_override,
     weights_problem,
 )
 from flm.errors import FlmError
@@ -60,9 +64,72 @@ class Stage:
         return f"stage{self.index}"
 
 
+def stage_models(cfg: RunConfig) -> list[ModelConfig]:
+    """Model config of every stage (one entry when no stages are listed); FlmError on a growth that cannot work."""
+    models = [cfg.model]
+    for i, st in enumerate(cfg.stages[1:], start=1):
+        assert st.grow is not None
+        models.append(grow_shape(st.grow, models[-1], where=f"stages[{i}].grow"))
+    return models
+
+
+def grow_shape(growth: GrowthConfig, model: ModelConfig, where: str = "grow") -> ModelConfig:
+    """The shape ``growth`` makes of ``model``; refuses to shrink any dimension; keeps head_dim. When the
+    attention width equals d_model and only d_model is given, the heads follow the width, as in FLM-101B."""
+    update: dict[str, Any] = {}
+    for key in ("d_model", "d_ff", "n_heads", "n_layers"):
+        new = getattr(growth, key)
+        if new is None:
+            continue
+        old = getattr(model, key)
+        if new < old:
+            raise FlmError(
+                f"{where}.{key} = {new} is smaller than the current {old}: growth cannot shrink a "
+                f"dimension; set {where}.{key} >= {old}"
+            )
+        update[key] = new
+    hd = model.head_dim
+    assert hd is not None
+    if growth.d_model is not None and growth.n_heads is None and model.attn_dim == model.d_model:
+        if growth.d_model % hd:
+            raise FlmError(
+                f"{where}.d_model = {growth.d_model} is not a multiple of head_dim {hd}: growth keeps "
+                f"head_dim and adds heads with the width; pick d_model as a multiple of {hd}, or set "
+                f"{where}.n_heads to keep the attention width apart from d_model"
+            )
+        update["n_heads"] = growth.d_model // hd
+    _check_method(growth, model, update, where)
+    if model.mup_base_width and growth.readout == "keep" and update.get("d_model", model.d_model) != model.d_model:
+        # readout multiplier output_mult / width_mult unchanged: the old logits are not rescaled
+        update["output_mult"] = model.output_mult * update["d_model"] / model.d_model
+    data = model.model_dump()
+    data.update(update)
+    return _validated(ModelConfig, data, where=f"{where} result")
+
+def _check_method(growth: GrowthConfig, model: ModelConfig, update: dict[str, Any], where: str) -> None:
+    """The shapes a baseline can reach: G_stack repeats the whole stack (depth only, a multiple of it),
+    HyperCloning duplicates the width (integer factors, depth unchanged)."""
+    widths = ("d_model", "d_ff", "n_heads")
+    if growth.method == "gstack":
+        if any(update.get(k, getattr(model, k)) != getattr(model, k) for k in widths):
+            raise FlmError(f"{where}.method = 'gstack' stacks layers only; drop d_model/d_ff/n_heads from "
+                           "this growth (grow the width in another stage, or use method 'net2net')")
+        if update.get("n_layers", model.n_layers) % model.n_layers:
+            raise FlmError(f"{where}.n_layers = {update['n_layers']}: gstack repeats all {model.n_layers} "
+                           f"layers, so it needs a multiple of {model.n_layers}; pick one, or use method 'net2net'")
+    if growth.method == "hyperclone":
+        if update.get("n_layers", model.n_layers) != model.n_layers:
+            raise FlmError(f"{where}.method = 'hyperclone' grows the width only; drop n_layers from this "
+                           "growth (grow the depth in another stage, or use method 'gstack' or 'net2net')")
+        for k in widths:
+            if update.get(k, getattr(model, k)) % getattr(model, k):
+                raise FlmError(f"{where}.{k} = {update[k]}: hyperclone duplicates every unit, so it needs a "
+                               f"multiple of the current {getattr(model, k)}; pick one, or use method 'net2net'")
+
+
 def resolve_stages(cfg: RunConfig) -> list[Stage]:
     """Every stage of ``cfg`` (one when it lists no ``[[stages]]``); raises FlmError on a plan that cannot run."""
-    models = cfg.stage_models()  # raises FlmError on a bad growth spec
+    models = stage_models(cfg)  # raises FlmError on a bad growth spec
     entries: list[StageConfig | None] = list(cfg.stages) or [None]
     stages: list[Stage] = []
     for i, (st, model) in enumerate(zip(entries, models)):
@@ -183,3 +250,19 @@ def _check_warmups(cfg: RunConfig, stages: list[Stage]) -> None:
                 f"stage {s.index}", "; lr_mode 'restart' warms up every stage", f" or set {s.where}.warmup_steps",
             )
 
+
+def check_stage_overrides(cfg: RunConfig, overrides: list[str]) -> None:
+    """``--set train.steps=N`` on a plan whose stages all set their steps would be silently ignored."""
+    if cfg.stages and all(st.steps or st.tokens for st in cfg.stages):
+        for text in overrides:
+            if parse_override(text)[0] == ["train", "steps"]:
+                raise FlmError(
+                    f"--set {text}: this config's [[stages]] set their own steps, so train.steps is unused; "
+                    "set a stage's, e.g. --set stages[0].steps=50"
+                )
+
+
+def check_plan(cfg: RunConfig) -> RunConfig:
+    """What a loaded config must pass besides its schema: every growth of its plan can work."""
+    stage_models(cfg)
+    return cfg

@@ -34,6 +34,7 @@ from flm.config import GrowthConfig, ModelConfig
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes, tensor_seed
 from flm.growth.plan import BLOCK_PREFIX, copy_sources, init_for, layer_layout
+from flm.stages import grow_shape
 
 # Per tensor suffix: the width axis of each dimension ("d" hidden, "a" attention, "f" FFN, "-" vocab), and the
 # axis that reads a grown input (divided by the replication count), or None.
@@ -121,7 +122,7 @@ def _grown(old: ModelConfig, state: Mapping[str, Tensor], growth: GrowthConfig, 
     if growth.method != method:
         raise FlmError(f"grow.method is {growth.method!r}, not {method!r}; call flm.growth.baselines.grow_baseline")
     check_shapes(old, {k: tuple(v.shape) for k, v in state.items()}, "state dict")
-    return growth.apply(old)  # refuses what the method cannot reach (GrowthConfig._check_method)
+    return grow_shape(growth, old)  # refuses what the method cannot reach (flm.stages._check_method)
 
 
 def gstack(old: ModelConfig, state: Mapping[str, Tensor], growth: GrowthConfig) -> Grown:

@@ -231,16 +231,22 @@ def grow_checkpoint(
                                                      tick, sharded)
                 files, written, largest = files | hashed, written + nbytes, max(largest, big)
             _write_small_files(folder, tmp, cfg, plan, growth)
-            for p in sorted(tmp.rglob("*")):  # the small files, and the shard files of a sharded checkpoint
-                name = p.relative_to(tmp).as_posix()
-                if p.is_file() and name not in files:
-                    files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            (tmp / MANIFEST).write_text(manifest_text(files))
+            _write_manifest(tmp, files)
     finally:
         model_src.close()
         if optim_src is not None:
             optim_src.close()
     return GrowReport(out, cfg.model.shape(), plan.new.shape(), written, time.perf_counter() - t0, largest)
+
+
+def _write_manifest(tmp: Path, files: dict[str, dict[str, object]]) -> None:
+    """The manifest: ``files`` (the tensors, hashed as they were written) and every other file in ``tmp``
+    (the small files, and the shard files of a sharded checkpoint)."""
+    for p in sorted(tmp.rglob("*")):
+        name = p.relative_to(tmp).as_posix()
+        if p.is_file() and name not in files:
+            files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    (tmp / MANIFEST).write_text(manifest_text(files))
 
 
 def _write_small_files(

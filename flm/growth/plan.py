@@ -18,6 +18,7 @@ import torch
 from flm import mup
 from flm.config import GrowthConfig, ModelConfig
 from flm.errors import FlmError
+from flm.stages import grow_shape
 
 BLOCK_PREFIX = "blocks."
 
@@ -163,7 +164,7 @@ def copy_sources(layout: list[int | None], growth: GrowthConfig, old_layers: int
 
 
 def make_plan(old: ModelConfig, growth: GrowthConfig) -> GrowthPlan:
-    new = growth.apply(old)
+    new = grow_shape(growth, old)
     layout = layer_layout(old.n_layers, growth, new.n_layers)
     copies = copy_sources(layout, growth, old.n_layers)
     tensors: list[TensorPlan] = []

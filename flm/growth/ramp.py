@@ -51,8 +51,13 @@ class MaskRamp:
         self.done_steps += 1
         self.apply(model)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.done_steps, "total": self.total}
+    def state_dict(self) -> dict[str, int] | None:
+        """{"step", "total"} of a ramp; None when there is none (total 0), as trainer.json holds it."""
+        return {"step": self.done_steps, "total": self.total} if self.total else None
+
+    def load_state_dict(self, state: Mapping[str, int] | None) -> None:
+        """Take a checkpoint's ramp (None: no ramp) in place."""
+        self.total, self.done_steps = (int(state["total"]), int(state["step"])) if state else (0, 0)
 
     @classmethod
     def from_state(cls, state: Mapping[str, int]) -> MaskRamp:

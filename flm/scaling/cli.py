@@ -26,6 +26,7 @@ from flm.cli_args import (
 from flm.config import ModelConfig, RunConfig, load_config
 from flm.errors import FlmError
 from flm.progress import progress_bar
+from flm.stages import check_plan
 
 if TYPE_CHECKING:
     from flm.scaling.plan_search import Trial
@@ -100,7 +101,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from flm.scaling.cost import plan_cost
     from flm.scaling.cost_report import render_markdown, render_text
 
-    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
+    cfg = check_plan(load_config(args.config, [*args.overrides, *_flag_overrides(args)]))
     if args.memory:
         return _memory(args, cfg)
     if args.device_gb is not None:

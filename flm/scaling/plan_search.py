@@ -27,7 +27,7 @@ from flm.config import RunConfig, config_from_dict, config_to_dict, save_config
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.io import atomic_write
-from flm.stages import resolve_stages
+from flm.stages import resolve_stages, stage_models
 from flm.train.run import run_plan, stage_summaries
 
 FIRST_SHARES = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -101,7 +101,7 @@ def candidate_config(cfg: RunConfig, choice: PlanChoice, budget: float) -> RunCo
     data["name"] = f"{cfg.name}-{choice.tag}"
     if choice.first_share is None:
         return _scaled(config_from_dict(data, where=f"candidate {choice.tag}"), budget)
-    models = config_from_dict(data, where=f"candidate {choice.tag}").stage_models()  # the reordered shapes
+    models = stage_models(config_from_dict(data, where=f"candidate {choice.tag}"))  # the reordered shapes
     given = resolve_stages(cfg)
     seq = cfg.seq_len
     per_step = [s.batch_size * seq * flops_per_token(m, seq) for s, m in zip(given, models)]

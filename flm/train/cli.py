@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.config import check_stage_overrides
 from flm.errors import FlmError
+from flm.log import logging_to
+from flm.stages import check_stage_overrides
 
 if TYPE_CHECKING:
     from flm.distributed.env import DistEnv
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
         resume = _resumable(out, args.resume, env)
-        with run_folder_lock(out, env):
+        with run_folder_lock(out, env), logging_to(out):
             res = train_stage(cfg, out, resume=resume, env=env, init=init)
     if env.is_main:
         print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
@@ -100,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         resume = _resumable(out, args.resume, env)
-        with run_folder_lock(out, env):
+        with run_folder_lock(out, env), logging_to(out):
             if args.scratch:
                 res = train_stage(cfg, out, resume=resume, env=env)
             else:

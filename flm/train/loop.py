@@ -1,7 +1,7 @@
 """The training of one stage: a ``Trainer`` built of stateful parts (model + AdamW, LR schedule, data
-loader, mask ramp, RNG, counters, metrics), each saving and restoring its own state, so a stage killed at
-any point resumes bitwise from its newest checkpoint. Warmup + cosine, gradient accumulation, masked LM
-loss (fused readout), periodic validation, atomic checkpoints; single process or torchrun + FSDP2.
+loader, mask ramp, RNG, counters, metrics) that a ``CheckpointManager`` saves and restores together, so a
+stage killed at any point resumes bitwise from its newest checkpoint. Warmup + cosine, gradient accumulation,
+masked LM loss (fused readout), periodic validation, atomic checkpoints; single process or torchrun + FSDP2.
 
 ``train_stage`` is what ``flm train`` runs; ``flm run`` calls it once per stage with the grown model's
 state in ``init`` and a schedule shared across stages.
@@ -9,66 +9,40 @@ state in ``init`` and a schedule shared across stages.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from rich.console import Console
-from torch import Tensor
 
-from flm.checkpoint import (
-    CKPT_SUBDIR,
-    MANIFEST,
-    SHARDED_MODEL,
-    SHARDED_OPTIM,
-    CheckpointData,
-    incomplete_checkpoints,
-    is_sharded,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-    sharded_shapes,
-    staging_folder,
-    step_name,
-)
+from flm.checkpoint.manager import CheckpointManager
+from flm.checkpoint.model_state import ModelState
 from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
 from flm.data.prepare import PreparedData
-from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
+from flm.distributed.env import DistEnv, init_distributed, use_bf16
 from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
 from flm.flops import flops_per_token
-from flm.growth.ops import check_shapes
 from flm.growth.ramp import MaskRamp
 from flm.hardware import MfuWatch, Peak, machine_peak
+from flm.log import get_logger
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
-from flm.train.preemption import Preempted, StopRequest
+from flm.train.preemption import StopRequest, say_where_on_interrupt, stop_at_checkpoint
 from flm.train.schedule import CosineSchedule
-from flm.train.setup import (
-    batch_layout,
-    check_out_dir,
-    check_stage_layout,
-    hash_shards,
-    prepare_stage_data,
-    verify_checkpoint,
-    write_run_config,
-)
+from flm.train.setup import batch_layout, check_out_dir, check_stage_layout, prepare_stage_data, write_run_config
 from flm.train.spike import SKIPPED, SpikeGuard, describe, roll_back
-from flm.train.state import Counters, RngState, seed_everything
+from flm.train.state import Counters, Progress, RngState, seed_everything
+from flm.train.validation import VAL_ROWS, Validation, _rank_rows
 
-VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
+__all__ = ["VAL_ROWS", "StageInit", "StageResult", "Trainer", "_rank_rows", "train_stage"]
+log = get_logger(__name__)
 
 
 @dataclass
@@ -82,56 +56,10 @@ class StageResult:
     checkpoint: Path | None
 
 
-def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
-    """This rank's rows of a validation batch. A rank beyond the batch's rows still runs one row (FSDP2
-    needs every rank in every forward), with a zero loss mask, so it adds nothing."""
-    x, y, mk = batch
-    if rank < x.shape[0]:
-        return x[rank::world], y[rank::world], mk[rank::world]
-    return x[:1], y[:1], torch.zeros_like(mk[:1])
-
-
-class Validation:
-    """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every stage
-    and for any number of ranks, so losses before and after a growth compare like for like."""
-
-    def __init__(self, prepared: PreparedData, cfg: RunConfig, env: DistEnv) -> None:
-        self.prepared, self.cfg, self.env = prepared, cfg, env
-        self._rows: list[tuple[Tensor, Tensor, Tensor]] | None = None
-
-    @staticmethod
-    def available(prepared: PreparedData, cfg: RunConfig, eval_at_start: bool) -> bool:
-        """Whether the stage validates: a validation set that cannot be read fails now when validation was
-        asked for; with eval_every = 0 and readable data, one validation loss at the end."""
-        asked = bool(cfg.train.eval_every or eval_at_start)
-        try:
-            TokenLoader(prepared, "valid", seq_len=cfg.seq_len, batch_size=1)
-        except FlmError:
-            if asked:
-                raise
-            return False
-        return True
-
-    def __call__(self, model: ParallelModel) -> float:
-        env = self.env
-        if self._rows is None:  # every replica reads the whole fixed set and keeps rows r, r + dp, ...
-            vl = TokenLoader(self.prepared, "valid", seq_len=self.cfg.seq_len, batch_size=VAL_ROWS, seed=0)
-            batches = vl.valid_batches(self.cfg.train.eval_batches)
-            self._rows = [_rank_rows(b, env.dp_rank, env.dp_size) for b in batches]
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        for x, y, mk in self._rows:
-            total[0] += model.eval_loss(x, y, mk)
-            total[1] += mk.sum().double()
-        model.train()
-        env.sum_over_dp(total)
-        return float(total[0] / total[1].clamp_min(1))
-
-
 class Trainer:
     """One stage's training. Parts: ``model`` (a ``ParallelModel``) + ``optimizer``, ``schedule``,
-    ``loader``, ``ramp``, ``rng``, ``counters``, ``metrics``. Build it, ``restore`` a checkpoint or
-    ``start_from`` a grown model, then ``fit``."""
+    ``loader``, ``ramp``, ``spike``, ``rng``, ``progress`` (``counters``), ``metrics``; ``checkpoints`` saves
+    and restores them. Build it, ``restore`` a checkpoint or start from ``init`` (a grown model), then ``fit``."""
 
     def __init__(
         self,
@@ -146,187 +74,92 @@ class Trainer:
         init: StageInit | None = None,
     ) -> None:
         tc, oc = cfg.train, cfg.optim
-        self.cfg, self.env, self.stage = cfg, env, stage
-        self.ckpt_dir = ckpt_dir or out_dir
-        self.eval_at_start = eval_at_start
-        self.bf16 = use_bf16(tc, env.device)
+        self.cfg, self.env, self.stage, self.eval_at_start = cfg, env, stage, eval_at_start
+        # the data (rank 0 prepares it, the others wait) and how a step's batch splits into micro-batches
         self.prepared = prepare_stage_data(cfg, env)
         self.micro, self.accum = batch_layout(cfg, env)
-        self.validate = Validation.available(self.prepared, cfg, eval_at_start)
-        self.validation = Validation(self.prepared, cfg, env)
-        # measured (when neither set nor cached) before seeding: it draws numbers
+        self.validation = Validation(self.prepared, cfg, env, Validation.available(self.prepared, cfg, eval_at_start))
+        # the peak is measured (when neither set nor cached) before seeding: it draws numbers
         peak = Peak(tc.peak_flops, "train.peak_flops") if tc.peak_flops else machine_peak(env.device)
         self.mfu = MfuWatch(peak.flops * env.world_size, peak.source, enabled=env.is_main)
         seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
-        eos = self.prepared.tokenizer.eos_id if cfg.data.document_mask else None
-        self.model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=self.bf16, document_eos=eos,
-                                   state=init.model_state if init else None, growth=init.growth_state if init else None)
-        groups = self.model.param_groups(oc.lr, oc.weight_decay)
-        # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
-        self.optimizer = torch.optim.AdamW(
-            groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
-        )
+        self.model, self.optimizer = _build_model(cfg, env, self.prepared, init)
         self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
                                   rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
-        self.ramp = MaskRamp(0)
-        self.spike = SpikeGuard(tc.spike)
-        self.rng = RngState()
-        self.counters = Counters()
+        self.ramp, self.spike, self.rng, self.counters = MaskRamp(0), SpikeGuard(tc.spike), RngState(), Counters()
+        self.progress = Progress(stage, self.counters)
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
+        parts = {"optimizer": self.optimizer, "schedule": self.schedule, "trainer": self.progress,
+                 "ramp": self.ramp, "loader": self.loader, "spike": self.spike, "rng": self.rng,
+                 "metrics": self.metrics}
+        self.checkpoints = CheckpointManager(ckpt_dir or out_dir, cfg, env, ModelState(self.model), parts,
+                                             self.prepared.tokenizer)
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         self.tokens_per_step = tc.batch_size * cfg.seq_len
-        self.last_loss, self.val_loss, self.last_ckpt = math.nan, None, None
-        self._pending: tuple | None = None  # a checkpoint whose shards are still being written
-        self._async_group: dist.ProcessGroup | None = None
-        self._t_start = time.perf_counter()
+        self.val_loss: float | None = None
         if init is not None:
             self._continue_from(init)
+
+    @property
+    def last_loss(self) -> float:
+        return self.progress.train_loss
+
+    @last_loss.setter
+    def last_loss(self, value: float) -> None:
+        self.progress.train_loss = value
+
+    @property
+    def last_ckpt(self) -> Path | None:
+        return self.checkpoints.last
 
     # ----- state ------------------------------------------------------------------------------------------
     def _continue_from(self, init: StageInit) -> None:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
-        self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
+        self.ramp.load_state_dict(init.ramp)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
-        self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step, init.optim_param_steps)
+        ModelState(self.model).load_optim_state(self.optimizer, init.optim_tensors, init.optim_step,
+                                                init.optim_param_steps)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
         elif init.loader_state and self.loader.carry_over(init.loader_state):
             pass  # a stage with its own mixture: the sources it shares with the last stage read on
-        elif init.loader_state and self.env.is_main:
-            print(  # e.g. `flm train --init` on other data: a fresh stream, not an error
-                "note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
-                "this stage reads its data from the start",
-                file=sys.stderr,
-            )
+        elif init.loader_state:  # e.g. `flm train --init` on other data: a fresh stream, not an error
+            log.warning("note: the initial checkpoint was trained on other data (or another train.seed or seq_len); "
+                        "this stage reads its data from the start")
         self.ramp.apply(self.model)
 
     def restore(self, folder: Path) -> None:
-        """Every part's state from a checkpoint of this stage (``--resume``)."""
-        sharded = is_sharded(folder)
-        verify_checkpoint(self.env, folder)  # the ranks split the hashing
-        data, saved_cfg = load_checkpoint(folder, verify=False, tensors=not sharded)
-        if saved_cfg.model != self.cfg.model:
-            raise FlmError(
-                f"--resume: checkpoint {folder} has model {saved_cfg.model.shape()}, the config asks for "
-                f"{self.cfg.model.shape()}; resume with the run's own config"
-            )
-        shapes = sharded_shapes(folder) if sharded else {k: tuple(v.shape) for k, v in data.model.items()}
-        check_shapes(self.cfg.model, shapes, str(folder))
-        if data.growth:
-            self.model.load_growth_state(data.growth)
-        else:
-            self.model.end_growth()
-        step, steps = int(data.optim_meta.get("step", 0)), data.optim_meta.get("param_steps")  # per-tensor counts
-        if sharded:
-            self.model.load_sharded(folder / SHARDED_MODEL, folder / SHARDED_OPTIM, self.optimizer, step, steps)
-            return self._restore_rest(folder, data)
-        self.model.load_model_state(data.model)
-        self.model.load_optim_state(self.optimizer, data.optim_tensors, step, steps)
-        self._restore_rest(folder, data)
-
-    def _restore_rest(self, folder: Path, data: CheckpointData) -> None:
-        """Counters, data position, ramp, RNG and metrics of a checkpoint (whatever holds the tensors)."""
-        tr = data.trainer
-        self.counters.load_state_dict(tr)
-        if self.counters.step > self.cfg.train.steps:
-            raise FlmError(
-                f"--resume: {folder} is at step {self.counters.step}, past train.steps = {self.cfg.train.steps}; "
-                "raise train.steps to train further"
-            )
-        self.loader.load_state_dict(tr["loader"])
-        self.spike.load_state_dict(tr.get("spike"))
-        self.ramp = MaskRamp.from_state(tr["ramp"]) if tr.get("ramp") else MaskRamp(0)
-        if data.rng:
-            self.rng.load_state_dict(data.rng)
-        self.metrics.truncate_after(self.counters.step, self.stage)
-        self.last_ckpt = folder
+        """Every part's state from a checkpoint of this stage (``--resume``, a spike's rollback)."""
+        trainer = self.checkpoints.restore(folder)
         if self.counters.step >= self.cfg.train.steps:  # a finished stage: report what it ended with
-            self.last_loss = float(tr.get("train_loss", math.nan))
+            self.last_loss = float(trainer.get("train_loss", math.nan))
             records = read_metrics(self.metrics.path)
             self.val_loss = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
 
     def save(self) -> Path:
-        """A checkpoint of every part at the current step: full tensors gathered to rank 0, or each rank's
-        shards (``train.checkpoint_format = "sharded"``, in the background with ``train.async_checkpoint``:
-        the checkpoint is complete, and counts as the newest, once ``finish_save`` has run); the rest
-        (counters, loader, ramp, RNG) rank 0 writes."""
-        self.finish_save()
-        tc, at = self.cfg.train, self.counters.step
-        folder = Path(self.ckpt_dir) / CKPT_SUBDIR / step_name(at)
-        staged, futures = None, []
-        if tc.checkpoint_format == "sharded":
-            staged = staging_folder(folder)
-            if self.env.is_main:
-                shutil.rmtree(staged, ignore_errors=True)
-                staged.mkdir(parents=True)
-            barrier(self.env)
-            futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
-                                              background=self._save_group() if tc.async_checkpoint else None)
-            model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
-        else:  # collectives: every rank gathers, rank 0 gets the state
-            model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
-        growth, steps = self.model.full_growth_state(), self.model.optim_steps(self.optimizer)
-        data = None
-        if self.env.is_main:
-            assert model_state is not None and optim is not None and growth is not None
-            seconds = self.counters.seconds + time.perf_counter() - self._t_start
-            trainer = {"stage": self.stage, **self.counters.state_dict(), "seconds": seconds,
-                       "train_loss": self.last_loss, "ramp": self.ramp.state_dict() if self.ramp.total else None,
-                       "loader": self.loader.state_dict(),  # global position: the same on every rank
-                       "spike": self.spike.state_dict()}
-            data = CheckpointData(
-                model=model_state, optim_tensors=optim[0],
-                optim_meta={**(steps or {}), "lr": self.schedule(max(at - 1, 0))},
-                trainer=trainer, growth=growth, rng=self.rng.state_dict(),
-            )
-        self._pending = (folder, staged, data, futures)
-        if not futures:
-            self.finish_save()
-        return folder
+        """A checkpoint of every part at the current step (``CheckpointManager.save``)."""
+        return self.checkpoints.save(self.counters.step)
 
-    def finish_save(self) -> None:
-        """Complete the checkpoint being written: wait for its shards on every rank, then rank 0 writes the
-        rest and the manifest and renames the folder into place (only now is it the newest checkpoint)."""
-        if self._pending is None:
-            return
-        folder, staged, data, futures = self._pending
-        for f in futures:
-            f.result()  # a failed background write raises here, at the latest when the stage ends
-        self._pending = None
-        barrier(self.env)
-        hashed = hash_shards(self.env, staged) if staged is not None else None  # collective: ranks split it
-        if data is not None:
-            save_checkpoint(folder, data, self.cfg, self.prepared.tokenizer, staged=staged, hashed=hashed)
-            prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
-        barrier(self.env)
-        self.last_ckpt = folder
-
-    def _save_group(self) -> dist.ProcessGroup | bool:
-        """The process group of background saves (created once, collectively), or True in one process."""
-        if not self.env.distributed:
-            return True
-        if self._async_group is None:
-            timeout = timedelta(seconds=self.cfg.parallel.timeout_s)
-            self._async_group = dist.new_group(backend="gloo", timeout=timeout)
-        return self._async_group
-
-    # ----- training ---------------------------------------------------------------------------------------
+    # ----- one step -----------------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float] | None:
         """One optimizer step over ``accum`` micro-batches; returns (loss, lr, grad norm), or None when the
         spike guard skipped it. The loss of a micro-batch is its masked token sum over the global number of
         loss tokens, so the gradients are those of the mean over the whole global batch (FSDP2 averages over
         the dp replicas: hence the / dp)."""
         env, step = self.env, self.counters.step
+        # the LR of this step, scaled per μP group (lr_scale: hidden matrices take lr / width multiplier)
         lr = self.schedule(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
+        # the loss tokens of the whole global batch: every micro-batch's loss is divided by their number
         batches = [next(self._it) for _ in range(self.accum)]
         count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in batches)), device=env.device)
         denom = env.sum_over_dp(count).clamp_min(1.0) / env.dp_size
         loss_sum = self.model.forward_backward(batches, denom)
         grad_norm = self.model.clip_grad_norm_(self.cfg.optim.clip)
         loss = float(env.sum_over_dp(loss_sum)) / env.dp_size  # the same on every rank: they all judge alike
+        # the spike guard may refuse the step: the gradients are dropped before the optimizer sees them
         reason = self.spike.judge(loss, float(grad_norm))
         if reason is not None:
             self.optimizer.zero_grad(set_to_none=True)
@@ -334,7 +167,7 @@ class Trainer:
             return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ramp.step(self.model)
+        self.ramp.step(self.model)  # a growth's masks move one step towards 1
         self.counters.advance(self.tokens_per_step, self.flops_per_token)
         if not math.isfinite(loss):
             raise FlmError(
@@ -350,109 +183,78 @@ class Trainer:
                   "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
                   "data": self.loader.state_dict()}
         if self.spike.rolls_back:
-            self.finish_save()  # a checkpoint still being written is the last good one
+            self.checkpoints.finish()  # a checkpoint still being written is the last good one
             record |= roll_back(self.spike, self.loader, c, self.metrics, self.restore, self.last_ckpt)
         self.metrics.write(record)
-        if self.env.is_main:
-            print(describe(record), file=sys.stderr)
+        log.warning(describe(record))
         self.spike.count(at, reason)
 
     def evaluate(self) -> float:
         self.val_loss = self.validation(self.model)
         return self.val_loss
 
-    def _record(self, lr: float, grad_norm: float, tokens_per_s: float) -> dict[str, Any]:
-        c, m = self.counters, self.cfg.model
-        rec = {
-            "stage": self.stage, "step": c.step, "tokens": c.tokens, "flops": c.flops, "loss": self.last_loss,
-            "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
-            "mfu": self.mfu(tokens_per_s * self.flops_per_token),
-            "d_model": m.d_model, "n_layers": m.n_layers, "time": c.seconds + time.perf_counter() - self._t_start,
-        }
-        if self.ramp.total:
-            rec["mask_m"] = self.ramp.value
-        return rec
+    # ----- logging ----------------------------------------------------------------------------------------
+    def _log_step(self, lr: float, grad_norm: float, window: Throughput, final: bool) -> None:
+        """metrics.jsonl's line of the step just taken, with a validation loss when one is due. During a growth
+        ramp every step is logged (its loss bump, flm.growth.bump)."""
+        step = self.counters.step
+        validate = self.validation.due(step, final, self.ramp.total)
+        in_ramp = step <= self.ramp.total
+        if step % self.cfg.train.log_every == 0 or validate or final or in_ramp:
+            rec = _step_record(self, lr, grad_norm, window.rate())
+            if validate:
+                rec["val_loss"] = self.evaluate()
+            self.metrics.write(rec)
 
-    def _log_start(self) -> None:
-        """The validation loss before the first step (right after a growth: it must equal the loss before)."""
-        c, m = self.counters, self.cfg.model
-        self.metrics.write({"stage": self.stage, "step": 0, "tokens": c.tokens, "flops": c.flops,
-                            "val_loss": self.evaluate(), "d_model": m.d_model, "n_layers": m.n_layers, "time": 0.0})
-
+    # ----- the loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after: int | None = None) -> StageResult:
         """Train to ``train.steps`` (or ``stop_after``), logging, validating and checkpointing on the way.
         SIGTERM / SIGUSR1 end it after the current step, with a checkpoint, by raising ``Preempted`` (exit 0)."""
         tc, c = self.cfg.train, self.counters
+        # Start: a fresh pass over the data stream, this process's clock, and right after a growth the
+        # validation loss before the first step (it must equal the loss before the growth)
         self.model.train()
         self._it = iter(self.loader)
-        self._t_start = time.perf_counter()
+        self.progress.started = time.perf_counter()
         if self.eval_at_start and c.step == 0:
-            self._log_start()
+            _log_start(self)
         window, tokens0 = Throughput(), c.tokens
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         shown = tc.progress and self.env.is_main
         bar_cm = progress_bar("step", tc.steps, completed=c.step, enabled=shown, transient=False, console=Console())
         stopped = None
-        with bar_cm as bar, self._say_where_on_interrupt(), StopRequest(self.env) as stop:
+        interrupted = say_where_on_interrupt(self.env, self.checkpoints, lambda: c.step)
+        with bar_cm as bar, interrupted, StopRequest(self.env) as stop:
             while c.step < end:
+                # One optimizer step; None: the spike guard refused it, on to the next batch
                 done = self.train_step()
-                if done is None:  # skipped by the spike guard: on to the next batch
+                if done is None:
                     continue
                 self.last_loss, lr, grad_norm = done
                 window.add(self.tokens_per_step)
                 final = c.step == tc.steps
-                ramp = c.step <= self.ramp.total  # a growth ramp: every loss, 4 validations (its loss bump, run.py)
-                do_eval = self.validate and (bool(tc.eval_every) and c.step % tc.eval_every == 0 or final
-                                             or ramp and c.step % max(1, self.ramp.total // 4) == 0)
-                if c.step % tc.log_every == 0 or do_eval or final or ramp:
-                    rec = self._record(lr, grad_norm, window.rate())
-                    if do_eval:
-                        rec["val_loss"] = self.evaluate()
-                    self.metrics.write(rec)
-                rate = (c.tokens - tokens0) / max(time.perf_counter() - self._t_start, 1e-9)
+                # Log the step (validating when due) and move the progress display
+                self._log_step(lr, grad_norm, window, final)
+                rate = (c.tokens - tokens0) / max(time.perf_counter() - self.progress.started, 1e-9)
                 bar.update(completed=c.step, description=_desc(self.stage, self.last_loss, self.val_loss),
                            info=f"{rate:,.0f} tok/s")
-                saves = bool(tc.ckpt_every and c.step % tc.ckpt_every == 0) or final
-                if saves:
+                # Checkpoint when due; a stop request (SIGTERM / SIGUSR1 on any rank) ends with one at this step
+                saved = self.checkpoints.due(c.step, final)
+                if saved:
                     self.save()
-                if stop.agreed():  # SIGTERM / SIGUSR1 on any rank: a checkpoint at this step, then exit 0
-                    if not saves:
+                if stop.agreed():
+                    if not saved:
                         self.save()
                     stopped = stop.name
                     break
-        self.finish_save()
-        self.model.close()
-        if self._async_group is not None:
-            dist.destroy_process_group(self._async_group)
-            self._async_group = None
+        # End: complete the last save (a background one too), stop its writer, close the logs
+        self.checkpoints.close()
         self.metrics.close()
-        if stopped is not None:
-            self._stop_at_checkpoint(stopped)
-        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
-                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
-
-    def _stop_at_checkpoint(self, why: str) -> None:
-        """Say where a preempted stage stopped, then end the process with exit code 0."""
-        if self.env.is_main:
-            print(f"stopped by {why} after step {self.counters.step}: checkpoint {self.last_ckpt}; "
-                  "--resume continues from it", flush=True)
-        raise Preempted
-
-    @contextlib.contextmanager
-    def _say_where_on_interrupt(self):
-        """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
-        try:
-            yield
-        except KeyboardInterrupt:
-            if not self.env.distributed:  # complete a background save (under torchrun the others may be gone)
-                self.finish_save()
-            if self.env.is_main:
-                ckpt = self.last_ckpt
-                kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (
-                    "no checkpoint was written yet (train.ckpt_every sets how often); --resume restarts the stage"
-                )
-                print(f"interrupted at step {self.counters.step}: {kept}", file=sys.stderr)
-            raise
+        if stopped is not None:  # SIGTERM / SIGUSR1: say where, then end the process with exit code 0
+            stop_at_checkpoint(stopped, c.step, self.last_ckpt)
+        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops,
+                           seconds=time.perf_counter() - self.progress.started, train_loss=self.last_loss,
+                           val_loss=self.val_loss, checkpoint=self.last_ckpt)
 
 
 class Throughput:
@@ -494,14 +296,9 @@ def train_stage(
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
     trainer = Trainer(cfg, out_dir, env=env, stage=stage, schedule=schedule, ckpt_dir=ckpt_dir,
                       eval_at_start=eval_at_start, init=init)
-    if init is not None and stage > 1 and env.is_main:  # a growth of `flm run`: say so in a log too
-        print(f"stage {stage}: grown to {_shape(cfg)}, continuing at {init.tokens:,} tokens", flush=True)
-    latest = latest_checkpoint(trainer.ckpt_dir) if resume else None
-    if resume and env.is_main:
-        for folder in incomplete_checkpoints(trainer.ckpt_dir, after=latest):
-            print(f"note: {folder} is incomplete (no {MANIFEST}); resuming from "
-                  f"{latest or 'the start of the stage'}; it is kept, moved aside, when this step is saved again",
-                  file=sys.stderr)
+    if init is not None and stage > 1:  # a growth of `flm run`: say so in a log too
+        log.info(f"stage {stage}: grown to {_shape(cfg)}, continuing at {init.tokens:,} tokens")
+    latest = trainer.checkpoints.latest() if resume else None
     if latest is not None:
         trainer.restore(latest)
     else:
@@ -518,3 +315,38 @@ def _desc(stage: int, loss: float, val: float | None) -> str:
 
 def _shape(cfg: RunConfig) -> str:
     return ", ".join(f"{k} {v}" for k, v in cfg.model.shape().items())
+
+
+def _step_record(t: Trainer, lr: float, grad_norm: float, tokens_per_s: float) -> dict[str, Any]:
+    """metrics.jsonl's line of the step just taken."""
+    c, m = t.counters, t.cfg.model
+    rec = {
+        "stage": t.stage, "step": c.step, "tokens": c.tokens, "flops": c.flops, "loss": t.last_loss,
+        "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+        "mfu": t.mfu(tokens_per_s * t.flops_per_token),
+        "d_model": m.d_model, "n_layers": m.n_layers, "time": t.progress.seconds(),
+    }
+    if t.ramp.total:
+        rec["mask_m"] = t.ramp.value
+    return rec
+
+
+def _log_start(t: Trainer) -> None:
+    """The validation loss before the first step (right after a growth: it must equal the loss before)."""
+    c, m = t.counters, t.cfg.model
+    t.metrics.write({"stage": t.stage, "step": 0, "tokens": c.tokens, "flops": c.flops,
+                     "val_loss": t.evaluate(), "d_model": m.d_model, "n_layers": m.n_layers, "time": 0.0})
+
+
+def _build_model(cfg: RunConfig, env: DistEnv, prepared: PreparedData, init: StageInit | None
+                 ) -> tuple[ParallelModel, torch.optim.AdamW]:
+    """This rank's part of the model (from ``init``'s state, or fresh) and fused AdamW over its μP groups."""
+    tc, oc = cfg.train, cfg.optim
+    eos = prepared.tokenizer.eos_id if cfg.data.document_mask else None  # data.document_mask
+    model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=use_bf16(tc, env.device), document_eos=eos,
+                          state=init.model_state if init else None, growth=init.growth_state if init else None)
+    groups = model.param_groups(oc.lr, oc.weight_decay)
+    # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)
+    optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay,
+                                  fused=True)
+    return model, optimizer

@@ -8,17 +8,24 @@ same step even when the signal reached them at different moments (or only some o
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from flm.checkpoint.manager import CheckpointManager
 from flm.distributed.env import DistEnv
+from flm.log import get_logger
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+log = get_logger(__name__)
 
 
 class Preempted(SystemExit):
@@ -64,3 +71,25 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else "another rank's signal"
+
+
+def stop_at_checkpoint(why: str, step: int, checkpoint: Path | None) -> None:
+    """Say where a preempted stage stopped, then end the process with exit code 0 (``Preempted``)."""
+    log.info(f"stopped by {why} after step {step}: checkpoint {checkpoint}; --resume continues from it")
+    raise Preempted
+
+
+@contextlib.contextmanager
+def say_where_on_interrupt(env: DistEnv, checkpoints: CheckpointManager, step: Callable[[], int]) -> Iterator[None]:
+    """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not env.distributed:  # complete a background save (under torchrun the others may be gone)
+            checkpoints.finish()
+        ckpt = checkpoints.last
+        kept = f"the newest checkpoint is {ckpt}; --resume continues from it" if ckpt else (
+            "no checkpoint was written yet (train.ckpt_every sets how often); --resume restarts the stage"
+        )
+        log.warning(f"interrupted at step {step()}: {kept}")
+        raise

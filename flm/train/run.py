@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
+from flm.checkpoint.manager import verify_checkpoint
 from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig, config_from_dict, config_to_dict
 from flm.data.loader import TokenLoader
@@ -38,7 +39,7 @@ from flm.train.loop import train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
 from flm.train.schedule import stage_schedules
-from flm.train.setup import check_out_dir, rank0_first, verify_checkpoint, write_run_config
+from flm.train.setup import check_out_dir, rank0_first, write_run_config
 from flm.train.spike import ROLLED_BACK, SKIPPED, describe
 
 

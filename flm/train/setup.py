@@ -14,8 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from flm.checkpoint import read_config, verify_manifest
-from flm.checkpoint.store import file_entries, shard_files
+from flm.checkpoint import read_config
 from flm.config import RunConfig, save_config
 from flm.data.prepare import PreparedData, prepare_data
 from flm.data.tokenizer import check_vocab
@@ -43,35 +42,6 @@ def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] |
     if not env.is_main and others is not None:
         result = others()
     return result
-
-
-def verify_checkpoint(env: DistEnv, folder: Path) -> None:
-    """Check ``folder`` against its manifest, every rank hashing its share of the files (a sharded checkpoint
-    of a big model is many files: one rank hashing them all would keep the others waiting); a damaged file
-    found by any rank is raised on every rank."""
-    err = None
-    try:
-        verify_manifest(folder, share=(env.rank, env.world_size))
-    except FlmError as e:
-        err = str(e)
-    if env.distributed:
-        errors: list[str | None] = [None] * env.world_size
-        dist.all_gather_object(errors, err)
-        err = next((e for e in errors if e is not None), None)
-    if err is not None:
-        raise FlmError(err)
-
-
-def hash_shards(env: DistEnv, staged: Path) -> dict[str, dict[str, Any]] | None:
-    """The manifest entries of a just-written sharded checkpoint's shard files, every rank hashing its share
-    (collective); the union on rank 0, None elsewhere."""
-    names = shard_files(staged)
-    mine = file_entries(staged, names[env.rank :: env.world_size])
-    if not env.distributed:
-        return mine
-    parts: list[dict[str, dict[str, Any]]] | None = [{}] * env.world_size if env.is_main else None
-    dist.gather_object(mine, parts, dst=0)
-    return {k: v for part in parts for k, v in part.items()} if parts is not None else None
 
 
 def prepare_stage_data(cfg: RunConfig, env: DistEnv) -> PreparedData:

@@ -1,16 +1,18 @@
 """The stateful parts of training that are not already objects of their own: the RNG streams and the stage's
-counters.
+counters and progress.
 
-Each part has ``state_dict()`` / ``load_state_dict()``; the trainer saves and restores them together, so a
-resumed stage continues bitwise. The loader (``TokenLoader``) and the mask ramp (``MaskRamp``) follow the same
-protocol; model weights and AdamW moments go through ``flm.distributed.parallel_model.ParallelModel``'s
-full-state methods (gathered from, and scattered to, whatever layout the model has).
+Each part has ``state_dict()`` / ``load_state_dict()``; the ``CheckpointManager`` (flm.checkpoint.manager)
+saves and restores them together, so a resumed stage continues bitwise. The loader (``TokenLoader``), the mask
+ramp (``MaskRamp``) and the spike guard follow the same protocol; model weights and AdamW moments go through
+``flm.checkpoint.model_state.ModelState`` (gathered from, and scattered to, whatever layout the model has).
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,3 +63,24 @@ class Counters:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens, self.flops = int(state["step"]), int(state["tokens"]), float(state["flops"])
         self.seconds = float(state.get("seconds", 0.0))
+
+
+@dataclass
+class Progress:
+    """A stage's place as trainer.json's top level holds it: the stage, its ``Counters``, the seconds spent
+    (earlier processes' and this one's since ``started``) and the last training loss."""
+
+    stage: int
+    counters: Counters
+    train_loss: float = math.nan
+    started: float = field(default_factory=time.perf_counter)  # when this process began training
+
+    def seconds(self) -> float:
+        return self.counters.seconds + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, **self.counters.state_dict(), "seconds": self.seconds(),
+                "train_loss": self.train_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.counters.load_state_dict(state)

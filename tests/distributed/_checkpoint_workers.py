@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from flm.checkpoint.manager import verify_checkpoint
+from flm.checkpoint.model_state import ModelState
 from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
 from flm.growth.offline import grown_tensors
 from flm.tensorio import DcpReader, region_shape
-from flm.train.setup import verify_checkpoint
 
 
 def grow_into_layouts(rank: int, world: int, tmp: Path, folder: str, model: dict, growth: dict,
@@ -43,8 +44,8 @@ def grow_into_layouts(rank: int, world: int, tmp: Path, folder: str, model: dict
         assert moments is not None
         pm = ParallelModel(plan.new, env.with_layout(ParallelConfig(**layout)), TrainConfig(), seed=0, state=weights)
         opt = torch.optim.AdamW(pm.param_groups(1e-3, 0.1), fused=True)
-        pm.load_optim_state(opt, moments, step=3)
-        state, optim = pm.full_model_state(), pm.full_optim_state(opt)
+        ModelState(pm).load_optim_state(opt, moments, step=3)
+        state, optim = ModelState(pm).full_model_state(), ModelState(pm).full_optim_state(opt)
         if rank == 0:
             assert optim is not None
             torch.save({"model": state, "optim": optim[0]}, tmp / f"{name}.pt")

@@ -8,6 +8,7 @@ import pytest
 from flm.config import GrowthConfig, ModelConfig, ParallelConfig, TrainConfig, config_from_dict
 from flm.distributed.mesh import ParallelDims, check_layout
 from flm.errors import FlmError
+from flm.stages import grow_shape
 
 MODEL = ModelConfig(vocab_size=1000, d_model=64, n_layers=4, n_heads=4, d_ff=192)  # padded vocabulary 1024
 
@@ -64,7 +65,7 @@ def test_padded_vocabulary_tp_does_not_divide():
 
 
 def test_growth_step_tp_cannot_divide_is_caught_per_stage():
-    grown = GrowthConfig(n_heads=6).apply(MODEL, where="stages[1].grow")
+    grown = grow_shape(GrowthConfig(n_heads=6), MODEL, where="stages[1].grow")
     check_layout(ParallelConfig(tp=2), 4, MODEL)  # the first stage splits
     with pytest.raises(FlmError) as e:
         check_layout(ParallelConfig(tp=4), 4, grown, where="stages[1].parallel", model_key="stages[1] model")

@@ -13,6 +13,7 @@ from flm.errors import FlmError
 from flm.growth import make_plan, parse_growth_spec
 from flm.growth.baselines import grow_baseline, gstack, hyperclone, net2net, random_map
 from flm.model import FLM
+from flm.stages import grow_shape
 
 from ._util import TOL, generic_model, mup_tiny, tiny, tokens
 
@@ -113,7 +114,7 @@ def test_net2net_hidden_width_is_exact_up_to_layernorm_statistics(cfg_name: str,
     cfg = CONFIGS[cfg_name]
     growth = GrowthConfig(method="net2net", d_model=48, n_heads=cfg.n_heads)
     assert logit_delta(cfg, growth)[0] > 1e-3  # not exact ...
-    weight = 1.0 / random_map(cfg, growth.apply(cfg), seed=0).counts("d")
+    weight = 1.0 / random_map(cfg, grow_shape(growth, cfg), seed=0).counts("d")
 
     def weighted_layer_norm(x, w, b, eps, mask):
         if x.shape[-1] != weight.numel():  # the old model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from flm.checkpoint.model_state import ModelState
 from flm.config import GrowthConfig, TrainConfig
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
@@ -36,13 +37,13 @@ def _grown(growth: GrowthConfig) -> tuple[ParallelModel, torch.optim.Optimizer, 
     old = ParallelModel(mup_tiny(), ENV, TrainConfig(), seed=0)
     opt = _optimizer(old)
     _train(old, opt, OLD_STEPS)
-    tensors, step = old.full_optim_state(opt)
+    tensors, step = ModelState(old).full_optim_state(opt)
     assert step == OLD_STEPS
-    res = grow(old.cfg, old.full_model_state(), growth, tensors, seed=1)
+    res = grow(old.cfg, ModelState(old).full_model_state(), growth, tensors, seed=1)
     model = ParallelModel(res.cfg, ENV, TrainConfig(), seed=0, state=res.state_dict, growth=res.mask_state)
     model.module.set_mask_value(0.5)
     new_opt = _optimizer(model)
-    model.load_optim_state(new_opt, res.optim_state, step, res.plan.carried_steps(step))
+    ModelState(model).load_optim_state(new_opt, res.optim_state, step, res.plan.carried_steps(step))
     new = [tp.name for tp in res.plan.tensors if tp.new_param]
     return model, new_opt, new
 
@@ -71,7 +72,7 @@ def test_new_blocks_take_a_fresh_adamw_first_step_old_tensors_keep_their_counts(
             assert int(opt.state[p]["step"]) == 1
     widened = params["blocks.0.attn.q.weight"]  # d_model and heads grew: one count per tensor, the old one
     assert int(opt.state[widened]["step"]) == OLD_STEPS + 1 and int(opt.state[params["tok_emb.weight"]]["step"]) == 4
-    assert model.optim_steps(opt) == {"step": OLD_STEPS + 1, "param_steps": dict.fromkeys(new, 1)}
+    assert ModelState(model).optim_steps(opt) == {"step": OLD_STEPS + 1, "param_steps": dict.fromkeys(new, 1)}
 
 
 def _states(model: ParallelModel, opt: torch.optim.Optimizer) -> dict[str, dict[str, torch.Tensor]]:
@@ -81,20 +82,21 @@ def _states(model: ParallelModel, opt: torch.optim.Optimizer) -> dict[str, dict[
 def test_per_tensor_step_counts_survive_full_and_sharded_checkpoints(tmp_path):
     model, opt, new = _grown(GrowthConfig(n_layers=3, depth_position="interleave"))
     _train(model, opt, 2, seed=3)
-    meta = model.optim_steps(opt)
+    meta = ModelState(model).optim_steps(opt)
     assert meta == {"step": OLD_STEPS + 2, "param_steps": dict.fromkeys(new, 2)}
     want = _states(model, opt)
     # full tensors (checkpoint_format = "full")
-    tensors, step = model.full_optim_state(opt)
+    tensors, step = ModelState(model).full_optim_state(opt)
     assert step == OLD_STEPS + 2
-    full = ParallelModel(model.cfg, ENV, TrainConfig(), seed=0, state=model.full_model_state())
+    full = ParallelModel(model.cfg, ENV, TrainConfig(), seed=0, state=ModelState(model).full_model_state())
     full_opt = _optimizer(full)
-    full.load_optim_state(full_opt, tensors, meta["step"], meta["param_steps"])
+    ModelState(full).load_optim_state(full_opt, tensors, meta["step"], meta["param_steps"])
     # each rank's shards through torch.distributed.checkpoint (checkpoint_format = "sharded")
-    model.save_sharded(tmp_path / "model", tmp_path / "optim", opt)
+    ModelState(model).save_sharded(tmp_path / "model", tmp_path / "optim", opt)
     sharded = ParallelModel(model.cfg, ENV, TrainConfig(), seed=5)
     sharded_opt = _optimizer(sharded)
-    sharded.load_sharded(tmp_path / "model", tmp_path / "optim", sharded_opt, meta["step"], meta["param_steps"])
+    ModelState(sharded).load_sharded(tmp_path / "model", tmp_path / "optim", sharded_opt, meta["step"],
+                                     meta["param_steps"])
     for other, other_opt in ((full, full_opt), (sharded, sharded_opt)):
         got = _states(other, other_opt)
         assert set(got) == set(want)
@@ -102,7 +104,7 @@ def test_per_tensor_step_counts_survive_full_and_sharded_checkpoints(tmp_path):
             assert float(got[name]["step"]) == float(st["step"]), name
             assert torch.equal(got[name]["exp_avg"], st["exp_avg"]) and torch.equal(got[name]["exp_avg_sq"],
                                                                                       st["exp_avg_sq"])
-        assert other.optim_steps(other_opt) == meta
+        assert ModelState(other).optim_steps(other_opt) == meta
 
 
 def test_carried_steps_follow_the_blocks_that_move():

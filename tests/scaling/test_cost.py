@@ -12,7 +12,7 @@ from flm.config import ModelConfig, config_from_dict, load_config
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.scaling.cost import KNOWN_GPUS, lookup_gpu, plan_cost, recompute_share, resolve_hardware, stage_gpus
-from flm.stages import resolve_stages
+from flm.stages import resolve_stages, stage_models
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "configs" / "flm-101b.toml"
@@ -71,7 +71,7 @@ def test_6n_formula_close_to_narayanan_and_counts_recompute():
 
 
 def test_assumed_stage_shapes_match_16b_51b_101b_within_2pct():
-    models = load_config(PAPER).stage_models()
+    models = stage_models(load_config(PAPER))
     assert [m.num_params() / 1e9 for m in models] == [
         pytest.approx(16, rel=0.02), pytest.approx(51, rel=0.02), pytest.approx(101, rel=0.02)
     ]
@@ -175,7 +175,7 @@ def test_mfu_path_and_scratch_uses_last_stage():
         cost={"gpu": "H100", "n_gpus": 8, "mfu": 0.5, "price_per_gpu_hour": 2.0},
     )
     c = plan_cost(cfg)
-    last = cfg.stage_models()[-1]
+    last = stage_models(cfg)[-1]
     expect = 150 * 4 * 32 * flops_per_token(last, 32) / (8 * 0.5 * 989e12)
     assert c.scratch.seconds == pytest.approx(expect, rel=1e-9)
     assert c.stages[0].mfu == pytest.approx(0.5) and c.stages[0].throughput == "mfu"

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from flm.checkpoint import latest_checkpoint, list_checkpoints
 from flm.cli import main
 from flm.config import config_from_dict, dump_toml
+from flm.stages import stage_models
 from flm.train.metrics import read_metrics
 from flm.train.run import run_plan, scratch_config, stage_summaries
 
@@ -116,7 +117,7 @@ def test_bad_plans_are_rejected_before_training(tiny_cfg, tmp_path, capsys, grow
 def test_scratch_baseline_matches_tokens_or_flops(tiny_cfg):
     cfg = config_from_dict(plan_dict(tiny_cfg()))
     by_tokens = scratch_config(cfg, "tokens")
-    assert by_tokens.model == cfg.stage_models()[-1] and by_tokens.train.steps == 20
+    assert by_tokens.model == stage_models(cfg)[-1] and by_tokens.train.steps == 20
     by_flops = scratch_config(cfg, "flops")
     assert by_flops.train.steps < by_tokens.train.steps
     assert dump_toml(by_flops)

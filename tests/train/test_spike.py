@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from flm.checkpoint import latest_checkpoint
+from flm.checkpoint.model_state import ModelState
 from flm.config import config_from_dict
 from flm.distributed.env import DistEnv
 from flm.errors import FlmError
@@ -103,9 +104,9 @@ def test_rollback_restores_the_checkpoint_then_reads_on_after_the_bad_batch(tiny
         assert trainer.train_step() is not None
     assert trainer.train_step() is None  # NaN at step 6
     assert trainer.counters.step == 3 and trainer.spike.events == 1
-    weights = trainer.model.full_model_state()
+    weights = ModelState(trainer.model).full_model_state()
     assert all(torch.equal(weights[k], saved[k]) for k in saved)
-    optim, _ = trainer.model.full_optim_state(trainer.optimizer)
+    optim, _ = ModelState(trainer.model).full_optim_state(trainer.optimizer)
     assert all(torch.equal(optim[k], moments[k]) for k in moments)
     assert trainer.loader.state_dict()["samples"] == 6 * BATCH  # the next batch is the one after the bad one
     done = trainer.train_step()

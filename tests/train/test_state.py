@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from flm.checkpoint.model_state import ModelState
 from flm.config import ModelConfig, TrainConfig, config_from_dict
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
@@ -44,16 +45,16 @@ def test_model_and_optimizer_state_moves_into_another_model():
     x = torch.randint(0, 128, (2, 16))
     model.forward_backward([(x, x, torch.ones(2, 16))], torch.tensor(32.0))
     opt.step()
-    tensors, step = model.full_optim_state(opt)
+    tensors, step = ModelState(model).full_optim_state(opt)
     assert step == 1 and set(tensors) == {f"{k}/{n}" for k in ("exp_avg", "exp_avg_sq") for n, _ in
                                           model.module.named_parameters()}
     other, other_opt = _model_and_optimizer(1)
     assert not torch.equal(other.module.tok_emb.weight, model.module.tok_emb.weight)  # another seed
-    other.load_model_state(model.full_model_state())
-    other.load_optim_state(other_opt, tensors, step)
+    ModelState(other).load_model_state(ModelState(model).full_model_state())
+    ModelState(other).load_optim_state(other_opt, tensors, step)
     for (name, a), b in zip(model.module.named_parameters(), other.module.parameters()):
         assert torch.equal(a, b), name
-    moved, moved_step = other.full_optim_state(other_opt)
+    moved, moved_step = ModelState(other).full_optim_state(other_opt)
     assert moved_step == 1 and all(torch.equal(moved[k], tensors[k]) for k in tensors)
     other_opt.step()  # the loaded state is one fused AdamW accepts
 

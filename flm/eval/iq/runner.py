@@ -81,6 +81,25 @@ def fit_items(scorer: Scorer, items: Sequence[Item]) -> tuple[list[Item], int, i
     return out, shortened, cut
 
 
+def _by_source(items: list, passed: list[bool]) -> dict[str, dict[str, float]]:
+    """Symbol mapping's score per source of its label words."""
+    by: dict[str, list[bool]] = {}
+    for it, ok in zip(items, passed):
+        by.setdefault(it.source, []).append(ok)
+    return {s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()}
+
+
+def _family_scores(report: dict[str, Any], names: list[str]) -> None:
+    """Each family's score (the mean of its subtasks') and the average over the families, into ``report``."""
+    for fam in FAMILIES:
+        subs = [n for n in names if SUBTASKS[n].family == fam]
+        if subs:
+            scores = [report["subtasks"][n]["score"] for n in subs]
+            report["families"][fam] = {"score": sum(scores) / len(scores), "subtasks": subs}
+    fam_scores = [f["score"] for f in report["families"].values()]
+    report["average"] = sum(fam_scores) / len(fam_scores)
+
+
 def run_iq(
     scorer: Scorer,
     subtasks: Sequence[str] | None = None,
@@ -106,17 +125,9 @@ def run_iq(
         name: generate_items(name, seed, limit, shots, **({"sources": src} if name == "symbol_mapping" else {}))
         for name in names
     }
-    report: dict[str, Any] = {
-        "model": scorer.name,
-        "model_path": scorer.source,
-        "seed": seed,
-        "limit": limit,
-        "shots": shots,
-        "symbol_sources": src,
-        "max_length": scorer.max_length,
-        "subtasks": {},
-        "families": {},
-    }
+    report: dict[str, Any] = {"model": scorer.name, "model_path": scorer.source, "seed": seed, "limit": limit,
+                              "shots": shots, "symbol_sources": src, "max_length": scorer.max_length,
+                              "subtasks": {}, "families": {}}
     total = sum(len(v) for v in all_items.values())
     with progress_bar("iq", total, enabled=progress) as bar:
         for name, items in all_items.items():
@@ -135,30 +146,12 @@ def run_iq(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             if name == "symbol_mapping":
-                by: dict[str, list[bool]] = {}
-                for it, ok in zip(items, passed):
-                    by.setdefault(it.source, []).append(ok)
-                entry["by_source"] = {s: {"n": len(v), "score": 100.0 * sum(v) / len(v)} for s, v in by.items()}
+                entry["by_source"] = _by_source(items, passed)
             report["subtasks"][name] = entry
             if samples is not None:
-                samples += [
-                    {
-                        "subtask": name,
-                        "index": it.index,
-                        "prompt": it.prompt,
-                        "answer": it.answer,
-                        "output": out,
-                        "passed": ok,
-                    }
-                    for it, out, ok in zip(items, outputs, passed)
-                ]
-    for fam in FAMILIES:
-        subs = [n for n in names if SUBTASKS[n].family == fam]
-        if subs:
-            scores = [report["subtasks"][n]["score"] for n in subs]
-            report["families"][fam] = {"score": sum(scores) / len(scores), "subtasks": subs}
-    fam_scores = [f["score"] for f in report["families"].values()]
-    report["average"] = sum(fam_scores) / len(fam_scores)
+                samples += [{"subtask": name, "index": it.index, "prompt": it.prompt, "answer": it.answer,
+                             "output": out, "passed": ok} for it, out, ok in zip(items, outputs, passed)]
+    _family_scores(report, names)
     report["seconds"] = round(time.perf_counter() - t_all, 3)
     return report
 
