@@ -6,8 +6,9 @@ argument (``self`` included) that is one of flm.config's pydantic models or a ``
 function counts once, at its first call, so training loops and the second stage add nothing new. The modules
 of these calls, in order, are the config's path. A *return* is such a call from one module into another that
 the path has already entered and left before (a call within a module, the plain return of a call to its
-caller, and pydantic calling a config's validators are no returns). Prints one JSON line (the count, the
-path, the returns) and writes benchmarks/results/config_path.json.
+caller, and pydantic calling a config's validators are no returns). ``returns_without_property_reads``
+leaves out the calls that are property reads (``stage.model``, ``cfg.seq_len``). Prints one JSON line (the
+counts, the path, the returns) and writes benchmarks/results/config_path.json.
 
     .venv/bin/python benchmarks/config_path.py            # this tree
     PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/config_path.py --no-save   # another one
@@ -38,6 +39,13 @@ PLAN = {
 }
 
 
+def _is_property(frame) -> bool:  # noqa: ANN001
+    """Whether the frame runs a property's getter (``stage.model``, ``cfg.seq_len``: read as an attribute)."""
+    code, names = frame.f_code, frame.f_code.co_varnames
+    owner = frame.f_locals.get(names[0]) if code.co_argcount == 1 and names and names[0] == "self" else None
+    return owner is not None and isinstance(getattr(type(owner), code.co_name, None), property)
+
+
 def _is_config(value: object) -> bool:
     cls = type(value)
     return (isinstance(value, BaseModel) and cls.__module__ == "flm.config") or (
@@ -65,7 +73,7 @@ def trace_path(out: Path) -> list[tuple[str, str, str]]:
         if any(_is_config(a) for a in args):
             seen.add(code)
             caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
-            calls.append((caller, module, code.co_qualname))
+            calls.append((caller, module, code.co_qualname + (" (property)" if _is_property(frame) else "")))
 
     sys.setprofile(profile)
     try:
@@ -95,10 +103,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         calls = trace_path(Path(tmp) / "run")
     path, back = returns(calls)
+    _, back_calls = returns([c for c in calls if not c[2].endswith(" (property)")])
     import flm
 
-    result = {"name": "config_path", "returns": len(back), "functions": len(calls), "path": path,
-              "returns_at": back, "flm": str(Path(flm.__file__).parent)}
+    result = {"name": "config_path", "returns": len(back), "returns_without_property_reads": len(back_calls),
+              "functions": len(calls), "path": path, "returns_at": back, "flm": str(Path(flm.__file__).parent)}
     print(json.dumps(result))
     if not args.no_save:
         RESULTS.write_text(json.dumps(result, indent=1) + "\n")

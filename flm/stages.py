@@ -10,7 +10,7 @@ cannot work, a ramp or a warmup longer than the steps it covers) happens here, b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flm.config import (
@@ -46,22 +46,16 @@ class Stage:
     parallel_where: str = "parallel"  # the table that sets its layout: "stages[i].parallel", or "parallel"
     lr_scale: float | None = None  # stages[i].lr_scale (inherit): multiplies the inherited LR from this stage on
 
-    @property
-    def model(self) -> ModelConfig:
-        return self.cfg.model
+    # read from cfg once, so that a Stage is plain data: model, batch size, layout, and its folder in a run
+    model: ModelConfig = field(init=False)
+    batch_size: int = field(init=False)
+    parallel: ParallelConfig = field(init=False)
+    folder: str = field(init=False)  # the stage's folder inside a run folder
 
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.train.batch_size
-
-    @property
-    def parallel(self) -> ParallelConfig:
-        return self.cfg.parallel
-
-    @property
-    def folder(self) -> str:
-        """The stage's folder inside a run folder."""
-        return f"stage{self.index}"
+    def __post_init__(self) -> None:
+        for name, value in (("model", self.cfg.model), ("batch_size", self.cfg.train.batch_size),
+                            ("parallel", self.cfg.parallel), ("folder", f"stage{self.index}")):
+            object.__setattr__(self, name, value)  # frozen
 
 
 def stage_models(cfg: RunConfig) -> list[ModelConfig]:

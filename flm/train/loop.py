@@ -78,7 +78,7 @@ class Trainer:
         # the data (rank 0 prepares it, the others wait) and how a step's batch splits into micro-batches
         self.prepared = prepare_stage_data(cfg, env)
         self.micro, self.accum = batch_layout(cfg, env)
-        self.validation = Validation(self.prepared, cfg, env, Validation.available(self.prepared, cfg, eval_at_start))
+        self.validation = Validation(self.prepared, cfg, env, eval_at_start)  # refuses unreadable data when asked
         # the peak is measured (when neither set nor cached) before seeding: it draws numbers
         peak = Peak(tc.peak_flops, "train.peak_flops") if tc.peak_flops else machine_peak(env.device)
         self.mfu = MfuWatch(peak.flops * env.world_size, peak.source, enabled=env.is_main)

@@ -28,8 +28,9 @@ class Validation:
     """Mean loss over the first eval_batches x VAL_ROWS validation sequences: the same set in every stage
     and for any number of ranks, so losses before and after a growth compare like for like."""
 
-    def __init__(self, prepared: PreparedData, cfg: RunConfig, env: DistEnv, enabled: bool = True) -> None:
-        self.prepared, self.cfg, self.env, self.enabled = prepared, cfg, env, enabled
+    def __init__(self, prepared: PreparedData, cfg: RunConfig, env: DistEnv, eval_at_start: bool = False) -> None:
+        self.prepared, self.cfg, self.env = prepared, cfg, env
+        self.enabled = self.available(prepared, cfg, eval_at_start)
         self._rows: list[tuple[Tensor, Tensor, Tensor]] | None = None
 
     def due(self, step: int, final: bool, ramp_total: int) -> bool:
