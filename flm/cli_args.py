@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flm.config import RunConfig, config_from_dict, load_config
-from flm.stages import check_plan
+if TYPE_CHECKING:
+    from flm.config import RunConfig
 
 
 def add_config_args(
@@ -31,6 +31,9 @@ def add_config_args(
 def load_run_config(args: argparse.Namespace) -> RunConfig:
     """The config ``args.config`` names with ``args.overrides`` applied; without a file, the built-in
     defaults (with the overrides). A growth of its plan that cannot work is refused here too."""
+    from flm.config import config_from_dict, load_config  # pydantic: only when a command runs
+    from flm.stages import check_plan
+
     if args.config:
         return check_plan(load_config(args.config, args.overrides))
     return check_plan(config_from_dict({}, "defaults", args.overrides))

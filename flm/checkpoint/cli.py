@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from flm.cli_args import add_command, add_command_group
-from flm.progress import progress_bar
 
 
 def cmd_checkpoint_consolidate(args: argparse.Namespace) -> int:
@@ -19,6 +18,7 @@ def cmd_checkpoint_consolidate(args: argparse.Namespace) -> int:
     streamed tensor by tensor. The sharded checkpoint is verified against its manifest first.
     """
     from flm.checkpoint.consolidate import consolidate
+    from flm.progress import progress_bar
 
     with progress_bar("consolidating", enabled=not args.no_progress, unit="bytes") as bar:
         written = consolidate(Path(args.ckpt), Path(args.out), progress=bar.advance)

@@ -8,15 +8,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config
-from flm.config import DataSource
 from flm.errors import FlmError
 from flm.io import atomic_write
+
+if TYPE_CHECKING:
+    from flm.config import DataSource
 
 
 def _shown(p: Path) -> str:
@@ -106,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_rows(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=title)
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i < 2 else "right")
@@ -116,6 +118,8 @@ def _print_rows(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def _source(args: argparse.Namespace) -> tuple[DataSource, str]:
     """The config's first teacher source (with --tasks/--templates applied), or one from the flags alone."""
+    from flm.config import DataSource
+
     if args.config:
         cfg = load_run_config(args)
         tables = [("data.train", cfg.data.train)] + [
@@ -185,6 +189,7 @@ def cmd_data_instruct(args: argparse.Namespace) -> int:
     response only. The held-out items stay unseen, so `flm eval teacher` still scores unseen items. Point
     a [[data.train]] source (pack = "whole") at OUT, or at the real OIG/COIG JSONL converted to the same form.
     """
+    from flm.config import DataSource
     from flm.data.teacher import instruction_pairs, load_tasks
 
     if Path(args.out).exists() and not args.force:

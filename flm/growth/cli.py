@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from flm.cli_args import add_command
-from flm.progress import progress_bar
 
 CHECK_TOLERANCE = 1e-4
 
@@ -41,6 +40,7 @@ def cmd_grow(args: argparse.Namespace) -> int:
     """
     from flm.growth.offline import grow_checkpoint, max_logit_delta
     from flm.growth.spec import parse_growth_spec
+    from flm.progress import progress_bar
 
     growth = parse_growth_spec(args.to)
     with progress_bar("growing", enabled=not args.no_progress, unit="bytes") as bar:

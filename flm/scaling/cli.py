@@ -11,9 +11,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
 from flm.cli_args import (
     add_command,
     add_command_group,
@@ -23,12 +20,12 @@ from flm.cli_args import (
     positive,
     positive_ints,
 )
-from flm.config import ModelConfig, RunConfig, load_config
 from flm.errors import FlmError
-from flm.progress import progress_bar
-from flm.stages import check_plan
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from flm.config import ModelConfig, RunConfig
     from flm.scaling.plan_search import Trial
     from flm.scaling.search import SearchResult
 
@@ -98,8 +95,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
     peak). Example: flm cost configs/flm-101b.toml
     """
+    from flm.config import load_config
     from flm.scaling.cost import plan_cost
     from flm.scaling.cost_report import render_markdown, render_text
+    from flm.stages import check_plan
 
     cfg = check_plan(load_config(args.config, [*args.overrides, *_flag_overrides(args)]))
     if args.memory:
@@ -165,6 +164,10 @@ def cmd_mup_coord_check(args: argparse.Namespace) -> int:
     at each step. Under μP the curves stay flat across widths; under SP they grow. Writes coord_check.json
     and coord_check.png.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.progress import progress_bar
     from flm.scaling import coord_check
 
     cfg = load_run_config(args)
@@ -237,6 +240,10 @@ def cmd_mup_search(args: argparse.Namespace) -> int:
     fragment with the chosen point) and tuned.toml (the whole config with it applied). Finished points are
     read, not retrained, so an interrupted search resumes.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.progress import progress_bar
     from flm.scaling import search
 
     cfg = load_run_config(args)
@@ -330,6 +337,7 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
 def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int, Path], list[int], Path, ModelConfig]:
     """(run folder per width, the widths to fit, the output folder, the model template) of `flm predict`:
     the --runs given, or the config's series, trained unless --no-train."""
+    from flm.progress import progress_bar
     from flm.scaling import predict
 
     if args.runs:
@@ -361,6 +369,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     --targets runs, and print predicted vs actual with relative error. Writes prediction.json and
     prediction.png. Finished width runs in --out are read, not retrained.
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from flm.scaling import predict
 
     if args.window < 1:
@@ -430,6 +441,9 @@ def cmd_plan_search(args: argparse.Namespace) -> int:
     is one `flm run` in OUT/trials/<tag> (an interrupted search resumes); OUT/search.jsonl ranks them,
     OUT/best.toml is the winner's config and OUT/search.png plots them.
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
 
     cfg = load_run_config(args)

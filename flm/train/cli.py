@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from flm.cli_args import add_command, add_config_args, load_run_config
 from flm.errors import FlmError
 from flm.log import logging_to
-from flm.stages import check_stage_overrides
 
 if TYPE_CHECKING:
     from flm.distributed.env import DistEnv
@@ -89,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     not lead from one stage's shape to the next is rejected before training.
     """
     from flm.distributed.env import rank_loss_as_error
+    from flm.stages import check_stage_overrides
     from flm.train.launch import process_group
     from flm.train.loop import train_stage
     from flm.train.run import run_plan, scratch_config

@@ -163,7 +163,7 @@ class Trainer:
         reason = self.spike.judge(loss, float(grad_norm))
         if reason is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            self._skip(reason, loss, float(grad_norm))
+            _skip(self, reason, loss, float(grad_norm))
             return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,20 +174,6 @@ class Trainer:
                 f"loss became {loss} at step {self.counters.step}; lower optim.lr or raise optim.warmup_steps"
             )
         return loss, lr, float(grad_norm)
-
-    def _skip(self, reason: str, loss: float, grad_norm: float) -> None:
-        """Log a refused step (metrics.jsonl, report.md), with where the data stream stood; ``action =
-        "rollback"`` first goes back to the last good checkpoint, past the bad batch (flm.train.spike.roll_back)."""
-        c, at = self.counters, self.counters.step + 1
-        record = {"stage": self.stage, "step": c.step, "spike_step": at, "event": SKIPPED, "reason": reason,
-                  "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
-                  "data": self.loader.state_dict()}
-        if self.spike.rolls_back:
-            self.checkpoints.finish()  # a checkpoint still being written is the last good one
-            record |= roll_back(self.spike, self.loader, c, self.metrics, self.restore, self.last_ckpt)
-        self.metrics.write(record)
-        log.warning(describe(record))
-        self.spike.count(at, reason)
 
     def evaluate(self) -> float:
         self.val_loss = self.validation(self.model)
@@ -350,3 +336,18 @@ def _build_model(cfg: RunConfig, env: DistEnv, prepared: PreparedData, init: Sta
     optimizer = torch.optim.AdamW(groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay,
                                   fused=True)
     return model, optimizer
+
+
+def _skip(t: Trainer, reason: str, loss: float, grad_norm: float) -> None:
+    """Log a refused step (metrics.jsonl, report.md), with where the data stream stood; ``action =
+    "rollback"`` first goes back to the last good checkpoint, past the bad batch (flm.train.spike.roll_back)."""
+    c, at = t.counters, t.counters.step + 1
+    record = {"stage": t.stage, "step": c.step, "spike_step": at, "event": SKIPPED, "reason": reason,
+              "spike_loss": loss, "spike_grad_norm": grad_norm, "tokens": c.tokens, "flops": c.flops,
+              "data": t.loader.state_dict()}
+    if t.spike.rolls_back:
+        t.checkpoints.finish()  # a checkpoint still being written is the last good one
+        record |= roll_back(t.spike, t.loader, c, t.metrics, t.restore, t.last_ckpt)
+    t.metrics.write(record)
+    log.warning(describe(record))
+    t.spike.count(at, reason)
