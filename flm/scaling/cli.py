@@ -26,8 +26,11 @@ from flm.errors import FlmError
 from flm.progress import progress_bar
 from flm.scaling import coord_check, memory_report, predict, search
 from flm.scaling.cost import plan_cost
-from flm.scaling.cost_report import render_markdown, render_text
+from flm.scaling.cost_report import lr_lines, render_markdown, render_text
+from flm.scaling.flops_compare import compare, comparison_lines
 from flm.scaling.memory import plan_memory
+from flm.stages import resolve_stages
+from flm.train.schedule import stage_lrs
 
 MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
 METRIC_CHOICES = ("val_loss", "loss")
@@ -100,12 +103,17 @@ def _cost(args: argparse.Namespace) -> int:
     if args.device_gb is not None:
         raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
     c = plan_cost(cfg)
+    lrs, flops = stage_lrs(cfg, resolve_stages(cfg)), compare(cfg)
     if args.json:
-        print(json.dumps(c.to_dict(), indent=2))
-    elif args.markdown:
-        sys.stdout.write(render_markdown(c))
+        out = {**c.to_dict(), "lr": [vars(s) for s in lrs], "flops_comparison": flops.to_dict()}
+        print(json.dumps(out, indent=2))
+        return 0
+    lines = lr_lines(lrs, cfg.lr_mode, cfg.optim.decay_steps) + comparison_lines(flops)
+    if args.markdown:
+        sys.stdout.write(render_markdown(c) + "".join(f"- {line.strip()}\n" for line in lines))
     else:
         render_text(c)
+        print("\n".join(lines))
     return 0
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config, positive
+from flm.config import check_training_source
 from flm.scaling.plan_search import Trial, choices, plan_flops, run_search, save_best
 
 
@@ -49,6 +50,7 @@ def _search(args: argparse.Namespace) -> int:
     OUT/best.toml is the winner's config and OUT/search.png plots them.
     """
     cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
     budget = plan_flops(cfg) * args.budget_scale
     out = Path(args.out)
     n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains

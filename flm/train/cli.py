@@ -10,7 +10,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.config import check_stage_overrides
+from flm.config import check_stage_overrides, check_training_source
 from flm.distributed.env import DistEnv, rank_loss_as_error
 from flm.errors import FlmError
 from flm.train.launch import process_group, stage_init_from
@@ -57,6 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     training (gloo on CPU, NCCL on GPU).
     """
     cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
     if cfg.stages:
         raise FlmError(
             f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
@@ -87,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     """
     cfg = load_run_config(args)
     check_stage_overrides(cfg, args.overrides)
+    check_training_source(cfg, str(args.config))
     if args.scratch:
         cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name

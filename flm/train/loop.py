@@ -180,7 +180,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
         )
-        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
+        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, oc.decay_steps or tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
                                   rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
         self.ramp = MaskRamp(0)
