@@ -181,6 +181,11 @@ class GrowthConfig(_Strict):
             if update.get("n_layers", model.n_layers) % model.n_layers:
                 raise FlmError(f"{where}.n_layers = {update['n_layers']}: gstack repeats all {model.n_layers} "
                                f"layers, so it needs a multiple of {model.n_layers}; pick one, or use method 'net2net'")
+        moves = self.depth_position != "top" and update.get("n_layers", model.n_layers) != model.n_layers
+        if self.method == "net2net" and model.scale_attn_by_inverse_layer_idx and moves:
+            raise FlmError(f"{where}.method = 'net2net' with model.scale_attn_by_inverse_layer_idx: blocks placed "
+                           "between old ones renumber them and change their attention scale (no masks to ramp "
+                           "it); set depth_position = 'top', or use method 'msg'")
         if self.method == "hyperclone":
             if update.get("n_layers", model.n_layers) != model.n_layers:
                 raise FlmError(f"{where}.method = 'hyperclone' grows the width only; drop n_layers from this "
