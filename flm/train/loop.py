@@ -346,6 +346,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(reason, loss, float(grad_norm))
             return None
+        if self.ramp.active and self.ramp.done_steps == 0:  # m = 0: new blocks' first AdamW step waits
+            self.model.drop_silent_grads(self.optimizer)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ramp.step(self.model)
