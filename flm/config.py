@@ -130,7 +130,8 @@ class GrowthConfig(_Strict):
     reset_optimizer: bool = False
     readout: Literal["keep", "mup"] = Field(
         "keep", description="μP width growth: keep the readout multiplier (function-preserving; output_mult "
-        "scales with d_model) or move it to the new width's over the ramp"
+        "scales with d_model) or move it to the new width's over the ramp ('mup': output_mult unchanged, as "
+        "the released FLM-101B's 2.0)"
     )
     method: Literal["msg", "gstack", "hyperclone", "net2net"] = Field(
         "msg", description="msg: masked growth (the default); literature baselines (docs/growth.md#baselines), "
