@@ -124,6 +124,8 @@ CASES = [
     Mistake("config-warmup-too-long", "train tiny.toml --set optim.warmup_steps=50",
             "the learning rate would never reach its peak"),
     Mistake("config-bf16-on-cpu", "train tiny.toml --out new --set train.dtype=bf16", "this CPU has no bf16 units"),
+    Mistake("config-no-train-data", "run nodata.toml", "nodata.toml: names no training data (data.train is unset)",
+            _write("nodata.toml", 'name = "mine"\n')),
     Mistake("config-micro-batch", "train tiny.toml --out new --set train.batch_size=3 --set train.micro_batch_size=2",
             "train.micro_batch_size (2) must divide the per-rank batch (3)"),
     # flm train: run folders and checkpoints to start from

@@ -97,8 +97,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     """
     from flm.config import load_config
     from flm.scaling.cost import plan_cost
-    from flm.scaling.cost_report import render_markdown, render_text
-    from flm.stages import check_plan
+    from flm.scaling.cost_report import lr_lines, render_markdown, render_text
+    from flm.scaling.flops_compare import compare, comparison_lines
+    from flm.stages import check_plan, resolve_stages
+    from flm.train.schedule import stage_lrs
 
     cfg = check_plan(load_config(args.config, [*args.overrides, *_flag_overrides(args)]))
     if args.memory:
@@ -106,12 +108,17 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.device_gb is not None:
         raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
     c = plan_cost(cfg)
+    lrs, flops = stage_lrs(cfg, resolve_stages(cfg)), compare(cfg)
     if args.json:
-        print(json.dumps(c.to_dict(), indent=2))
-    elif args.markdown:
-        sys.stdout.write(render_markdown(c))
+        out = {**c.to_dict(), "lr": [vars(s) for s in lrs], "flops_comparison": flops.to_dict()}
+        print(json.dumps(out, indent=2))
+        return 0
+    lines = lr_lines(lrs, cfg.lr_mode, cfg.optim.decay_steps) + comparison_lines(flops)
+    if args.markdown:
+        sys.stdout.write(render_markdown(c) + "".join(f"- {line.strip()}\n" for line in lines))
     else:
         render_text(c)
+        print("\n".join(lines))
     return 0
 
 
@@ -444,9 +451,11 @@ def cmd_plan_search(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from flm.config import check_training_source
     from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
 
     cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
     budget = plan_flops(cfg) * args.budget_scale
     out = Path(args.out)
     n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains

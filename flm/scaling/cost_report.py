@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flm.scaling.cost import PlanCost, StageCost
+from flm.train.schedule import StageLR
 
 _PREFIXES = (
     (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
@@ -139,3 +140,13 @@ def render_markdown(c: PlanCost) -> str:
     out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out + [""] + [f"- {line}" for line in summary_lines(c)]) + "\n"
+
+
+def lr_lines(lrs: list[StageLR], lr_mode: str, decay_steps: int | None) -> list[str]:
+    """Each stage's learning rate at its first step, after its warmup and at its last step."""
+    horizon = f", cosine horizon {decay_steps:,} steps" if decay_steps else ""
+    out = [f"Learning rate (lr_mode {lr_mode}{horizon}; the base LR, before μP's per-group factors):"]
+    for s in lrs:
+        warm = f" -> {s.after_warmup:.3e} after a {s.warmup:,}-step warmup" if s.warmup else ""
+        out.append(f"  {s.name}: {s.first:.3e} at its start{warm} -> {s.last:.3e} at its end")
+    return out

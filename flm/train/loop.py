@@ -84,7 +84,7 @@ class Trainer:
         self.mfu = MfuWatch(peak.flops * env.world_size, peak.source, enabled=env.is_main)
         seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
         self.model, self.optimizer = _build_model(cfg, env, self.prepared, init)
-        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
+        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, oc.decay_steps or tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
                                   rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
         self.ramp, self.spike, self.rng, self.counters = MaskRamp(0), SpikeGuard(tc.spike), RngState(), Counters()
@@ -165,6 +165,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             _skip(self, reason, loss, float(grad_norm))
             return None
+        if self.ramp.active and self.ramp.done_steps == 0:  # m = 0: new blocks' first AdamW step waits
+            self.model.drop_silent_grads(self.optimizer)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ramp.step(self.model)  # a growth's masks move one step towards 1
