@@ -8,6 +8,7 @@ overrides it, ``train.peak_flops`` overrides both. ``MfuWatch`` warns once when 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import platform
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from flm.errors import FlmError
 from flm.io import atomic_write
@@ -222,8 +228,6 @@ class Catalog:
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=1, cutoff=0.5)
     if close:
         return f"; did you mean {next(k for k in known if k.upper() == close[0])}?"
@@ -255,10 +259,6 @@ def _parse(data: dict, source: str, base: Catalog | None) -> Catalog:
 
 def load_catalog(extra: str | Path | None = None) -> Catalog:
     """flm's GPU and network table, with the entries of the TOML file ``extra`` (if given) added or replacing."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
     catalog = _parse(tomllib.loads(CATALOG_FILE.read_text(encoding="utf-8")), CATALOG_FILE.name, None)
     if extra is None:
         return catalog

@@ -14,7 +14,11 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+from scipy.optimize import curve_fit
+
 from flm.errors import FlmError
+from flm.io import atomic_write
 from flm.scaling.perf.step import CONSTANTS, Constants
 
 SHAPES = [(t, n, k) for t in (1024, 2048, 8192) for n, k in ((4096, 4096), (16384, 4096), (4096, 16384),
@@ -23,8 +27,6 @@ SHAPES = [(t, n, k) for t in (1024, 2048, 8192) for n, k in ((4096, 4096), (1638
 
 def fit_gemm(points: list[dict], peak_tflops: float, base: Constants = CONSTANTS) -> Constants:
     """``base`` with gemm_peak_fraction and gemm_half_dim fitted (least squares on log efficiency)."""
-    from scipy.optimize import curve_fit
-
     if len(points) < 3:
         raise FlmError(f"calibration has {len(points)} GEMM points; measure at least 3 shapes")
     try:
@@ -54,10 +56,6 @@ def load_calibration(path: str | Path, peak_tflops: float, base: Constants = CON
 
 
 def measure(out: Path, repeats: int = 20) -> dict:  # pragma: no cover - needs a GPU
-    import torch
-
-    from flm.io import atomic_write
-
     if not torch.cuda.is_available():
         raise FlmError("calibration needs a CUDA device")
     rows = []

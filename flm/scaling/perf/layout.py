@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from flm.config import ModelConfig, RunConfig
+from flm.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, save_config
 from flm.distributed.mesh import ParallelDims
 from flm.errors import FlmError
 from flm.hardware import Catalog, Gpu, Network
+from flm.scaling.cost import stage_gpus
 from flm.scaling.memory import BF16, GIB, HEADROOM, layout_peak_bytes
 from flm.scaling.perf.stage_layout import AC_RECOMPUTE, FLM_SCHEDULE, shape_of, stage_layout
 from flm.scaling.perf.step import CONSTANTS, Breakdown, Constants, DpMode, Layout, step_time
-from flm.stages import Stage
+from flm.stages import Stage, resolve_stages
 
 TP_CHOICES = (1, 2, 4, 8)
 MICROBATCH_CHOICES = (1, 2, 4)
@@ -191,8 +192,6 @@ def resolve_hardware(catalog: Catalog, gpu: str, network: str | None) -> tuple[G
 
 def pick_stages(cfg: RunConfig, stage: str | None) -> list[Stage]:
     """All stages, or the one ``--stage`` names (1-based index or name)."""
-    from flm.stages import resolve_stages
-
     plan = resolve_stages(cfg)
     if stage is None:
         return plan
@@ -204,8 +203,6 @@ def pick_stages(cfg: RunConfig, stage: str | None) -> list[Stage]:
 
 
 def stage_gpu_count(cfg: RunConfig, stage: Stage, gpus: int | None) -> int:
-    from flm.scaling.cost import stage_gpus
-
     if gpus is not None:
         if gpus < 1:
             raise FlmError(f"--gpus {gpus}: give a positive number of GPUs")
@@ -215,8 +212,6 @@ def stage_gpu_count(cfg: RunConfig, stage: Stage, gpus: int | None) -> int:
 
 def write_best(cfg: RunConfig, searches: list[LayoutSearch], path: str) -> None:
     """``cfg`` with each searched stage's parallel table set to its best layout, saved to ``path``."""
-    from flm.config import config_from_dict, config_to_dict, save_config
-
     data = config_to_dict(cfg)
     if not data.get("stages"):
         data["stages"] = [{}]
