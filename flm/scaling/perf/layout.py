@@ -111,13 +111,13 @@ def candidates(m: ModelConfig, n_gpus: int, batch: int) -> Iterator[tuple[Layout
 
 
 def _evaluate(m: ModelConfig, seq_len: int, batch: int, lay: Layout, ac: str, dp_mode: DpMode, gpu: Gpu,
-              net: Network, c: Constants) -> Candidate:
+              net: Network, c: Constants, where: str = "parallel") -> Candidate:
     """Checks as flm's preflight (raises FlmError), the memory planner's peak bytes, and the step time."""
     n_micro = batch // (lay.dp * lay.microbatch)
     dims = ParallelDims(pp=lay.pp, dp=lay.dp, tp=lay.tp, world_size=lay.n_gpus,
                         sequence_parallel=lay.sequence_parallel, pp_schedule=FLM_SCHEDULE[lay.schedule],
                         microbatches=n_micro)
-    dims.check_model(m, seq_len, batch=batch)
+    dims.check_model(m, seq_len, where, batch=batch)
     peak = layout_peak_bytes(m, dims, lay.microbatch, n_micro, seq_len, ac, BF16)
     lay = Layout(**{**lay.__dict__, "dp_mode": dp_mode})
     return Candidate(lay, ac, peak, step_time(shape_of(m, seq_len), lay, batch, gpu, net, c))
@@ -125,13 +125,15 @@ def _evaluate(m: ModelConfig, seq_len: int, batch: int, lay: Layout, ac: str, dp
 
 def search_stage(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Network, dp_mode: DpMode,
                  c: Constants = CONSTANTS, on_progress: Callable[[int, int], None] | None = None) -> LayoutSearch:
-    """Rank every layout of ``stage`` on ``n_gpus`` GPUs (a multiple of the node size)."""
-    if n_gpus % gpu.gpus_per_node:
-        raise FlmError(f"--gpus {n_gpus} is not a multiple of the {gpu.gpus_per_node} GPUs of a {gpu.name} node; "
-                       f"give whole nodes, e.g. --gpus {max(1, n_gpus // gpu.gpus_per_node) * gpu.gpus_per_node}")
+    """Rank every layout of ``stage`` on ``n_gpus`` GPUs: whole nodes, or part of one node."""
+    per = gpu.gpus_per_node
+    if (n_gpus > per and n_gpus % per) or per % min(n_gpus, per):
+        raise FlmError(f"{n_gpus} GPUs (--gpus, or the stage's layout) is not a multiple of the {per} GPUs of a "
+                       f"{gpu.name} node; give whole nodes, e.g. --gpus {max(1, round(n_gpus / per)) * per}")
     m, seq, batch = stage.model, cfg.seq_len, stage.batch_size
     usable = gpu.hbm_gib * GIB * (1 - HEADROOM)
     out = LayoutSearch(stage.name, n_gpus, gpu, net, dp_mode, usable)
+    out.configured = configured(cfg, stage, n_gpus, gpu, net, dp_mode, c)  # first: its errors are the user's
     todo = list(candidates(m, n_gpus, batch))
     fits: list[Candidate] = []
     big: list[Candidate] = []
@@ -148,21 +150,18 @@ def search_stage(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Netwo
     out.too_big = len(big)
     if out.ranked:
         out.too_big_faster = sum(b.time.step < out.ranked[0].time.step for b in big)
-    out.configured = configured(cfg, stage, n_gpus, gpu, net, dp_mode, c)
     return out
 
 
 def configured(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Network, dp_mode: DpMode,
                c: Constants = CONSTANTS) -> Candidate | None:
-    """The stage's own layout (as its config gives it) on ``n_gpus``, or None when it does not apply there."""
+    """The stage's own layout (as its config gives it) on ``n_gpus``; None when its tp·pp·dp is another count.
+    A layout that does not divide the model or the batch is the user's error, raised as flm's preflight does."""
     lay = stage_layout(cfg, stage, n_gpus, dp_mode)
     if lay is None:
         return None
-    try:
-        return _evaluate(stage.model, cfg.seq_len, stage.batch_size, lay, stage.cfg.train.activation_checkpointing,
-                         dp_mode, gpu, net, c)
-    except FlmError:
-        return None
+    return _evaluate(stage.model, cfg.seq_len, stage.batch_size, lay, stage.cfg.train.activation_checkpointing,
+                     dp_mode, gpu, net, c, where=stage.parallel_where)
 
 
 def timed(fn: Callable[[Callable[[int, int], None]], LayoutSearch], bar_factory) -> LayoutSearch:
@@ -185,9 +184,9 @@ def timed(fn: Callable[[Callable[[int, int], None]], LayoutSearch], bar_factory)
             ctx.__exit__(None, None, None)
 
 
-def resolve_hardware(catalog: Catalog, gpu: str, network: str | None) -> tuple[Gpu, Network]:
-    g = catalog.gpu(gpu)
-    return g, catalog.network(network or g.network)
+def resolve_hardware(catalog: Catalog, gpu: str, network: str | None, where: str = "--gpu") -> tuple[Gpu, Network]:
+    g = catalog.gpu(gpu, where)
+    return g, catalog.network(network or g.network, "--network" if network else f"gpus.{g.name}.network")
 
 
 def pick_stages(cfg: RunConfig, stage: str | None) -> list[Stage]:

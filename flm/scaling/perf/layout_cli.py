@@ -27,7 +27,8 @@ def _layout(args: argparse.Namespace) -> int:
     """
     cfg = load_run_config(args)
     catalog = load_catalog(args.hardware)
-    gpu, net = layout.resolve_hardware(catalog, args.gpu or cfg.cost.gpu, args.network)
+    gpu, net = layout.resolve_hardware(catalog, args.gpu or cfg.cost.gpu, args.network or cfg.cost.network,
+                                       "--gpu" if args.gpu else "cost.gpu")
     consts = load_calibration(args.calibrate, gpu.peak_tflops) if args.calibrate else CONSTANTS
     searches = []
     for st in layout.pick_stages(cfg, args.stage):

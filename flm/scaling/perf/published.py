@@ -34,7 +34,7 @@ def _gpt(d: int, layers: int, heads: int, vocab: int = 51200, seq: int = 2048, *
 _FLM = "FLM-101B (Li et al. 2023, arXiv 2309.03852), Table 2"
 _FLM_ASSUMED = ("16B/51B shapes (configs/flm-101b.toml), 1 sequence per micro-batch, 1F1B, no recompute beyond "
                 "flash attention's, the network (800 Gb/s per node, the top of the README's recommendation)")
-_MEG = "Narayanan et al. 2021 (arXiv 2104.04473), Table 1"
+_MEG = "Narayanan et al. 2021 (arXiv 2104.04473), Table 1 (also NVIDIA/Megatron-LM README)"
 _MEG_ASSUMED = "1 sequence per micro-batch, non-interleaved 1F1B (not given per row)"
 _MEG_ROWS = [  # params, heads, d, layers, tp, pp, GPUs, batch, TFLOP/s per GPU
     ("1.7B", 24, 2304, 24, 1, 1, 32, 512, 137.0),
@@ -48,13 +48,10 @@ _MEG_ROWS = [  # params, heads, d, layers, tp, pp, GPUs, batch, TFLOP/s per GPU
     ("529.6B", 128, 20480, 105, 8, 35, 2520, 2520, 163.0),
     ("1008.0B", 160, 25600, 128, 8, 64, 3072, 3072, 163.0),
 ]
-_KOR = "Korthikanti et al. 2022 (arXiv 2205.05198), Tables 3 and 5 (present work: sequence parallel + selective)"
-_KOR_ROWS = [  # name, heads, d, layers, tp, pp, GPUs, batch, MFU %
-    ("22B", 64, 6144, 48, 8, 1, 8, 4, 41.5),
-    ("175B", 96, 12288, 96, 8, 8, 64, 64, 51.4),
-    ("530B", 128, 20480, 105, 8, 35, 280, 280, 56.0),
-    ("1T", 160, 25600, 128, 8, 64, 512, 512, 56.3),
-]
+_KOR = ("Korthikanti et al. 2022 (arXiv 2205.05198, MLSys 2023), abstract: 530B on 2,240 A100s, MFU 54.2% "
+        "with sequence parallelism + selective recompute, 42.1% with full recompute")
+_KOR_ASSUMED = "TP 8 x PP 35 (its Table 3) so DP 8, 280 micro-batches of 1 per replica (batch 2,240), 1F1B"
+_KOR_530B = _gpt(20480, 105, 128, rotary="none")
 _LLAMA3 = Shape(d_model=16384, n_layers=126, n_heads=128, head_dim=128, d_ff=53248, vocab=128256, seq_len=8192,
                 kv_heads=8, gated=True)
 _L3 = "Llama 3 (Dubey et al. 2024, arXiv 2407.21783), Table 4 (BF16 MFU); glennklockwood.com/garden/llama-3.1"
@@ -77,11 +74,11 @@ def runs() -> list[Run]:
         lay = Layout(tp, pp, n // (tp * pp), recompute=1.0, dp_mode="ddp", flash=False)
         out.append(Run(f"Megatron-LM GPT {name}", _gpt(d, layers, heads, rotary="none"), batch, lay, "A100",
                        "ib-hdr-8x200", tflops, "hardware", _MEG, _MEG_ASSUMED))
-    for name, heads, d, layers, tp, pp, n, batch, mfu in _KOR_ROWS:
-        lay = Layout(tp, pp, n // (tp * pp), sequence_parallel=True, attn_recompute=True, flash=False)
-        out.append(Run(f"Megatron-LM GPT {name}, SP + selective", _gpt(d, layers, heads, rotary="none"), batch, lay,
-                       "A100", "ib-hdr-8x200", round(mfu / 100 * 312, 1), "model", _KOR,
-                       "non-interleaved 1F1B, 1 sequence per micro-batch"))
+    for label, lay, mfu in (("SP + selective recompute", Layout(8, 35, 8, sequence_parallel=True,
+                                                                  attn_recompute=True, flash=False), 54.2),
+                            ("full recompute", Layout(8, 35, 8, recompute=1.0, flash=False), 42.1)):
+        out.append(Run(f"Megatron-LM GPT 530B, {label}", _KOR_530B, 2240, lay, "A100", "ib-hdr-8x200",
+                       round(mfu / 100 * 312, 1), "model", _KOR, _KOR_ASSUMED))
     out += [
         Run("BLOOM-176B", _gpt(14336, 70, 112, vocab=250880, rotary="none"), 2048,
             Layout(4, 12, 8, microbatch=2, recompute=1.0, flash=False), "A100", "opa-4x100", 150.0, "hardware",

@@ -28,7 +28,7 @@ def _row(i: int, c: Candidate) -> list[str]:
     return [str(i), f"{lay.tp}·{lay.pp}·{lay.dp}", str(lay.microbatch), str(t.microbatches),
             (lay.schedule if lay.schedule != "interleaved" else f"interleaved v={lay.virtual}") if lay.pp > 1 else "",
             "yes" if lay.sequence_parallel and lay.tp > 1 else "", c.activation_checkpointing,
-            f"{t.step:.2f}", f"{t.tflops_per_gpu:.0f}", f"{t.mfu:.1%}", f"{c.memory_bytes / 2**30:.1f}",
+            f"{t.step:.3g}", f"{t.tflops_per_gpu:.0f}", f"{t.mfu:.1%}", f"{c.memory_bytes / 2**30:.1f}",
             *(f"{shares[p]:.0%}" for p in PART_NAMES)]
 
 
@@ -46,7 +46,7 @@ def configured_lines(s: LayoutSearch) -> list[str]:
     fits = "fits" if c.memory_bytes <= s.usable_bytes else "does NOT fit"
     lines = [f"Configured {lay.tp}·{lay.pp}·{lay.dp} ({c.activation_checkpointing} checkpointing, micro-batch "
              f"{lay.microbatch}) {where}; as configured it {fits} ({c.memory_bytes / 2**30:.1f} GiB), step "
-             f"{c.time.step:.2f} s, {c.time.tflops_per_gpu:.0f} TFLOP/s per GPU, MFU {c.time.mfu:.1%}."]
+             f"{c.time.step:.3g} s, {c.time.tflops_per_gpu:.0f} TFLOP/s per GPU, MFU {c.time.mfu:.1%}."]
     if best is not None and best.time.step < c.time.step:
         gap = c.time.step / best.time.step - 1
         lines.append(f"  vs the best ({best.layout.tag()}): {gap:+.1%} step time: "
