@@ -49,8 +49,12 @@ def configured_lines(s: LayoutSearch) -> list[str]:
              f"{c.time.step:.3g} s, {c.time.tflops_per_gpu:.0f} TFLOP/s per GPU, MFU {c.time.mfu:.1%}."]
     if best is not None and best.time.step < c.time.step:
         gap = c.time.step / best.time.step - 1
-        lines.append(f"  vs the best ({best.layout.tag()}): {gap:+.1%} step time: "
+        lines.append(f"  as configured vs the best ({best.layout.tag()}): {gap:+.1%} step time: "
                      f"{difference(best.time, c.time)}.")
+    same = next((k for k in s.ranked if (k.layout.tp, k.layout.pp, k.layout.dp) == (lay.tp, lay.pp, lay.dp)), None)
+    if best is not None and same is not None and same is not best:
+        lines.append(f"  its best variant ({same.layout.tag()}, {same.memory_bytes / 2**30:.1f} GiB) vs the best: "
+                     f"{same.time.step / best.time.step - 1:+.1%}: {difference(best.time, same.time)}.")
     return lines
 
 
