@@ -23,19 +23,20 @@ def _layout(args: argparse.Namespace) -> int:
     performance model's step time (docs/performance.md) and print the fastest with their breakdown (compute,
     recompute, TP/PP/DP communication, bubble, optimizer), the binding reason, and where the configured
     layout stands. --write saves the config with each stage's best layout. Example:
-    flm plan layout configs/flm-101b.toml --gpus 192 --gpu A800 --dp-mode zero1
+    flm plan layout configs/flm-101b.toml --gpus 192 --gpu A800 (its [cost] sets ZeRO-1 and the network)
     """
     cfg = load_run_config(args)
     catalog = load_catalog(args.hardware)
     gpu, net = layout.resolve_hardware(catalog, args.gpu or cfg.cost.gpu, args.network or cfg.cost.network,
                                        "--gpu" if args.gpu else "cost.gpu")
     consts = load_calibration(args.calibrate, gpu.peak_tflops) if args.calibrate else CONSTANTS
+    dp_mode = args.dp_mode or cfg.cost.dp_mode
     searches = []
     for st in layout.pick_stages(cfg, args.stage):
         n = layout.stage_gpu_count(cfg, st, args.gpus)
 
         def run(tick, st=st, n=n):
-            return layout.search_stage(cfg, st, n, gpu, net, args.dp_mode, consts, tick)
+            return layout.search_stage(cfg, st, n, gpu, net, dp_mode, consts, tick)
 
         searches.append(layout.timed(run, lambda total, st=st: progress_bar(f"layouts of {st.name}", total)))
     if args.write:
@@ -58,9 +59,9 @@ def register(psub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", help="inter-node network from flm/hardware.toml (default: the GPU's)")
     p.add_argument("--hardware", metavar="FILE", help="a TOML file adding GPUs or networks (keys as flm/hardware.toml)")
     p.add_argument("--stage", help="only this stage (1-based index or name)")
-    p.add_argument("--dp-mode", choices=["fsdp", "zero1", "ddp"], default="fsdp",
-                   help="data parallelism: fsdp (flm's FSDP2, default), zero1 (Megatron's distributed optimizer), "
-                        "ddp")
+    p.add_argument("--dp-mode", choices=["fsdp", "zero1", "ddp"],
+                   help="data parallelism: fsdp (flm's FSDP2), zero1 (Megatron's distributed optimizer), ddp "
+                        "(default: cost.dp_mode, itself fsdp by default)")
     p.add_argument("--top", type=int, default=5, help="layouts shown per stage (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--calibrate", metavar="FILE", help="GEMM efficiency measured by scripts/gpu_check.sh")
