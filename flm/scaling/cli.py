@@ -74,6 +74,9 @@ def _register_cost(sub: argparse._SubParsersAction) -> None:
         "activations, growth peak) for its layout, and whether it fits the device (--gpu, --device-gb)",
     )
     p.add_argument("--device-gb", type=positive, help="with --memory: device memory in GiB (default: --gpu's)")
+    p.add_argument("--modelled", action="store_true",
+                   help="every stage's throughput from the performance model (docs/performance.md), ignoring "
+                        "measured stages[i].tflops_per_gpu and cost.recompute_layers")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")
@@ -102,7 +105,7 @@ def _cost(args: argparse.Namespace) -> int:
         return _memory(args, cfg)
     if args.device_gb is not None:
         raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
-    c = plan_cost(cfg)
+    c = plan_cost(cfg, model_only=args.modelled)
     lrs, flops = stage_lrs(cfg, resolve_stages(cfg)), compare(cfg)
     if args.json:
         out = {**c.to_dict(), "lr": [vars(s) for s in lrs], "flops_comparison": flops.to_dict()}
