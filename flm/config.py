@@ -376,6 +376,11 @@ class CostConfig(_Strict):
     formula: Literal["narayanan", "6n"] = Field(
         "narayanan", description="FLOPs per token: Narayanan et al. 2021 (the paper's) or 6N + attention"
     )
+    network: str | None = Field(None, description="inter-node network (flm/hardware.toml); default: the GPU's")
+    dp_mode: Literal["fsdp", "zero1", "ddp"] = Field(
+        "fsdp", description="data parallelism the performance model assumes: flm's FSDP2, ZeRO-1 "
+        "(Megatron's distributed optimizer) or DDP"
+    )
 
     @model_validator(mode="after")
     def _check_price(self) -> CostConfig:
