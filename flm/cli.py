@@ -13,7 +13,7 @@ import os
 import sys
 
 from flm import __version__
-from flm.errors import FlmError
+from flm.errors import FlmError, leave_after_rank0
 
 COMMANDS = [
     "flm.data.cli",  # flm data prepare
@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FlmError as e:
-        print(f"flm {args.command}: error: {e}", file=sys.stderr)
+        if e.every_rank and int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 speaks for all
+            leave_after_rank0(e.exit_code)
+        else:
+            print(f"flm {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

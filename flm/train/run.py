@@ -26,7 +26,7 @@ from flm.data.prepare import prepare_data
 from flm.data.tokenizer import check_vocab
 from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.distributed.mesh import check_layout
-from flm.errors import FlmError
+from flm.errors import FlmError, alike_on_every_rank
 from flm.flops import flops_per_token
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
@@ -145,7 +145,8 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
         else:
             check_out_dir(out_dir, cfg, resume=False)
     barrier(env)
-    _preflight(stages, env)
+    with alike_on_every_rank():  # the same config and data on every rank: one line, from rank 0
+        _preflight(stages, env)
     if env.is_main and not resume:
         write_run_config(out_dir, cfg)
     barrier(env)
