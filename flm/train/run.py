@@ -32,7 +32,7 @@ from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
 from flm.train.baseline_growth import baseline_init
-from flm.train.growth_bump import EVENT, bump_lines, bump_record
+from flm.train.growth_bump import EVENT, bump_lines, bump_record, no_gain_lines
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
@@ -267,6 +267,7 @@ def write_report(run_dir: Path, stages: list[Stage]) -> None:
             )
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     lines += bump_lines(rows, stages)
+    lines += no_gain_lines(rows, stages)
     spikes = [r for r in rows if r.get("event") in (SKIPPED, ROLLED_BACK)]
     lines += [f"- {describe(r)} (train.spike)." for r in spikes]
     lines += ["", "![loss](loss.png)", ""]
