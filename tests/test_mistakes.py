@@ -257,7 +257,8 @@ CASES += [
     Mistake("eval-gguf-unreadable", "eval ppl cut.gguf --data corpus/valid.jsonl", "not a readable GGUF file",
             _write("cut.gguf", b"GGUF\x03\x00\x00\x00cut short")),
     Mistake("run-stage-layouts-in-one-process",
-            "run tiny.toml --out plan --set 'stages=[{steps=2,parallel={dp=2}},{steps=2,grow={d_ff=256,ramp_steps=1}}]'",
+            "run tiny.toml --out plan --set 'stages=[{steps=2,parallel={dp=2}},"
+            "{steps=2,grow={d_ff=256,ramp_steps=1}}]'",
             "or run every stage in this one process: --layout single"),
 ]
 
