@@ -217,7 +217,7 @@ def _harness(args: argparse.Namespace) -> int:
 
     Run lm-evaluation-harness's command line (arguments after --) with the flm model registered, e.g.: flm
     eval harness -- --model flm --model_args path=runs/demo --tasks hellaswag. model_args: path, device,
-    dtype, max_length, batch_tokens, gen_batch.
+    dtype, max_length, batch_tokens, gen_batch, trust_remote_code.
     """
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return run_harness(rest)
