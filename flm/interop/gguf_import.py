@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, decoders, pre_tokenizers
+from tokenizers import Tokenizer as HFBackend
+from tokenizers.models import BPE
 from torch import Tensor
 
 from flm.data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer
@@ -124,10 +127,6 @@ def _neox_config(reader: Any, tensors: dict[str, Any], heads: int, path: Path) -
 
 def _tokenizer(reader: Any, path: Path) -> Tokenizer:
     """flm's export carries the tokenizer whole; otherwise a byte-level BPE of the GGUF's tokens and merges."""
-    from tokenizers import AddedToken, decoders, pre_tokenizers
-    from tokenizers import Tokenizer as HFBackend
-    from tokenizers.models import BPE
-
     if "tokenizer.huggingface.json" in reader.fields:
         return HFTokenizer(HFBackend.from_str(_field(reader, "tokenizer.huggingface.json", path)))
     tokens = list(_field(reader, "tokenizer.ggml.tokens", path))
