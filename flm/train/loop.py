@@ -431,10 +431,10 @@ class Trainer:
                 saves = bool(tc.ckpt_every and c.step % tc.ckpt_every == 0) or final
                 if saves:
                     self.save()
-                if stop.agreed():  # SIGTERM / SIGUSR1 on any rank: a checkpoint at this step, then exit 0
+                if stop.agreed():  # SIGTERM / SIGUSR1 / Ctrl-C on any rank: a checkpoint at this step, then exit
                     if not saves:
                         self.save()
-                    stopped = stop.name
+                    stopped = stop.name, stop.exit_code
                     break
         self.finish_save()
         self.model.close()
@@ -443,20 +443,20 @@ class Trainer:
             self._async_group = None
         self.metrics.close()
         if stopped is not None:
-            self._stop_at_checkpoint(stopped)
+            self._stop_at_checkpoint(*stopped)
         return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
                            train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
 
-    def _stop_at_checkpoint(self, why: str) -> None:
-        """Say where a preempted stage stopped, then end the process with exit code 0."""
+    def _stop_at_checkpoint(self, why: str, code: int) -> None:
+        """Say where a preempted stage stopped, then end the process with exit code ``code``."""
         if self.env.is_main:
             print(f"stopped by {why} after step {self.counters.step}: checkpoint {self.last_ckpt}; "
                   "--resume continues from it", flush=True)
-        raise Preempted
+        raise Preempted(code)
 
     @contextlib.contextmanager
     def _say_where_on_interrupt(self):
-        """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
+        """A second Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
         try:
             yield
         except KeyboardInterrupt:
