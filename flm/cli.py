@@ -17,7 +17,7 @@ import sys
 from flm import __version__
 from flm.checkpoint import cli as checkpoint_cli
 from flm.data import cli as data_cli
-from flm.errors import FlmError
+from flm.errors import FlmError, leave_after_rank0
 from flm.eval import cli as eval_cli
 from flm.generate import cli as generate_cli
 from flm.growth import cli as growth_cli
@@ -61,6 +61,11 @@ def _tag_subparsers(parser: argparse.ArgumentParser) -> None:
                 _tag_subparsers(sp)
 
 
+def _other_rank() -> bool:
+    """A rank other than 0 of a job of several processes (a stray RANK alone does not make one)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -77,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FlmError as e:
-        print(f"flm {args.command}: error: {e}", file=sys.stderr)
+        if e.every_rank and _other_rank():  # torchrun: rank 0 speaks for all
+            leave_after_rank0(e.exit_code)
+        else:
+            print(f"flm {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -257,6 +257,20 @@ CASES = [
     Mistake("plot-not-a-run", "plot corpus", "no metrics.jsonl with data"),
 ]
 
+# ---- issue 25 (b): evaluating flm's own exports, per-stage layouts in one process ----
+REMOTE_CODE = {"model_type": "flm", "architectures": ["FLMForCausalLM"],
+               "auto_map": {"AutoModelForCausalLM": "modeling_flm.FLMForCausalLM"}}
+CASES += [
+    Mistake("eval-remote-code-without-flag", "eval ppl xpos-hf --data corpus/valid.jsonl",
+            "then pass --trust-remote-code to run it", _write("xpos-hf/config.json", json.dumps(REMOTE_CODE))),
+    Mistake("eval-gguf-unreadable", "eval ppl cut.gguf --data corpus/valid.jsonl", "not a readable GGUF file",
+            _write("cut.gguf", b"GGUF\x03\x00\x00\x00cut short")),
+    Mistake("run-stage-layouts-in-one-process",
+            "run tiny.toml --out plan --set 'stages=[{steps=2,parallel={dp=2}},"
+            "{steps=2,grow={d_ff=256,ramp_steps=1}}]'",
+            "or run every stage in this one process: --layout single"),
+]
+
 
 @pytest.fixture(scope="module")
 def world(tiny_corpus: Path, tmp_path_factory) -> Path:

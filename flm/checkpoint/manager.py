@@ -53,7 +53,7 @@ from flm.checkpoint.store import (
 )
 from flm.config import RunConfig
 from flm.distributed.env import DistEnv, barrier
-from flm.errors import FlmError
+from flm.errors import FlmError, every_rank_error
 from flm.growth.ops import check_shapes
 from flm.log import get_logger
 
@@ -234,7 +234,7 @@ def verify_checkpoint(env: DistEnv, folder: Path) -> None:
         dist.all_gather_object(errors, err)
         err = next((e for e in errors if e is not None), None)
     if err is not None:
-        raise FlmError(err)
+        raise every_rank_error(err)
 
 
 def hash_shards(env: DistEnv, staged: Path) -> dict[str, dict[str, Any]] | None:

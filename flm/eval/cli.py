@@ -57,6 +57,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gen-batch", type=int, default=16, help="rows per greedy generation batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model code a Hugging Face folder brings (auto_map in config.json, e.g. flm's xPos export)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
 
 
@@ -130,7 +134,7 @@ def _load(args: argparse.Namespace) -> Scorer:
     _check_positive(args, "max_length", "batch_tokens", "gen_batch")
     return load_scorer(
         args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-        batch_tokens=args.batch_tokens, gen_batch=args.gen_batch,
+        batch_tokens=args.batch_tokens, gen_batch=args.gen_batch, trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
 
 
@@ -221,7 +225,7 @@ def cmd_eval_harness(args: argparse.Namespace) -> int:
 
     Run lm-evaluation-harness's command line (arguments after --) with the flm model registered, e.g.: flm
     eval harness -- --model flm --model_args path=runs/demo --tasks hellaswag. model_args: path, device,
-    dtype, max_length, batch_tokens, gen_batch.
+    dtype, max_length, batch_tokens, gen_batch, trust_remote_code.
     """
     from flm.eval.harness import run_harness
 

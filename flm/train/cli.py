@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.errors import FlmError
+from flm.errors import FlmError, alike_on_every_rank
 from flm.log import logging_to
 
 if TYPE_CHECKING:
+    from flm.config import RunConfig
     from flm.distributed.env import DistEnv
     from flm.train.loop import StageResult
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, "run config (TOML) without [[stages]], e.g. configs/demo.toml --set 'stages=[]'")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_layout_arg(p)
     p.add_argument(
         "--init", type=Path, metavar="CKPT",
         help="start from a checkpoint's weights, Adam moments and growth masks (e.g. the output of flm grow); "
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", type=Path, help="run folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, in any stage")
+    _add_layout_arg(p)
     p.add_argument(
         "--scratch", choices=["tokens", "flops"],
         help="instead of the plan, train its final shape from scratch for the same tokens or FLOPs "
@@ -46,6 +49,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="PNG path (default: <first run>/loss.png)")
 
 
+def _add_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout", choices=["config", "single"], default="config",
+        help="config: the [parallel] layout (and each stage's own); single: set them aside and train every stage "
+        "in this one process (e.g. configs/demo-3d.toml without torchrun)",
+    )
+
+
+def _load_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of the command line, its layouts set aside under --layout single. The training-source
+    check comes first: the round trip below would mark every default as set."""
+    from flm.config import check_training_source, config_from_dict, config_to_dict
+
+    cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
+    if args.layout == "single":
+        data = config_to_dict(cfg)
+        data.pop("parallel", None)
+        for stage in data.get("stages", []):
+            stage.pop("parallel", None)
+        cfg = config_from_dict(data, where="--layout single")
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """train one stage (single process, or torchrun --nproc_per_node N for FSDP2)
 
@@ -53,14 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics.jsonl and checkpoints/ into the output folder. Run under torchrun for data-parallel FSDP2
     training (gloo on CPU, NCCL on GPU).
     """
-    from flm.config import check_training_source
     from flm.distributed.env import rank_loss_as_error
     from flm.train.launch import process_group, stage_init_from
     from flm.train.loop import train_stage
     from flm.train.setup import check_stage_layout, run_folder_lock
 
-    cfg = load_run_config(args)
-    check_training_source(cfg, str(args.config))
+    with alike_on_every_rank():  # every rank reads the same config
+        cfg = _load_config(args)
     if cfg.stages:
         raise FlmError(
             f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
@@ -71,7 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
     init = stage_init_from(args.init, cfg) if args.init else None
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
-        check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
+        with alike_on_every_rank():  # a layout the model cannot take: refused before the run folder is touched
+            check_stage_layout(cfg, env)
         resume = _resumable(out, args.resume, env)
         with run_folder_lock(out, env), logging_to(out):
             res = train_stage(cfg, out, resume=resume, env=env, init=init)
@@ -89,7 +116,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan whose growth does
     not lead from one stage's shape to the next is rejected before training.
     """
-    from flm.config import check_training_source
     from flm.distributed.env import rank_loss_as_error
     from flm.stages import check_stage_overrides
     from flm.train.launch import process_group
@@ -97,11 +123,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flm.train.run import run_plan, scratch_config
     from flm.train.setup import run_folder_lock
 
-    cfg = load_run_config(args)
-    check_stage_overrides(cfg, args.overrides)
-    check_training_source(cfg, str(args.config))
-    if args.scratch:
-        cfg = scratch_config(cfg, args.scratch)
+    with alike_on_every_rank():
+        cfg = _load_config(args)
+        check_stage_overrides(cfg, args.overrides)
+        if args.scratch:
+            cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         resume = _resumable(out, args.resume, env)

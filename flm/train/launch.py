@@ -10,16 +10,21 @@ from pathlib import Path
 from flm.checkpoint import load_checkpoint, resolve_checkpoint
 from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig
-from flm.distributed.env import DistEnv, init_distributed, shutdown
-from flm.errors import FlmError
+from flm.distributed.env import DistEnv, barrier, init_distributed, shutdown
+from flm.errors import FlmError, alike_on_every_rank
 
 
 @contextmanager
 def process_group(cfg: RunConfig) -> Iterator[DistEnv]:
     """This process's place in the job (a process group under torchrun), torn down however the job ends."""
-    env = init_distributed(cfg.train, cfg.parallel)
+    with alike_on_every_rank():
+        env = init_distributed(cfg.train, cfg.parallel)
     try:
         yield env
+    except FlmError as e:
+        if e.every_rank:  # all ranks raised it: meet before any leaves (rank 0 then speaks for all)
+            barrier(env)
+        raise
     finally:
         shutdown(env)
 

@@ -230,16 +230,16 @@ class Trainer:
                 saved = self.checkpoints.due(c.step, final)
                 if saved:
                     self.save()
-                if stop.agreed():
+                if stop.agreed():  # SIGTERM / SIGUSR1 / Ctrl-C on any rank: a checkpoint at this step, then exit
                     if not saved:
                         self.save()
-                    stopped = stop.name
+                    stopped = stop.name, stop.exit_code
                     break
         # End: complete the last save (a background one too), stop its writer, close the logs
         self.checkpoints.close()
         self.metrics.close()
-        if stopped is not None:  # SIGTERM / SIGUSR1: say where, then end the process with exit code 0
-            stop_at_checkpoint(stopped, c.step, self.last_ckpt)
+        if stopped is not None:  # SIGTERM / SIGUSR1 / Ctrl-C: say where, then end the process with its exit code
+            stop_at_checkpoint(*stopped, c.step, self.last_ckpt)
         return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops,
                            seconds=time.perf_counter() - self.progress.started, train_loss=self.last_loss,
                            val_loss=self.val_loss, checkpoint=self.last_ckpt)

@@ -19,7 +19,7 @@ from flm.config import RunConfig, save_config
 from flm.data.prepare import PreparedData, prepare_data
 from flm.data.tokenizer import check_vocab
 from flm.distributed.env import DistEnv
-from flm.errors import FlmError
+from flm.errors import FlmError, every_rank_error
 
 LOCK_FILE = ".lock"  # in the run folder: the advisory lock of its one writer, with the writer's PID and host
 
@@ -38,7 +38,7 @@ def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] |
         dist.broadcast_object_list(box, src=0)
         err = box[0]
     if err is not None:
-        raise FlmError(err)
+        raise every_rank_error(err)
     if not env.is_main and others is not None:
         result = others()
     return result
