@@ -26,6 +26,7 @@ from flm.interop.hf_export import IOReport, open_flm_checkpoint
 from flm.interop.hf_tokenizer import hf_backend
 from flm.interop.neox import export_recipes, neox_problem
 from flm.interop.stream import Recipe, largest_bytes
+from flm.io import is_disk_full, no_space
 
 ARCH = "gptneox"
 # HF GPT-NeoX name (after the layer prefix) -> GGUF name
@@ -136,8 +137,11 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
             writer.write_tensor_data(r.make().to(torch.float32).contiguous().numpy())
         writer.close()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, tmp)  # before the space is freed: numpy reports a full disk as a short write
         tmp.unlink(missing_ok=True)
+        if full:
+            raise no_space(e, out) from e
         raise
     finally:
         src.close()

@@ -31,6 +31,7 @@ from flm.checkpoint import (
     SHARDED_MODEL,
     SHARDED_OPTIM,
     CheckpointData,
+    checkpoint_disk_full,
     incomplete_checkpoints,
     is_sharded,
     latest_checkpoint,
@@ -51,6 +52,7 @@ from flm.flops import flops_per_token
 from flm.growth.ops import check_shapes
 from flm.growth.ramp import MaskRamp
 from flm.hardware import MfuWatch, Peak, machine_peak
+from flm.io import is_disk_full
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.preemption import Preempted, StopRequest
@@ -275,8 +277,12 @@ class Trainer:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir(parents=True)
             barrier(self.env)
-            futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
-                                              background=self._save_group() if tc.async_checkpoint else None)
+            try:
+                futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
+                                                  background=self._save_group() if tc.async_checkpoint else None)
+            except BaseException as e:
+                self._drop_failed_shards(folder, staged, e)
+                raise
             model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
@@ -305,9 +311,13 @@ class Trainer:
         if self._pending is None:
             return
         folder, staged, data, futures = self._pending
-        for f in futures:
-            f.result()  # a failed background write raises here, at the latest when the stage ends
         self._pending = None
+        try:
+            for f in futures:
+                f.result()  # a failed background write raises here, at the latest when the stage ends
+        except BaseException as e:
+            self._drop_failed_shards(folder, staged, e)
+            raise
         barrier(self.env)
         hashed = hash_shards(self.env, staged) if staged is not None else None  # collective: ranks split it
         if data is not None:
@@ -315,6 +325,16 @@ class Trainer:
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         barrier(self.env)
         self.last_ckpt = folder
+
+    def _drop_failed_shards(self, folder: Path, staged: Path, e: BaseException) -> None:
+        """A sharded write failed (DCP raises it on every rank): rank 0 removes the staged shards; a full disk
+        becomes one line naming the newest complete checkpoint (else the caller re-raises ``e``)."""
+        full = is_disk_full(e, staged)  # on every rank before any space is freed (a short write tells by that)
+        barrier(self.env)
+        if self.env.is_main:
+            shutil.rmtree(staged, ignore_errors=True)
+        if full:
+            raise checkpoint_disk_full(folder, e) from None
 
     def _save_group(self) -> dist.ProcessGroup | bool:
         """The process group of background saves (created once, collectively), or True in one process."""
