@@ -82,7 +82,9 @@ def import_hf(
                 f"{folder}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
                 f"{cfg.padded_vocab_size} embedding rows; pass the model's own tokenizer (--tokenizer)"
             )
-        run = config_from_dict({"name": f"import-{folder.name}", "model": config_to_dict(cfg)}, where="imported config")
+        own = {"kind": "file", "path": str(out.resolve())}  # its own tokenizer (saved beside it): trains on as is
+        run = config_from_dict({"name": f"import-{folder.name}", "model": config_to_dict(cfg),
+                                "data": {"tokenizer": own}}, where="imported config")
         with staged_folder(out) as tmp:
             sha, nbytes = write_tensors(tmp / "model.safetensors", recipes)
             atomic_write(tmp / "optim.json", json.dumps({"step": 0}, indent=1))

@@ -65,7 +65,9 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
-    init = stage_init_from(args.init, cfg) if args.init else None
+    init = None
+    if args.init:
+        cfg, init = stage_init_from(args.init, cfg)
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
         resume = _resumable(out, args.resume, env)

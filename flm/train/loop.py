@@ -96,6 +96,8 @@ class StageInit:
     tokens: int = 0
     flops: float = 0.0
     loader_state: dict[str, Any] | None = None
+    tokenizer: Any = None  # `flm train --init`: the checkpoint's, which the prepared data must use
+    source: Path | None = None  # that checkpoint
 
 
 def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -166,7 +168,7 @@ class Trainer:
         self.ckpt_dir = ckpt_dir or out_dir
         self.eval_at_start = eval_at_start
         self.bf16 = use_bf16(tc, env.device)
-        self.prepared = prepare_stage_data(cfg, env)
+        self.prepared = prepare_stage_data(cfg, env, init.tokenizer if init else None, init.source if init else None)
         self.micro, self.accum = batch_layout(cfg, env)
         self.validate = Validation.available(self.prepared, cfg, eval_at_start)
         self.validation = Validation(self.prepared, cfg, env)
