@@ -564,6 +564,12 @@ def _set(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
             raise FlmError(f"--set {text}: '{keys[i - 1]}' is not a table")
 
 
+def model_config_from_dict(data: dict[str, Any], where: str) -> ModelConfig:
+    """A [model] section from another source (e.g. an imported config.json); one line naming ``where`` and the
+    key when a value is out of range."""
+    return _validated(ModelConfig, data, where)
+
+
 def config_from_dict(data: dict[str, Any], where: str = "config", overrides: list[str] = ()) -> RunConfig:
     for text in overrides:
         keys, value = parse_override(text)

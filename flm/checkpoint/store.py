@@ -329,6 +329,11 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
+    if (p / "config.json").is_file() and not (p / "config.toml").is_file():
+        raise FlmError(
+            f"{p} is a transformers model folder (config.json), not an flm checkpoint: convert it first with "
+            f"`flm import hf {p} OUT` and pass OUT"
+        )
     if (p / "model.safetensors").is_file() or is_sharded(p):
         return p
     latest = latest_checkpoint(p)

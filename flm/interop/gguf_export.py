@@ -113,6 +113,8 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
 
     t0 = time.perf_counter()
     out = Path(out)
+    if out.suffix.lower() != ".gguf":  # llama.cpp and `flm eval` tell a GGUF by its name
+        raise FlmError(f"{out}: a GGUF file's name ends in .gguf; give {out.with_suffix('.gguf')}")
     if out.exists():
         raise FlmError(f"output file {out} already exists; nothing is overwritten: pick a new path")
     folder, cfg, src = open_flm_checkpoint(ckpt)

@@ -77,10 +77,12 @@ class StageResult:
     steps: int
     tokens: int
     flops: float
-    seconds: float
+    seconds: float  # training time of the stage, over all its resumes (as metrics.jsonl's "time")
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
+    seconds_here: float = 0.0  # of which in this process (less after a --resume)
+    tokens_before: int = 0  # tokens of the checkpoint the stage started from (`--init`, a growth), in ``tokens``
 
 
 @dataclass
@@ -198,6 +200,7 @@ class Trainer:
         self._pending: tuple | None = None  # a checkpoint whose shards are still being written
         self._async_group: dist.ProcessGroup | None = None
         self._t_start = time.perf_counter()
+        self._tokens_before = 0
         if init is not None:
             self._continue_from(init)
 
@@ -206,6 +209,7 @@ class Trainer:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
         self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
+        self._tokens_before = init.tokens
         self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step, init.optim_param_steps)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
@@ -464,8 +468,10 @@ class Trainer:
         self.metrics.close()
         if stopped is not None:
             self._stop_at_checkpoint(stopped)
-        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
-                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
+        here = time.perf_counter() - self._t_start
+        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=c.seconds + here,
+                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt,
+                           seconds_here=here, tokens_before=self._tokens_before)
 
     def _stop_at_checkpoint(self, why: str) -> None:
         """Say where a preempted stage stopped, then end the process with exit code 0."""
