@@ -279,7 +279,7 @@ def _not_text(path: Path, where: str, allow_undecodable: bool = False) -> tuple[
         return f"cannot be read ({e.strerror or e})", "check the file and its permissions"
     if not raw or allow_undecodable:
         return None
-    anyway = "or set allow_undecodable = true on this source to train on it anyway"
+    anyway = f"or set {where}.allow_undecodable = true to train on it anyway"
     if raw.count(0) > BAD_SHARE * len(raw):
         why = f"{raw.count(0) / len(raw):.0%} NUL bytes: UTF-16 or binary"
         return f"does not look like UTF-8 text ({why})", f"convert it (e.g. iconv -f UTF-16 -t UTF-8), {anyway}"
