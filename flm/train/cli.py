@@ -6,18 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.config import check_stage_overrides
-from flm.distributed.env import DistEnv, rank_loss_as_error
 from flm.errors import FlmError
-from flm.train.launch import process_group, stage_init_from
-from flm.train.loop import StageResult, train_stage
-from flm.train.plot import plot_runs
-from flm.train.run import run_plan, scratch_config
-from flm.train.setup import LOCK_FILE, check_stage_layout, run_folder_lock
+
+if TYPE_CHECKING:
+    from flm.distributed.env import DistEnv
+    from flm.train.loop import StageResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     metrics.jsonl and checkpoints/ into the output folder. Run under torchrun for data-parallel FSDP2
     training (gloo on CPU, NCCL on GPU).
     """
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group, stage_init_from
+    from flm.train.loop import train_stage
+    from flm.train.setup import check_stage_layout, run_folder_lock
     cfg = load_run_config(args)
     if cfg.stages:
         raise FlmError(
@@ -87,6 +87,12 @@ def _run(args: argparse.Namespace) -> int:
     metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan whose growth does
     not lead from one stage's shape to the next is rejected before training.
     """
+    from flm.config import check_stage_overrides
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group
+    from flm.train.loop import train_stage
+    from flm.train.run import run_plan, scratch_config
+    from flm.train.setup import run_folder_lock
     cfg = load_run_config(args)
     check_stage_overrides(cfg, args.overrides)
     if args.scratch:
@@ -110,6 +116,9 @@ def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
     """--resume of a start that was killed before it wrote anything but its lock (e.g. while it prepared the
     data) starts afresh: nothing to continue, nothing to lose, and a job script may always pass --resume.
     Rank 0 looks (before it takes the lock) and tells the others."""
+    import torch.distributed as dist
+
+    from flm.train.setup import LOCK_FILE
     box = [resume and env.is_main and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]]
     if env.distributed:
         dist.broadcast_object_list(box, src=0)
@@ -141,5 +150,6 @@ def _plot(args: argparse.Namespace) -> int:
     Training and validation loss against tokens and against FLOPs, growth points marked (dashed), several
     runs overlaid. Writes a PNG.
     """
+    from flm.train.plot import plot_runs
     print(plot_runs(args.runs, args.out or args.runs[0] / "loss.png"))
     return 0

@@ -72,3 +72,4 @@ def test_consolidate_onto_a_full_disk_names_the_folder(make_ckpt, tmp_path, monk
     out = tmp_path / "consolidated"
     monkeypatch.setattr(consolidate_module, "_stream", _raise_safetensors)
     _check(capsys, main(["checkpoint", "consolidate", str(folder), str(out), "--no-progress"]), out, "checkpoint")
+
