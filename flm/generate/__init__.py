@@ -9,15 +9,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flm.generate.sample import generate as generate
 
-# The names below load on first use (PEP 562), not with the package: a command that only parses its
-# arguments here (`flm --help`, the generate command's own parser) does not import torch.
-_FROM = {
-    **dict.fromkeys(["generate"], "flm.generate.sample"),
-}
-__all__ = sorted(_FROM)
+__all__ = ["generate"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM:
-        return getattr(import_module(_FROM[name]), name)
+    """``generate`` loads on first use (PEP 562): `flm generate --help` parses without torch."""
+    if name == "generate":
+        return import_module("flm.generate.sample").generate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
