@@ -69,6 +69,7 @@ def _checkpoint_tokenizer(cfg: RunConfig, folder: Path, own: Tokenizer) -> RunCo
         configured = build_tokenizer(tok_cfg)
         if not own.same_tokens(configured):
             raise tokenizer_mismatch(folder, own, cfg, configured.describe())
-    elif not isinstance(own, HFTokenizer) or own.vocab_size > tok_cfg.vocab_size:  # no BPE of that size is it
-        raise tokenizer_mismatch(folder, own, cfg, f"at most {tok_cfg.vocab_size} tokens")
+    elif (not isinstance(own, HFTokenizer) or own.vocab_size > tok_cfg.vocab_size  # no BPE of that size is it
+          or tok_cfg.vocab_size > cfg.model.vocab_size):  # nor one the checkpoint's embedding could not hold
+        raise tokenizer_mismatch(folder, own, cfg, f"a BPE of up to {tok_cfg.vocab_size} tokens")
     return cfg

@@ -79,7 +79,8 @@ def prepare_stage_data(cfg: RunConfig, env: DistEnv, expect: Tokenizer | None = 
     """Tokenizer and token shards (rank 0 builds them, the others read the cache), checked against the
     model's vocabulary and (``expect``) the tokenizer of the checkpoint ``source`` the stage starts from."""
     prepared = rank0_first(
-        env, lambda: prepare_data(cfg.data, progress=cfg.train.progress), lambda: prepare_data(cfg.data, progress=False)
+        env, lambda: prepare_data(cfg.data, progress=cfg.train.progress, model=cfg.model),
+        lambda: prepare_data(cfg.data, progress=False, model=cfg.model),  # a BPE too big is refused before training
     )
     if expect is not None and not expect.same_tokens(prepared.tokenizer):
         raise tokenizer_mismatch(source, expect, cfg, prepared.tokenizer.describe())
