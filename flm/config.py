@@ -130,7 +130,8 @@ class GrowthConfig(_Strict):
     reset_optimizer: bool = False
     readout: Literal["keep", "mup"] = Field(
         "keep", description="μP width growth: keep the readout multiplier (function-preserving; output_mult "
-        "scales with d_model) or move it to the new width's over the ramp"
+        "scales with d_model) or move it to the new width's over the ramp ('mup': output_mult unchanged, as "
+        "the released FLM-101B's 2.0)"
     )
     method: Literal["msg", "gstack", "hyperclone", "net2net"] = Field(
         "msg", description="msg: masked growth (the default); literature baselines (docs/growth.md#baselines), "
@@ -181,6 +182,11 @@ class GrowthConfig(_Strict):
             if update.get("n_layers", model.n_layers) % model.n_layers:
                 raise FlmError(f"{where}.n_layers = {update['n_layers']}: gstack repeats all {model.n_layers} "
                                f"layers, so it needs a multiple of {model.n_layers}; pick one, or use method 'net2net'")
+        moves = self.depth_position != "top" and update.get("n_layers", model.n_layers) != model.n_layers
+        if self.method == "net2net" and model.scale_attn_by_inverse_layer_idx and moves:
+            raise FlmError(f"{where}.method = 'net2net' with model.scale_attn_by_inverse_layer_idx: blocks placed "
+                           "between old ones renumber them and change their attention scale (no masks to ramp "
+                           "it); set depth_position = 'top', or use method 'msg'")
         if self.method == "hyperclone":
             if update.get("n_layers", model.n_layers) != model.n_layers:
                 raise FlmError(f"{where}.method = 'hyperclone' grows the width only; drop n_layers from this "
@@ -272,6 +278,11 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0, description="peak learning rate (stage-start LR under growth)")
     min_lr: float = Field(1e-4, ge=0, description="floor of the cosine schedule")
     warmup_steps: int = Field(100, ge=0)
+    decay_steps: int | None = Field(
+        None, gt=0, description="the cosine's horizon: steps, from the plan's first, at which it reaches min_lr "
+        "(lr_mode inherit; default: the plan's length, or train.steps); longer than the plan, the run ends above "
+        "min_lr, as FLM-101B's stage-start LRs imply (docs/growth.md#learning-rate)"
+    )
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -283,6 +294,9 @@ class OptimConfig(_Strict):
             raise ValueError(f"optim.betas = {list(self.betas)}: each beta must be in [0, 1), e.g. [0.9, 0.95]")
         if self.min_lr > self.lr:
             raise ValueError(f"optim.min_lr ({self.min_lr}) is above optim.lr ({self.lr}); the floor must be lower")
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise ValueError(f"optim.decay_steps ({self.decay_steps}) ends the cosine before optim.warmup_steps "
+                             f"({self.warmup_steps}) ends the warmup; set decay_steps above warmup_steps, or drop it")
         return self
 
 
@@ -370,13 +384,15 @@ class StageConfig(_Strict):
     steps: int | None = Field(None, gt=0)
     tokens: int | None = Field(None, gt=0)
     lr: float | None = Field(
-        None, gt=0, description="restart: the stage's peak LR; inherit: the first stage's only (the plan's peak)"
+        None, gt=0, description="restart: the stage's peak LR; inherit: the plan's peak (first stage) or the "
+        "stage's start LR (later stages: the shared cosine is scaled from here on to start at it)"
     )
     lr_scale: float | None = Field(
         None, gt=0, description="lr_mode inherit, later stages: multiplies the inherited LR from this stage on"
     )
     warmup_steps: int | None = Field(
-        None, ge=0, description="restart: the stage's warmup; inherit: later stages move to lr_scale over these steps"
+        None, ge=0, description="restart: the stage's warmup; inherit: later stages move from the inherited LR to "
+        "their lr (or lr_scale) over these steps"
     )
     batch_size: int | None = Field(None, gt=0)
     data: StageData | None = Field(None, description="this stage's training mixture (e.g. teacher signals late)")
@@ -416,6 +432,11 @@ class CostConfig(_Strict):
     )
     formula: Literal["narayanan", "6n"] = Field(
         "narayanan", description="FLOPs per token: Narayanan et al. 2021 (the paper's) or 6N + attention"
+    )
+    network: str | None = Field(None, description="inter-node network (flm/hardware.toml); default: the GPU's")
+    dp_mode: Literal["fsdp", "zero1", "ddp"] = Field(
+        "fsdp", description="data parallelism the performance model assumes: flm's FSDP2, ZeRO-1 "
+        "(Megatron's distributed optimizer) or DDP"
     )
 
     @model_validator(mode="after")
@@ -586,6 +607,20 @@ def check_warmup(key: str, warmup: int, steps: int, span: str, why: str = "", ot
             f"{key} ({warmup}) is longer than {span} ({steps} steps{why}): the learning rate would never reach "
             f"its peak; lower {key} to at most {steps}{other_fix}"
         )
+
+
+BUNDLED_TRAIN = "data/pd-english/train.jsonl.gz"
+
+
+def check_training_source(cfg: RunConfig, where: str) -> None:
+    """Training needs the config to name its corpus (``data.train``): without it the library default, the
+    bundled English corpus, would train a plan meant for other data (FLM-101B's) without a word."""
+    if "data" in cfg.model_fields_set and "train" in cfg.data.model_fields_set:
+        return
+    raise FlmError(
+        f"{where}: names no training data (data.train is unset); give [data] train = [{{ path = \"...\" }}] "
+        f"(e.g. the bundled corpus, {BUNDLED_TRAIN}) or --set 'data.train=[{{path=\"...\"}}]'"
+    )
 
 
 def check_stage_overrides(cfg: RunConfig, overrides: list[str]) -> None:

@@ -8,6 +8,7 @@ overrides it, ``train.peak_flops`` overrides both. ``MfuWatch`` warns once when 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import platform
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from flm.errors import FlmError
 from flm.io import atomic_write
@@ -153,3 +159,114 @@ class MfuWatch:
                       f"low for this machine; set train.peak_flops or {PEAK_ENV}, or delete {cache_file()} to "
                       "measure it again", file=sys.stderr)
         return mfu
+
+
+# ----- the catalog of GPUs and networks (flm/hardware.toml, plus a user's file) -------------------------------
+CATALOG_FILE = Path(__file__).with_name("hardware.toml")
+GPU_KEYS = ("peak_tflops", "hbm_gib", "hbm_gbps", "link_gbps", "gpus_per_node", "tdp_watts", "network")
+NETWORK_KEYS = ("gbps_per_gpu", "latency_us")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU model: dense bf16 peak, device memory and its bandwidth, the intra-node link (per direction)."""
+
+    name: str
+    peak_tflops: float
+    hbm_gib: float
+    hbm_gbps: float
+    link_gbps: float
+    gpus_per_node: int
+    tdp_watts: float
+    network: str  # the inter-node network it usually comes with
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    """An inter-node network: the bandwidth each GPU has to other nodes (per direction) and one hop's latency."""
+
+    name: str
+    gbps_per_gpu: float
+    latency_us: float
+
+
+def _key(name: str) -> str:
+    return name.upper().replace("NVIDIA", "").replace(" ", "-").replace("_", "-").strip("-")
+
+
+def _positive(table: dict, key: str, where: str) -> float:
+    value = table.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FlmError(f"{where}.{key} = {value!r}: give a positive number")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    gpus: dict[str, Gpu]
+    networks: dict[str, Network]
+
+    def gpu(self, name: str, where: str = "--gpu") -> Gpu:
+        """The GPU called ``name`` (its key, an alias, or a longer device name such as 'NVIDIA A100-SXM4-80GB'),
+        or one error with the closest names."""
+        key = _key(name)
+        names = {_key(n): g for g in self.gpus.values() for n in (g.name, *g.aliases)}
+        if key in names:
+            return names[key]
+        for known in sorted(names, key=len, reverse=True):  # "A100-40" before "A100"
+            if key.startswith(known + "-"):
+                return names[known]
+        raise FlmError(f"{where} = {name!r} is not a known GPU{_did_you_mean(name, list(self.gpus))}; add it "
+                       "to a hardware file (--hardware FILE, keys as in flm/hardware.toml)")
+
+    def network(self, name: str, where: str = "--network") -> Network:
+        if name in self.networks:
+            return self.networks[name]
+        raise FlmError(f"{where} = {name!r} is not a known network{_did_you_mean(name, list(self.networks))}; "
+                       "add it to a hardware file (--hardware FILE) with gbps_per_gpu and latency_us")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.upper(), [k.upper() for k in known], n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {next(k for k in known if k.upper() == close[0])}?"
+    return f"; known: {', '.join(known)}"
+
+
+def _parse(data: dict, source: str, base: Catalog | None) -> Catalog:
+    gpus = dict(base.gpus) if base else {}
+    networks = dict(base.networks) if base else {}
+    for name, t in (data.get("networks") or {}).items():
+        where = f"{source}: networks.{name}"
+        missing = [k for k in NETWORK_KEYS if k not in t]
+        if missing:
+            raise FlmError(f"{where} has no {', '.join(missing)}; give both {' and '.join(NETWORK_KEYS)}")
+        networks[name] = Network(name, _positive(t, "gbps_per_gpu", where), _positive(t, "latency_us", where))
+    for name, t in (data.get("gpus") or {}).items():
+        where = f"{source}: gpus.{name}"
+        missing = [k for k in GPU_KEYS if k not in t]
+        if missing:
+            raise FlmError(f"{where} has no {', '.join(missing)}; a GPU needs {', '.join(GPU_KEYS)}")
+        if t["network"] not in networks:
+            raise FlmError(f"{where}.network = {t['network']!r} is not a network of the catalog"
+                           f"{_did_you_mean(str(t['network']), list(networks))}")
+        nums = {k: _positive(t, k, where) for k in GPU_KEYS if k != "network"}
+        gpus[name] = Gpu(name=name, network=t["network"], aliases=tuple(t.get("aliases", ())),
+                         **{k: (int(v) if k == "gpus_per_node" else v) for k, v in nums.items()})
+    return Catalog(gpus, networks)
+
+
+def load_catalog(extra: str | Path | None = None) -> Catalog:
+    """flm's GPU and network table, with the entries of the TOML file ``extra`` (if given) added or replacing."""
+    catalog = _parse(tomllib.loads(CATALOG_FILE.read_text(encoding="utf-8")), CATALOG_FILE.name, None)
+    if extra is None:
+        return catalog
+    path = Path(extra)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FlmError(f"hardware file {path}: {e.strerror or e}; pass a TOML file like flm/hardware.toml") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FlmError(f"hardware file {path} is not valid TOML: {e}") from None
+    return _parse(data, str(path), catalog)

@@ -11,7 +11,9 @@ new units. For a marked unit the mask is ``m``, otherwise 1:
   hidden mask, and LayerNorm statistics are taken over the active dims only (weighted by the mask);
 - heads: q, k, v of new heads are multiplied by the head mask;
 - FFN: gelu(mask * (x W1 + b1));
-- depth: h <- m * Block(h) + (1 - m) * h for new blocks;
+- depth: h <- m * Block(h) + (1 - m) * h for new blocks; with scale_attn_by_inverse_layer_idx an old block
+  that growth moved from index j to i keeps its attention factor 1/(j + 1) at m = 0 and moves to 1/(i + 1)
+  linearly (buffer ``layer_from`` = j);
 - muP readout multiplier: unchanged by default (the grown config's output_mult scales with d_model); with
   grow.readout = "mup" linearly interpolated from the old width's to the new width's.
 """
@@ -181,6 +183,14 @@ class Attention(nn.Module):
         self.upcast = cfg.reorder_and_upcast_attn
         self.dropout = cfg.dropout
         self.register_buffer("head_new", None, persistent=False)
+        self.register_buffer("layer_from", None, persistent=False)  # 0-dim: the index before a depth growth
+
+    def _moved_layer_factor(self, layer: int, m: Tensor) -> Tensor:
+        """What q is multiplied by so that a block moved by depth growth from index j (``layer_from``) to
+        ``layer`` scales its logits by 1/(j + 1) at m = 0 and by 1/(layer + 1) at m = 1, as the release's
+        scale_attn_by_inverse_layer_idx does at its final index (SDPA already divides by layer + 1)."""
+        old = 1.0 / (self.layer_from.to(torch.float32) + 1.0)
+        return (layer + 1) * (old + m.to(torch.float32) * (1.0 / (layer + 1) - old))
 
     def forward(
         self,
@@ -220,6 +230,8 @@ class Attention(nn.Module):
         dtype = q.dtype
         if self.upcast:
             q, k, v = q.float(), k.float(), v.float()
+        if self.layer_from is not None and self.inverse_layer_scale:
+            q = q * self._moved_layer_factor(layer, m).to(q.dtype)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -321,7 +333,7 @@ class FLM(nn.Module):
     def growing(self) -> bool:
         return self.hidden_new is not None or self.readout_mult_from is not None or any(
             b.depth_new is not None or b.attn.head_new is not None or b.mlp.ffn_new is not None
-            for b in self.blocks.values()
+            or b.attn.layer_from is not None for b in self.blocks.values()
         )
 
     def set_mask_value(self, m: float) -> None:
@@ -334,6 +346,7 @@ class FLM(nn.Module):
         for b in self.blocks.values():
             b.depth_new = None
             b.attn.head_new = None
+            b.attn.layer_from = None
             b.mlp.ffn_new = None
 
     def growth_state(self) -> dict[str, Tensor]:
@@ -346,7 +359,8 @@ class FLM(nn.Module):
         if self.hidden_new is not None:
             out["hidden_new"] = self.hidden_new
         for i, b in self.blocks.items():
-            for key, t in (("depth_new", b.depth_new), ("head_new", b.attn.head_new), ("ffn_new", b.mlp.ffn_new)):
+            for key, t in (("depth_new", b.depth_new), ("head_new", b.attn.head_new), ("ffn_new", b.mlp.ffn_new),
+                           ("layer_from", b.attn.layer_from)):
                 if t is not None:
                     out[f"blocks.{i}.{key}"] = t
         return out
@@ -364,8 +378,8 @@ class FLM(nn.Module):
             else:
                 _, i, name = key.split(".")
                 b = self.blocks[i]
-                owner = {"depth_new": b, "head_new": b.attn, "ffn_new": b.mlp}[name]
-                setattr(owner, name, t.to(dev, torch.bool))
+                owner = {"depth_new": b, "head_new": b.attn, "ffn_new": b.mlp, "layer_from": b.attn}[name]
+                setattr(owner, name, t.to(dev, torch.int64 if name == "layer_from" else torch.bool))
 
     # ----- forward ------------------------------------------------------------------------------------
     def forward(

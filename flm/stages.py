@@ -37,7 +37,7 @@ class Stage:
     tokens: int  # what the stage trains on: as given, or steps · batch_size · seq_len
     growth: GrowthConfig | None  # how it grows out of the previous stage; None for the first
     tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU, for `flm cost`
-    lr: float | None  # stages[i].lr: the stage's peak (restart), the plan's peak (inherit, first stage only)
+    lr: float | None  # stages[i].lr: the stage's peak (restart); inherit: the plan's peak (first), start LR (later)
     warmup_steps: int | None  # stages[i].warmup_steps; None: optim.warmup_steps
     parallel_where: str = "parallel"  # the table that sets its layout: "stages[i].parallel", or "parallel"
     lr_scale: float | None = None  # stages[i].lr_scale (inherit): multiplies the inherited LR from this stage on
@@ -93,23 +93,28 @@ def resolve_stages(cfg: RunConfig) -> list[Stage]:
 
 
 def _check_lr_keys(cfg: RunConfig, stages: list[Stage]) -> None:
-    """Under 'inherit' a later stage continues the previous stage's LR (flm.train.schedule), so its own
-    ``lr`` would contradict that: it changes the LR only through ``lr_scale``, which 'restart' has no use for."""
+    """Under 'inherit' a later stage continues the previous stage's LR (flm.train.schedule) unless it names
+    a start LR (``lr``) or a factor (``lr_scale``), one of the two; 'restart' gives each stage its ``lr``
+    and decays it over the stage, so neither ``lr_scale`` nor the shared horizon ``optim.decay_steps`` apply."""
+    if cfg.lr_mode == "restart" and cfg.optim.decay_steps is not None:
+        raise FlmError(
+            f"optim.decay_steps = {cfg.optim.decay_steps}: lr_mode 'restart' decays every stage over its own "
+            "steps; drop decay_steps, or set lr_mode = 'inherit' for one schedule with that horizon"
+        )
     for s in stages:
         later = s.index > 1
-        if cfg.lr_mode == "inherit" and later and s.lr is not None:
+        if cfg.lr_mode == "inherit" and later and s.lr is not None and s.lr_scale is not None:
             raise FlmError(
-                f"{s.where}.lr = {s.lr}: under lr_mode 'inherit' stage {s.index} continues the previous stage's "
-                f"learning rate; drop it (or scale the inherited LR with {s.where}.lr_scale, or set "
-                "lr_mode = 'restart' for a schedule per stage)"
+                f"{s.where} sets both lr ({s.lr}) and lr_scale ({s.lr_scale}): under lr_mode 'inherit' each names "
+                f"the LR stage {s.index} moves to; keep one"
             )
         if s.lr_scale is not None and (cfg.lr_mode != "inherit" or not later):
             why = "the first stage has no LR to inherit" if not later else "lr_mode 'restart' gives each stage its lr"
             raise FlmError(f"{s.where}.lr_scale: {why}; set {s.where}.lr instead")
-        if cfg.lr_mode == "inherit" and later and s.warmup_steps and s.lr_scale is None:
+        if cfg.lr_mode == "inherit" and later and s.warmup_steps and s.lr_scale is None and s.lr is None:
             raise FlmError(
                 f"{s.where}.warmup_steps = {s.warmup_steps}: under lr_mode 'inherit' a later stage's warmup moves "
-                f"from the inherited LR to {s.where}.lr_scale times it; set {s.where}.lr_scale, or drop the warmup"
+                f"from the inherited LR to the stage's start LR; set {s.where}.lr (or lr_scale), or drop the warmup"
             )
 
 

@@ -4,6 +4,9 @@
 #   3. FSDP2 over NCCL on every visible GPU (torchrun)          4. tensor parallel tp=2 over NCCL (>= 2 GPUs)
 #   5. bf16 training throughput of flm vs Hugging Face GPTNeoX at d 2048, 24 layers, seq 2048
 #      (benchmarks/throughput.py --device cuda --dtype bf16 --shapes gpu)
+#   6. GEMM efficiency of the shapes the performance model uses (python -m flm.scaling.perf.calibrate), written
+#      to benchmarks/results/gemm_calibration.json for `flm plan layout --calibrate FILE`, and FLM-101B's
+#      101B stage ranked with and without it (what the calibration changed)
 # Prints one JSON line at the end: each check's status and seconds, tokens/s and MFU of flm and of HF.
 # UNTESTED on a GPU so far (written on a CPU-only machine); without a CUDA device it stops at once, exit 3.
 #   bash scripts/gpu_check.sh            (uses .venv/bin/python if present, else python; PYTHON=... to choose)
@@ -51,6 +54,14 @@ if [ "$NGPU" -ge 2 ]; then
 fi
 check throughput 180 "$PY" benchmarks/throughput.py --device cuda --dtype bf16 --shapes gpu --threads 4 \
     --warmup 2 --repeats 5 --out "$OUT/throughput.json"
+CAL=benchmarks/results/gemm_calibration.json
+check calibrate 120 "$PY" -m flm.scaling.perf.calibrate --out "$CAL"
+GPU_NAME=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')
+for mode in plain calibrated; do
+    extra=(); [ "$mode" = calibrated ] && extra=(--calibrate "$CAL")
+    "$PY" -m flm.cli plan layout configs/flm-101b.toml --stage 3 --gpus 192 --gpu "$GPU_NAME" --json --top 3 \
+        "${extra[@]}" >"$OUT/layout_$mode.json" 2>"$OUT/layout_$mode.log" || echo "gpu_check: layout $mode FAILED" >&2
+done
 TP_JSON=$(tail -n 1 "$OUT/throughput.log" 2>/dev/null | grep '^{' || echo '{}')
 "$PY" - "$TP_JSON" "$NGPU" "{$(IFS=,; echo "${STATUS[*]}")}" <<'PYEOF'
 import json, sys

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FLM-101B stage 1 (16B, TP·PP·DP = 2·1·96) on 192 GPUs: 24 nodes x 8, one torchrun per node, c10d rendezvous
 # on the first node. Submit from the repository root: sbatch scripts/slurm_flm101b_stage1.sh
-# Point configs/flm-101b.toml's [data] at your corpus first (the paper's is not public). Untested: written
+# Point configs/flm-101b.toml's [data] at your corpus first (the paper's is not public; flm refuses to train a config
+# without data.train, e.g. pass --set 'data.train=[{path="/data/corpus/*.jsonl"}]' below). Untested: written
 # without access to a cluster. See README "Multi-node" and docs/parallel.md "Launch".
 #SBATCH --job-name=flm101b-stage1
 #SBATCH --nodes=24

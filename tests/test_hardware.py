@@ -11,7 +11,7 @@ import torch
 from flm import hardware
 from flm.config import config_from_dict
 from flm.errors import FlmError
-from flm.hardware import MfuWatch, machine_key, machine_peak
+from flm.hardware import CATALOG_FILE, MfuWatch, load_catalog, machine_key, machine_peak
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
 
@@ -95,3 +95,32 @@ def test_training_against_a_too_low_peak_says_so_once(tiny_cfg, tmp_path, capsys
     assert len(mfu) == 3 and min(mfu) > 1
     err = capsys.readouterr().err
     assert err.count("warning: MFU") == 1 and "(train.peak_flops) is too low for this machine" in err
+
+
+# ----- the GPU and network catalog (flm/hardware.toml) -----------------------------------------------------------
+def test_catalog_names_aliases_and_device_strings():
+    cat = load_catalog()
+    assert cat.gpu("NVIDIA A100-SXM4-80GB").name == "A100"
+    assert cat.gpu("a100-40").hbm_gib == 40
+    assert cat.gpu("A800").link_gbps == 200  # NVLink capped at 400 GB/s both ways
+    assert cat.gpu("H800").link_gbps < cat.gpu("H100").link_gbps
+    assert {"A100-40", "A100", "A800", "H100", "H800", "H200"} <= set(cat.gpus)
+    for g in cat.gpus.values():
+        assert g.network in cat.networks
+
+
+def test_every_catalog_entry_names_its_source():
+    headers = [ln for ln in CATALOG_FILE.read_text().splitlines() if ln.startswith("[")]
+    assert headers and all("#" in ln and len(ln.split("#", 1)[1].strip()) > 10 for ln in headers)
+
+
+def test_unknown_gpu_and_incomplete_entries_are_one_error(tmp_path):
+    with pytest.raises(FlmError, match="did you mean H200"):
+        load_catalog().gpu("H2OO")
+    bad = tmp_path / "hw.toml"
+    bad.write_text("[gpus.X]\npeak_tflops = 100.0\n")
+    with pytest.raises(FlmError, match="gpus.X has no hbm_gib"):
+        load_catalog(bad)
+    bad.write_text("[networks.n]\ngbps_per_gpu = -1\nlatency_us = 1\n")
+    with pytest.raises(FlmError, match="gbps_per_gpu = -1"):
+        load_catalog(bad)

@@ -124,6 +124,8 @@ CASES = [
     Mistake("config-warmup-too-long", "train tiny.toml --set optim.warmup_steps=50",
             "the learning rate would never reach its peak"),
     Mistake("config-bf16-on-cpu", "train tiny.toml --out new --set train.dtype=bf16", "this CPU has no bf16 units"),
+    Mistake("config-no-train-data", "run nodata.toml", "nodata.toml: names no training data (data.train is unset)",
+            _write("nodata.toml", 'name = "mine"\n')),
     Mistake("config-micro-batch", "train tiny.toml --out new --set train.batch_size=3 --set train.micro_batch_size=2",
             "train.micro_batch_size (2) must divide the per-rank batch (3)"),
     # flm train: run folders and checkpoints to start from
@@ -216,6 +218,13 @@ CASES = [
     Mistake("cost-unknown-gpu", "cost tiny.toml --gpu B300", "cost.gpu = 'B300' has no known peak"),
     Mistake("cost-negative-price", "cost tiny.toml --price -1", "a price cannot be negative"),
     Mistake("cost-mfu-above-one", "cost tiny.toml --mfu 1.5", "cost.mfu: Input should be less than or equal to 1"),
+    # flm plan layout
+    Mistake("layout-unknown-gpu", "plan layout tiny.toml --gpu H10", "did you mean H100?"),
+    Mistake("layout-network-field", "plan layout tiny.toml --gpu A100 --hardware hw.toml",
+            "networks.slow has no latency_us", setup=_write("hw.toml", "[networks.slow]\ngbps_per_gpu = 5.0\n")),
+    Mistake("layout-not-dividing", "plan layout tiny.toml --gpu A100 --gpus 8 --set parallel.tp=4",
+            "parallel.tp = 4 does not divide model.n_heads = 2"),
+    Mistake("layout-partial-nodes", "plan layout tiny.toml --gpu A100 --gpus 12", "is not a multiple of the 8 GPUs"),
     # flm eval
     Mistake("eval-data-missing", f"eval ppl {RUN} --data corpus/test.jsonl", "--data corpus/test.jsonl: no such file"),
     Mistake("eval-model-missing", "eval ppl runs/tiy --data corpus/valid.jsonl", "model not found: runs/tiy"),

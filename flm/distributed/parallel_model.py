@@ -152,6 +152,18 @@ class ParallelModel(StageParts):
         for part in self.parts.values():
             part.load_growth_state(part_state(part, state) if self.pipeline is not None else dict(state))
 
+    def drop_silent_grads(self, optimizer: torch.optim.Optimizer) -> None:
+        """At m = 0 a new block (``Block.depth_new``) gets exactly zero gradient. While it has no AdamW state,
+        drop that gradient (None): AdamW then neither counts the step nor decays the block, so its step count
+        starts at its first non-zero gradient and its first real update is the one a fresh AdamW would make
+        (a zero-gradient first step would leave it at ~0.73x). Call between backward and ``optimizer.step``."""
+        for part in self.parts.values():
+            for block in part.blocks.values():
+                if block.depth_new is not None:
+                    for p in block.parameters():
+                        if not optimizer.state.get(p):
+                            p.grad = None
+
     # ----- full state for checkpoints --------------------------------------------------------------------------
     def _named_parameters(self, include_copy: bool = False) -> Iterator[tuple[str, nn.Parameter]]:
         """(one-process name, parameter) of every local stage; the last pipeline stage's readout copy of the

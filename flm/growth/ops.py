@@ -26,7 +26,7 @@ from flm.errors import FlmError
 from flm.growth.plan import GrowthPlan, Init, TensorPlan, make_plan, param_shapes
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
-MASK_KEYS = ("hidden_new", "head_new", "ffn_new", "depth_new", "grow_m")
+MASK_KEYS = ("hidden_new", "head_new", "ffn_new", "depth_new", "layer_from", "grow_m")
 
 
 @dataclass

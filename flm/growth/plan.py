@@ -62,6 +62,8 @@ class GrowthPlan:
         if not math.isclose(before, after, rel_tol=1e-12):  # grow.readout = "mup": moves over the ramp
             state["readout_mult_from"] = torch.tensor(before, dtype=torch.float64)
         for i, src in enumerate(self.layer_source):
+            if src is not None and src != i and new.scale_attn_by_inverse_layer_idx:
+                state[f"blocks.{i}.layer_from"] = torch.tensor(src)  # keeps its old attention factor at m = 0
             if src is None:
                 state[f"blocks.{i}.depth_new"] = torch.tensor(True)
                 continue  # a new block ramps in as a whole; its heads and units need no masks of their own

@@ -68,6 +68,9 @@ def _register_cost(sub: argparse._SubParsersAction) -> None:
         "activations, growth peak) for its layout, and whether it fits the device (--gpu, --device-gb)",
     )
     p.add_argument("--device-gb", type=positive, help="with --memory: device memory in GiB (default: --gpu's)")
+    p.add_argument("--modelled", action="store_true",
+                   help="every stage's throughput from the performance model (docs/performance.md), ignoring "
+                        "measured stages[i].tflops_per_gpu and cost.recompute_layers")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")
@@ -93,19 +96,27 @@ def _cost(args: argparse.Namespace) -> int:
     """
     from flm.config import load_config
     from flm.scaling.cost import plan_cost
-    from flm.scaling.cost_report import render_markdown, render_text
+    from flm.scaling.cost_report import lr_lines, render_markdown, render_text
+    from flm.scaling.flops_compare import compare, comparison_lines
+    from flm.stages import resolve_stages
+    from flm.train.schedule import stage_lrs
     cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
     if args.memory:
         return _memory(args, cfg)
     if args.device_gb is not None:
         raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
-    c = plan_cost(cfg)
+    c = plan_cost(cfg, model_only=args.modelled)
+    lrs, flops = stage_lrs(cfg, resolve_stages(cfg)), compare(cfg)
     if args.json:
-        print(json.dumps(c.to_dict(), indent=2))
-    elif args.markdown:
-        sys.stdout.write(render_markdown(c))
+        out = {**c.to_dict(), "lr": [vars(s) for s in lrs], "flops_comparison": flops.to_dict()}
+        print(json.dumps(out, indent=2))
+        return 0
+    lines = lr_lines(lrs, cfg.lr_mode, cfg.optim.decay_steps) + comparison_lines(flops)
+    if args.markdown:
+        sys.stdout.write(render_markdown(c) + "".join(f"- {line.strip()}\n" for line in lines))
     else:
         render_text(c)
+        print("\n".join(lines))
     return 0
 
 

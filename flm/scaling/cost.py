@@ -8,12 +8,15 @@ Energy is GPU-hours × TDP × PUE and CO2 is energy × grid intensity, as in the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from flm.config import CostConfig, ModelConfig, RunConfig
 from flm.errors import FlmError
 from flm.flops import Formula, flops_per_token
+from flm.hardware import load_catalog
+from flm.scaling.perf.stage_layout import shape_of, stage_layout
+from flm.scaling.perf.step import Breakdown, step_time
 from flm.stages import Stage, resolve_stages
 
 SECONDS_PER_DAY = 86400.0
@@ -26,18 +29,9 @@ class GpuSpec:
     tdp_watts: float | None
 
 
-# Dense (no sparsity) bf16 peaks and board TDPs from the vendor data sheets. SXM parts unless named.
-KNOWN_GPUS: dict[str, GpuSpec] = {
-    "A100-PCIE": GpuSpec(312.0, 300.0),
-    "A100": GpuSpec(312.0, 400.0),
-    "A800": GpuSpec(312.0, 400.0),  # the paper's cluster; it takes 312 TFLOP/s as the peak
-    "H100-PCIE": GpuSpec(756.0, 350.0),
-    "H100-NVL": GpuSpec(835.0, 400.0),
-    "H100": GpuSpec(989.0, 700.0),
-    "H800-PCIE": GpuSpec(756.0, 350.0),
-    "H800": GpuSpec(989.0, 700.0),
-    "H200": GpuSpec(989.0, 700.0),
-}
+# Dense (no sparsity) bf16 peaks and board TDPs from the vendor data sheets (flm/hardware.toml, which cites each).
+# SXM parts unless named; the PCIe entries come first there (more specific names).
+KNOWN_GPUS: dict[str, GpuSpec] = {g.name: GpuSpec(g.peak_tflops, g.tdp_watts) for g in load_catalog().gpus.values()}
 
 
 def lookup_gpu(name: str) -> GpuSpec | None:
@@ -153,13 +147,14 @@ class StageCost(Totals):
     tp: int
     pp: int
     dp: int
-    throughput: Literal["measured", "mfu"]
-    tflops_per_gpu: float  # hardware TFLOP/s per GPU, measured or implied by the MFU
+    throughput: Literal["measured", "mfu", "modelled"]
+    tflops_per_gpu: float  # hardware TFLOP/s per GPU: measured, implied by the MFU, or modelled
     mfu: float  # model FLOPs utilization
     hfu: float  # hardware FLOPs utilization
     recompute: float
     model_flops_per_token: float
     hardware_flops_per_token: float
+    breakdown: dict | None = None  # the performance model's step (modelled stages only)
 
 
 @dataclass(frozen=True)
@@ -214,36 +209,48 @@ class PlanCost:
 
 def cost_stage(
     cfg: RunConfig, stage: Stage, hw: Hardware, notes: list[str] | None = None, *, name: str | None = None,
-    tokens: int | None = None,
+    tokens: int | None = None, model_only: bool = False,
 ) -> StageCost:
-    """Time and money of one stage at its throughput; ``name`` and ``tokens`` replace the stage's (the
-    from-scratch run of the final shape is the last stage on all the plan's tokens)."""
+    """Time and money of one stage at its throughput: measured (stages[i].tflops_per_gpu), else given as
+    cost.mfu, else modelled (flm.scaling.perf), else an assumed MFU. ``model_only`` ignores the measured figure
+    and cost.recompute_layers. ``name`` and ``tokens`` replace the stage's (the from-scratch run of the final
+    shape is the last stage on all the plan's tokens)."""
     cost, seq_len, m = cfg.cost, cfg.seq_len, stage.model
     name = stage.name if name is None else name
     tokens = stage.tokens if tokens is None else tokens
     n_gpus, tp, pp, dp = stage_gpus(cfg, stage)
     recompute = recompute_share(cfg, stage)
     model_fpt = flops_per_token(m, seq_len, False, cost.formula)
-    hw_fpt = flops_per_token(m, seq_len, recompute, cost.formula)
     peak = hw.peak_tflops * 1e12
-    if stage.tflops_per_gpu is not None:
-        if stage.tflops_per_gpu > hw.peak_tflops:
+    measured = None if model_only else stage.tflops_per_gpu
+    modelled = _model_step(cfg, stage, n_gpus, hw, use_overrides=not model_only)
+    breakdown = modelled[1].to_dict() if modelled is not None else None
+    if measured is not None:
+        if measured > hw.peak_tflops:
             raise FlmError(
-                f"stage '{name}': tflops_per_gpu = {stage.tflops_per_gpu} exceeds the {hw.gpu} peak of "
+                f"stage '{name}': tflops_per_gpu = {measured} exceeds the {hw.gpu} peak of "
                 f"{hw.peak_tflops:g} TFLOP/s; check the measurement or set cost.peak_tflops"
             )
-        achieved = stage.tflops_per_gpu * 1e12
+        hw_fpt = flops_per_token(m, seq_len, recompute, cost.formula)
+        achieved = measured * 1e12
         seconds = tokens * hw_fpt / (n_gpus * achieved)
-        throughput: Literal["measured", "mfu"] = "measured"
+        throughput: Literal["measured", "mfu", "modelled"] = "measured"
+    elif modelled is not None and cost.mfu is None:
+        recompute, step = modelled
+        hw_fpt = flops_per_token(m, seq_len, recompute, cost.formula)
+        seconds = tokens / (stage.batch_size * seq_len) * step.step
+        achieved = tokens * hw_fpt / (seconds * n_gpus)
+        throughput = "modelled"
     else:
         mfu = cost.mfu
         if mfu is None:
             mfu = DEFAULT_MFU
             if notes is not None:
                 notes.append(
-                    f"stage '{name}' has no tflops_per_gpu and cost.mfu is unset: assumed MFU "
-                    f"{DEFAULT_MFU:.0%} (set stages[i].tflops_per_gpu or cost.mfu)"
+                    f"stage '{name}' has no tflops_per_gpu, cost.mfu is unset and {hw.gpu!r} is not in "
+                    f"flm/hardware.toml: assumed MFU {DEFAULT_MFU:.0%} (set stages[i].tflops_per_gpu or cost.mfu)"
                 )
+        hw_fpt = flops_per_token(m, seq_len, recompute, cost.formula)
         seconds = tokens * model_fpt / (n_gpus * mfu * peak)
         achieved = tokens * hw_fpt / (seconds * n_gpus)
         throughput = "mfu"
@@ -258,8 +265,29 @@ def cost_stage(
         model_flops=tokens * model_fpt, hardware_flops=tokens * hw_fpt,
         full_recompute_flops=tokens * flops_per_token(m, seq_len, True, cost.formula),
         seconds=seconds, gpu_hours=gpu_hours, dollars=gpu_hours * cost.price_per_gpu_hour, energy_kwh=energy,
-        co2_kg=energy * cost.carbon_kg_per_kwh if energy is not None else None,
+        co2_kg=energy * cost.carbon_kg_per_kwh if energy is not None else None, breakdown=breakdown,
     )
+
+
+def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware,
+                use_overrides: bool = True) -> tuple[float, Breakdown] | None:
+    """(share of blocks recomputed, the performance model's step) of the stage's own layout, or None when the
+    GPU is not in the catalog (then an MFU is assumed). cost.recompute_layers / cost.recompute override the
+    recompute that train.activation_checkpointing implies."""
+    catalog = load_catalog()
+    try:
+        gpu = catalog.gpu(hw.gpu, where="cost.gpu")
+    except FlmError:
+        return None
+    gpu = replace(gpu, peak_tflops=hw.peak_tflops)
+    net = catalog.network(cfg.cost.network or gpu.network, where="cost.network")
+    override = None
+    if use_overrides and (cfg.cost.recompute_layers is not None or cfg.cost.recompute):
+        override = recompute_share(cfg, stage)
+    lay = stage_layout(cfg, stage, n_gpus, cfg.cost.dp_mode, override)
+    if lay is None:
+        return None
+    return lay.recompute, step_time(shape_of(stage.model, cfg.seq_len), lay, stage.batch_size, gpu, net)
 
 
 def _check_recompute_layers(cfg: RunConfig, models: list[ModelConfig]) -> None:
@@ -283,10 +311,12 @@ def _opt_sum(values: list[float | None]) -> float | None:
 
 
 def plan_cost(
-    cfg: RunConfig, *, hardware: Hardware | None = None, measure: Callable[[], float] | None = None
+    cfg: RunConfig, *, hardware: Hardware | None = None, measure: Callable[[], float] | None = None,
+    model_only: bool = False,
 ) -> PlanCost:
     """Cost of every stage of ``cfg``, the totals, and the final model trained from scratch on all tokens
-    at the final stage's throughput (the paper's 76.74-day estimate)."""
+    at the final stage's throughput (the paper's 76.74-day estimate). ``model_only``: every stage's time
+    from the performance model, measured figures and cost.recompute_layers ignored."""
     cost = cfg.cost
     if cost.price_per_gpu_hour < 0:
         raise FlmError(f"cost.price_per_gpu_hour is {cost.price_per_gpu_hour}: a price cannot be negative")
@@ -298,10 +328,10 @@ def plan_cost(
         notes.append(f"peak {hw.peak_tflops * 1e3:.0f} GFLOP/s measured now (fp32 matmul on this CPU)")
     if hw.tdp_watts is None:
         notes.append(f"no TDP known for {hw.gpu!r}: set cost.tdp_watts for energy and CO2")
-    stages = [cost_stage(cfg, s, hw, notes=notes) for s in plan]
+    stages = [cost_stage(cfg, s, hw, notes=notes, model_only=model_only) for s in plan]
     last = plan[-1]
     all_tokens = sum(s.tokens for s in plan)
-    scratch = cost_stage(cfg, last, hw, name=f"{last.name} (scratch)", tokens=all_tokens)
+    scratch = cost_stage(cfg, last, hw, name=f"{last.name} (scratch)", tokens=all_tokens, model_only=model_only)
     total = Totals(
         tokens=all_tokens,
         model_flops=sum(s.model_flops for s in stages),

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flm.scaling.cost import PlanCost, StageCost
+from flm.train.schedule import StageLR
 
 _PREFIXES = (
     (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
@@ -70,7 +71,7 @@ def _row(s: StageCost) -> list[str]:
         fmt_count(s.tokens),
         f"{s.n_gpus}",
         f"{s.tp}·{s.pp}·{s.dp}",
-        f"{s.tflops_per_gpu:.4g}" + ("" if s.throughput == "measured" else "*"),
+        f"{s.tflops_per_gpu:.4g}" + {"measured": "", "modelled": "~", "mfu": "*"}[s.throughput],
         f"{s.mfu:.1%}",
         _si(s.model_flops, ""),
         fmt_time(s.seconds),
@@ -114,7 +115,28 @@ def summary_lines(c: PlanCost) -> list[str]:
     ]
     if any(st.throughput == "mfu" for st in c.stages):
         lines.append("* TFLOP/s implied by the MFU (no measured tflops_per_gpu for that stage).")
+    for st in c.stages:
+        if st.breakdown is not None:
+            lines.append(_modelled_line(st))
+    if any(st.throughput == "modelled" for st in c.stages):
+        lines.append("~ modelled by flm's performance model (docs/performance.md); a measured stages[i].tflops_per_gpu "
+                     "overrides it.")
     return lines + [f"Note: {n}" for n in c.notes]
+
+
+def _modelled_line(s: StageCost) -> str:
+    """Why a modelled stage takes its time: the step's breakdown by cause."""
+    b = s.breakdown or {}
+    parts = {"compute": "compute", "recompute": "recompute", "tp_comm": "TP comm", "pp_comm": "PP comm",
+             "bubble": "bubble", "dp_comm": "DP comm", "optimizer": "optimizer"}
+    shares = ", ".join(f"{name} {b['shares'][k]:.0%}" for k, name in parts.items() if b["shares"][k] >= 0.005)
+    head = f"Stage {s.name} modelled"
+    if s.throughput == "measured":
+        modelled = b["hardware_flops"] / b["step"] / b["n_gpus"] / 1e12  # at the model's own recompute
+        head = (f"Stage {s.name} measured {s.tflops_per_gpu:.4g} TFLOP/s per GPU; modelled {modelled:.4g} "
+                f"({modelled / s.tflops_per_gpu - 1:+.0%})")
+    return (f"{head}: {s.tp}·{s.pp}·{s.dp}, {b['microbatches']} micro-batches: {b['step']:.2f} s per step = "
+            f"{shares}.")
 
 
 def render_text(c: PlanCost) -> None:
@@ -139,3 +161,13 @@ def render_markdown(c: PlanCost) -> str:
     out = ["| " + " | ".join(HEADER) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out + [""] + [f"- {line}" for line in summary_lines(c)]) + "\n"
+
+
+def lr_lines(lrs: list[StageLR], lr_mode: str, decay_steps: int | None) -> list[str]:
+    """Each stage's learning rate at its first step, after its warmup and at its last step."""
+    horizon = f", cosine horizon {decay_steps:,} steps" if decay_steps else ""
+    out = [f"Learning rate (lr_mode {lr_mode}{horizon}; the base LR, before μP's per-group factors):"]
+    for s in lrs:
+        warm = f" -> {s.after_warmup:.3e} after a {s.warmup:,}-step warmup" if s.warmup else ""
+        out.append(f"  {s.name}: {s.first:.3e} at its start{warm} -> {s.last:.3e} at its end")
+    return out

@@ -43,15 +43,14 @@ from flm.distributed.mesh import ParallelDims, check_layout
 from flm.distributed.parallelize import SELECTIVE_EVERY
 from flm.distributed.pipeline import VIRTUAL_STAGES, num_stages, stage_ids, stage_layers
 from flm.errors import FlmError
+from flm.hardware import load_catalog
 from flm.scaling.cost import stage_gpus
 from flm.stages import Stage, resolve_stages
 
 GIB = 1024**3
-# Device memory (the marketed "80 GB" is 80 GiB: 81,920 MiB in nvidia-smi). Names as flm cost's cost.gpu.
-DEVICE_GIB: dict[str, float] = {
-    "A100-40": 40.0, "A100": 80.0, "A800": 80.0, "H100": 80.0, "H800": 80.0, "H100-NVL": 94.0, "H200": 141.0,
-    "B200": 180.0,
-}
+# Device memory (the marketed "80 GB" is 80 GiB: 81,920 MiB in nvidia-smi), from flm/hardware.toml. Names as
+# flm cost's cost.gpu.
+DEVICE_GIB: dict[str, float] = {n: g.hbm_gib for g in load_catalog().gpus.values() for n in (g.name, *g.aliases)}
 HEADROOM = 0.10  # of the device kept free for the CUDA context, NCCL buffers and allocator fragmentation
 FP32, BF16 = 4, 2
 # Bytes saved per token per block: (LayerNorm input, LayerNorm output, per attention dim, per FFN unit).
@@ -292,3 +291,11 @@ def plan_memory(cfg: RunConfig, device: str | None = None, gib: float | None = N
     plan = resolve_stages(cfg)
     stages = [stage_memory(cfg, s, prev) for prev, s in zip([None, *plan], plan)]
     return PlanMemory(device=name, device_gib=size, headroom=HEADROOM, stages=stages)
+
+
+def layout_peak_bytes(m: ModelConfig, dims: ParallelDims, micro: int, n_micro: int, seq_len: int, ac: str,
+                      elem: int = BF16, device: str = "cuda") -> int:
+    """Bytes per device on the fullest pipeline rank of a layout (what `flm plan layout` checks against the
+    device's memory less ``HEADROOM``)."""
+    return max(int(sum(v for k, v in _rank_memory(m, dims, r, micro, n_micro, seq_len, ac, elem, device).items()
+                       if k != "in_flight")) for r in range(dims.pp))

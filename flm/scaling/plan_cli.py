@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config, positive
+from flm.scaling.perf import layout_cli
 
 if TYPE_CHECKING:
     from flm.scaling.plan_search import Trial
@@ -51,8 +52,11 @@ def _search(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from flm.config import check_training_source
     from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
+
     cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
     budget = plan_flops(cfg) * args.budget_scale
     out = Path(args.out)
     n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains
@@ -77,7 +81,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    psub = add_command_group(sub, "plan", help="growth-plan tools: search a plan's schedule on a small proxy",
+    psub = add_command_group(sub, "plan", help="growth-plan tools: search a plan's schedule on a small proxy, "
+                             "rank parallel layouts",
                              description="Tools for growth plans ([[stages]] of a run config).")
     p = add_command(psub, "search", _search)
     add_config_args(p, "run config with [[stages]] (a small proxy of your plan), e.g. configs/demo.toml")
@@ -86,3 +91,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-scale", type=positive, default=1.0,
                    help="FLOP budget as a multiple of the plan's own (default 1; < 1 for a quicker search)")
     p.add_argument("--seed", type=int, default=0, help="which candidates are drawn from the grid (default 0)")
+    layout_cli.register(psub)

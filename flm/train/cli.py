@@ -52,11 +52,14 @@ def _train(args: argparse.Namespace) -> int:
     metrics.jsonl and checkpoints/ into the output folder. Run under torchrun for data-parallel FSDP2
     training (gloo on CPU, NCCL on GPU).
     """
+    from flm.config import check_training_source
     from flm.distributed.env import rank_loss_as_error
     from flm.train.launch import process_group, stage_init_from
     from flm.train.loop import train_stage
     from flm.train.setup import check_stage_layout, run_folder_lock
+
     cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
     if cfg.stages:
         raise FlmError(
             f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
@@ -87,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan whose growth does
     not lead from one stage's shape to the next is rejected before training.
     """
-    from flm.config import check_stage_overrides
+    from flm.config import check_stage_overrides, check_training_source
     from flm.distributed.env import rank_loss_as_error
     from flm.train.launch import process_group
     from flm.train.loop import train_stage
@@ -95,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     from flm.train.setup import run_folder_lock
     cfg = load_run_config(args)
     check_stage_overrides(cfg, args.overrides)
+    check_training_source(cfg, str(args.config))
     if args.scratch:
         cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name

@@ -186,7 +186,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             groups, lr=oc.lr, betas=oc.betas, eps=oc.eps, weight_decay=oc.weight_decay, fused=True
         )
-        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, tc.steps)
+        self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, oc.decay_steps or tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
                                   rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
         self.ramp = MaskRamp(0)
@@ -372,6 +372,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._skip(reason, loss, float(grad_norm))
             return None
+        if self.ramp.active and self.ramp.done_steps == 0:  # m = 0: new blocks' first AdamW step waits
+            self.model.drop_silent_grads(self.optimizer)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ramp.step(self.model)

@@ -155,6 +155,16 @@ def test_unreachable_shapes_are_refused(growth: GrowthConfig, message: str) -> N
     assert "\n" not in str(err.value)
 
 
+def test_net2net_refuses_to_renumber_blocks_under_inverse_layer_scaling() -> None:
+    """Without masks nothing could ramp a moved block's 1/(layer + 1) factor: one line, pointing at 'top'."""
+    cfg = tiny(scale_attn_by_inverse_layer_idx=True)
+    state = generic_model(cfg).state_dict()
+    with pytest.raises(FlmError, match="set depth_position = 'top', or use method 'msg'") as err:
+        grow_baseline(cfg, state, GrowthConfig(method="net2net", n_layers=4, depth_position="interleave"))
+    assert "\n" not in str(err.value)
+    grow_baseline(cfg, state, GrowthConfig(method="net2net", n_layers=4))  # on top: no block moves
+
+
 def test_method_msg_is_not_a_baseline() -> None:
     cfg = tiny()
     with pytest.raises(FlmError, match="MSG"):

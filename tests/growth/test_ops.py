@@ -20,6 +20,8 @@ CONFIGS = {
     "mup_xpos": mup_tiny(),
     # attention width apart from d_model (head_dim set), so width and heads grow independently
     "mup_decoupled": mup_tiny(head_dim=8, n_heads=3),
+    # the released FLM-101B's GPT-2 attention options: block i's logits divided by i + 1, in fp32
+    "release_attn": mup_tiny(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True),
 }
 
 OPERATORS = {
@@ -325,3 +327,33 @@ def test_state_that_does_not_match_its_config() -> None:
 def test_param_shapes_match_the_model() -> None:
     for cfg in (tiny(), mup_tiny(head_dim=8, n_heads=3, d_ff=72, n_layers=3)):
         assert param_shapes(cfg) == {k: tuple(v.shape) for k, v in FLM(cfg).state_dict().items()}
+
+
+def test_moved_blocks_keep_their_inverse_layer_factor_until_the_ramp_moves_it() -> None:
+    """scale_attn_by_inverse_layer_idx ties a block's attention to its index: interleaved depth growth moves
+    old block 2 to index 3, so it keeps 1/3 at m = 0 (without that the logits change), reaches 1/4 at m = 1,
+    and after the ramp the grown model is the plain model of the new config (the release's architecture)."""
+    cfg = mup_tiny(scale_attn_by_inverse_layer_idx=True, n_layers=3)
+    old = generic_model(cfg)
+    with torch.no_grad():  # sharp attention, so that its scale shows in the logits
+        for b in old.blocks.values():
+            b.attn.q.weight.mul_(8.0)
+            b.attn.k.weight.mul_(8.0)
+    x = tokens(cfg)
+    delta = lambda a, b: float((a - b).abs().max())  # noqa: E731
+    res = grow(cfg, old.state_dict(), GrowthConfig(n_layers=5, depth_position="interleave"), seed=0)
+    assert res.plan.layer_source == [0, 1, None, 2, None]
+    assert {k: int(v) for k, v in res.mask_state.items() if k.endswith("layer_from")} == {"blocks.3.layer_from": 2}
+    with torch.no_grad():
+        ref = old(x)
+        model = grown_model(res)
+        assert delta(model(x), ref) < TOL
+        model.load_growth_state({k: v for k, v in res.mask_state.items() if not k.endswith("layer_from")})
+        assert delta(model(x), ref) > 10 * TOL  # the factors are what keeps the function
+        model.load_growth_state(res.mask_state)
+        model.set_mask_value(1.0)
+        at_one = model(x)
+        model.end_growth()
+        plain = FLM(res.cfg).eval()
+        plain.load_state_dict(res.state_dict)
+        assert delta(at_one, plain(x)) < TOL and delta(model(x), plain(x)) == 0

@@ -1,5 +1,6 @@
-"""AdamW state after growth: a new block starts as a fresh optimizer would (step 0, zero moments), old and
-widened tensors keep their step counts, and the per-tensor counts survive full and sharded (DCP) checkpoints."""
+"""AdamW state after growth: a new block starts as a fresh optimizer would (step 0, zero moments, its count
+starting at its first non-zero gradient), old and widened tensors keep their step counts, and the per-tensor
+counts survive full and sharded (DCP) checkpoints."""
 
 from __future__ import annotations
 
@@ -113,3 +114,49 @@ def test_carried_steps_follow_the_blocks_that_move():
     old = {"blocks.1.mlp.up.weight": 5, "blocks.1.ln1.bias": 9, "blocks.0.attn.q.weight": 4}
     assert plan.carried_steps(9, old) == {"blocks.3.mlp.up.weight": 5, "blocks.1.attn.q.weight": 4}
     assert plan.carried_steps(9) == {}
+
+
+def _step(model: ParallelModel, opt: torch.optim.Optimizer, seed: int, drop: bool) -> dict[str, torch.Tensor]:
+    """One training step as the trainer takes it (``drop``: at m = 0, new blocks' zero gradients dropped);
+    returns the gradients it used."""
+    x = torch.randint(0, model.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    model.forward_backward([(x, x.roll(-1, 1), torch.ones(2, 16))], torch.tensor(32.0))
+    grads = {n: p.grad.detach().clone() for n, p in model.module.named_parameters() if p.grad is not None}
+    if drop:
+        model.drop_silent_grads(opt)
+    opt.step()
+    return grads
+
+
+def _first_real_update_vs_fresh(drop: bool) -> float:
+    """Largest |difference| between a new block's first update on a non-zero gradient (the ramp's second
+    step, m = 0.5) and a fresh AdamW's on the same gradient, after a first step at m = 0."""
+    model, opt, new = _grown(GrowthConfig(n_layers=3, depth_position=[1]))
+    model.module.set_mask_value(0.0)
+    grads = _step(model, opt, seed=5, drop=drop)
+    assert all(float(grads[n].abs().max()) == 0.0 for n in new)  # m = 0: exactly zero, as the masks promise
+    model.module.set_mask_value(0.5)
+    params = dict(model.module.named_parameters())
+    before = {n: params[n].detach().clone() for n in new}
+    grads = _step(model, opt, seed=7, drop=False)
+    worst = 0.0
+    for group in opt.param_groups:
+        for name, p in zip(group["names"], group["params"]):
+            if name in new:
+                ref = before[name].clone().requires_grad_(True)
+                fresh = torch.optim.AdamW([ref], lr=group["lr"], weight_decay=group["weight_decay"], betas=(0.9, 0.95))
+                ref.grad = grads[name]
+                fresh.step()
+                assert grads[name].abs().sum() > 0, name
+                update, want = p.detach() - before[name], ref.detach() - before[name]
+                worst = max(worst, float((update - want).abs().max() / want.abs().max()))
+                assert int(opt.state[p]["step"]) == (1 if drop else 2)
+    return worst
+
+
+def test_a_new_blocks_first_real_update_is_a_fresh_adamws():
+    """The ramp's first step is at m = 0, where a new block's gradient is zero: its AdamW count must not start
+    there, or the first real update is ~0.73x a fresh optimizer's (bias correction of step 2 on one gradient)."""
+    assert _first_real_update_vs_fresh(drop=True) < 1e-6
+    assert _first_real_update_vs_fresh(drop=False) > 0.2  # what the dropped step avoids

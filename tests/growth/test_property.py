@@ -33,6 +33,7 @@ def model_and_growth(draw) -> tuple[ModelConfig, GrowthConfig]:
         mup_base_width=8 if mup else None,
         output_mult=draw(st.sampled_from([1.0, 2.0])),
         input_mult=draw(st.sampled_from([1.0, 3.0])),
+        scale_attn_by_inverse_layer_idx=draw(st.booleans()),  # the release's option: moved blocks keep factors
     )
     spec: dict = {}
     if draw(st.booleans()):

@@ -12,6 +12,7 @@ from flm.config import ModelConfig, config_from_dict, load_config
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.scaling.cost import KNOWN_GPUS, lookup_gpu, plan_cost, recompute_share, resolve_hardware, stage_gpus
+from flm.scaling.flops_compare import REFERENCES, RULE, compare
 from flm.stages import resolve_stages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,22 @@ def test_reproduces_paper_table4_cost_convention(d, layers, vocab, seq, tokens, 
     hi = flops_per_token(m, seq, recompute=True) * tokens / 1e21
     assert (lo + hi) / 2 == pytest.approx(paper_mid, rel=0.005)
     assert (hi - lo) / 2 == pytest.approx(paper_pm, rel=0.02)
+
+
+def test_the_comparison_counts_every_row_by_one_rule():
+    """flm cost's comparison: the plan and every Table 4 baseline by the baselines' rule (mean of the counts
+    without / with full recompute). The baselines land on the paper's figures; FLM-101B's printed 52.76 is
+    near its count without recompute instead, so by the one rule the plan costs ~19% more than printed."""
+    c = compare(load_config(PAPER))
+    plan, *refs = c.rows
+    assert [r.name for r in refs] == [r.name for r in REFERENCES] and plan.name == "flm-101b"
+    for r, paper in zip(c.rows, c.paper):
+        assert r.mean == pytest.approx((r.no_recompute + r.full_recompute) / 2)
+        if r is not plan:
+            assert r.mean == pytest.approx(paper, rel=0.005)
+    assert plan.no_recompute / 1e21 == pytest.approx(52.76, rel=0.03)  # the paper's FLM-101B figure
+    assert plan.mean / c.paper[0] == pytest.approx(1.19, abs=0.01)
+    assert plan.no_recompute == pytest.approx(plan_cost(load_config(PAPER)).total.model_flops)
 
 
 def test_6n_formula_close_to_narayanan_and_counts_recompute():
@@ -209,6 +226,12 @@ def test_cli_text_json_markdown(capsys):
     for stage in ("16B", "51B", "101B", "total", "101B (scratch)"):
         assert stage in text
     assert "3.56x" in text and "71.9%" in text and "76.47 d" in text
+    assert RULE in text.replace("\n", " ")  # the comparison states its rule ...
+    assert "flm-101b: 62.73 ZFLOPs (± 8.78 ZFLOPs)" in text and "GPT-3 175B: 376.55 ZFLOPs" in text  # ... for every row
+    # each stage's LR at its start, after its warmup (Table 1's stage-start LRs) and at its end
+    assert "16B: 2.000e-07 at its start -> 4.000e-04 after a 2,000-step warmup -> 3.401e-04 at its end" in text
+    assert "51B: 3.400e-04 at its start -> 3.398e-04 after a 100-step warmup -> 3.198e-04 at its end" in text
+    assert "101B: 3.198e-04 at its start -> 1.998e-04 after a 107-step warmup -> 1.901e-04 at its end" in text
 
     assert main(["cost", str(PAPER), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -216,6 +239,8 @@ def test_cli_text_json_markdown(capsys):
     assert out["from_scratch"]["days"] == pytest.approx(76.74, rel=0.01)
     assert out["saving"]["speedup"] == pytest.approx(3.56, abs=0.01)
     assert out["peak_tflops"] == 312 and out["gpu"] == "A800"
+    assert [s["after_warmup"] for s in out["lr"]] == pytest.approx([4e-4, 3.4e-4, 2e-4], rel=0.02)
+    assert out["flops_comparison"]["rule"] == RULE and len(out["flops_comparison"]["rows"]) == 1 + len(REFERENCES)
 
     assert main(["cost", str(PAPER), "--markdown", "--price", "2"]) == 0
     md = capsys.readouterr().out

@@ -3,6 +3,7 @@ mid-ramp; bad plans rejected before training."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -60,6 +61,10 @@ def test_three_stage_plan_preserves_function_and_resumes_exactly(tiny_cfg, tmp_p
     assert all(r["loss_bump"] >= 0 and r["val_loss_bump"] >= 0 for r in bumps)
     assert sum(line.startswith("- Loss bump of the growth into stage") for line in report) == 2
     assert rows[-1]["tokens"] == 20 * 4 * 32
+    # stage 3's new blocks (1 and 3) got zero gradient at m = 0: their AdamW count starts one step later
+    meta = json.loads((list_checkpoints(tmp_path / "a" / "stage3")[-1] / "optim.json").read_text())
+    assert meta["step"] == 20 and {n.split(".")[1] for n in meta["param_steps"]} == {"1", "3"}
+    assert set(meta["param_steps"].values()) == {5}
 
     # Crash right after stage 2 finished: stage 3 is grown again and trained to the same bytes.
     shutil.copytree(tmp_path / "a", tmp_path / "b")

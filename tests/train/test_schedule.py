@@ -80,8 +80,8 @@ def test_restart_warms_up_and_decays_every_stage_on_its_own():
 @pytest.mark.parametrize(
     "mode, stage, needle",
     [
-        ("inherit", {"lr": 2e-4}, "stages[1].lr = 0.0002: under lr_mode 'inherit' stage 2 continues the previous"),
-        ("inherit", {"warmup_steps": 2}, "set stages[1].lr_scale, or drop the warmup"),
+        ("inherit", {"lr": 2e-4, "lr_scale": 0.5}, "stages[1] sets both lr (0.0002) and lr_scale (0.5)"),
+        ("inherit", {"warmup_steps": 2}, "set stages[1].lr (or lr_scale), or drop the warmup"),
         ("restart", {"lr_scale": 2.0}, "stages[1].lr_scale: lr_mode 'restart' gives each stage its lr"),
     ],
 )
@@ -94,3 +94,51 @@ def test_lr_keys_that_contradict_the_mode_are_refused(mode, stage, needle):
 def test_the_first_stage_has_nothing_to_scale():
     with pytest.raises(FlmError, match=r"stages\[0\].lr_scale: the first stage has no LR to inherit"):
         _plan("inherit", [{"steps": 10, "lr_scale": 2.0}, {"steps": 6, **_grow()}])
+
+
+def test_decay_steps_is_the_horizon_of_the_one_cosine():
+    """optim.decay_steps moves the cosine's end past the plan: the run ends above min_lr; unset, it is the plan."""
+    cfg = config_from_dict({
+        "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32},
+        "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 4, "decay_steps": 40},
+        "train": {"batch_size": 4},
+        "stages": [{"steps": 10}, {"steps": 6, **_grow()}],
+    })
+    first, second = stage_schedules(cfg, resolve_stages(cfg))
+    whole = CosineSchedule(1e-3, 1e-4, 4, 40)
+    got = [first(s) for s in range(10)] + [second(s) for s in range(6)]
+    assert got == pytest.approx([whole(s) for s in range(16)], rel=1e-12)
+    assert second(5) > 5e-4  # 16 of 40 steps: far above the floor
+    one = config_from_dict({**cfg.model_dump(exclude={"stages"}), "train": {"steps": 10, "batch_size": 4}})
+    assert stage_schedules(one, resolve_stages(one))[0](9) == pytest.approx(whole(9))
+
+
+def test_a_later_stage_lr_is_its_start_lr_reached_from_the_inherited_one():
+    first, second, third = _plan(
+        "inherit", [{"steps": 10}, {"steps": 6, **_grow(lr=5e-4, warmup_steps=4)}, {"steps": 5, **_grow(lr=2e-4)}]
+    )
+    whole = CosineSchedule(1e-3, 1e-4, 4, 21)
+    assert _jump(first, 10, second) <= 1e-6  # the warmup starts where stage 1 would go on
+    scale = 5e-4 / whole(10)
+    assert [second(s) for s in (4, 5)] == pytest.approx([scale * whole(14), scale * whole(15)], rel=1e-12)
+    assert third(0) == pytest.approx(2e-4, rel=1e-12)  # no warmup: the stage starts at its lr at once
+    assert third(4) == pytest.approx(2e-4 * whole(20) / whole(16), rel=1e-12)  # then the same cosine, scaled
+
+
+@pytest.mark.parametrize(
+    "mode, optim, needle",
+    [
+        ("restart", {"decay_steps": 50}, "optim.decay_steps = 50: lr_mode 'restart' decays every stage"),
+        ("inherit", {"decay_steps": 3}, "optim.decay_steps (3) ends the cosine before optim.warmup_steps (4)"),
+    ],
+)
+def test_decay_steps_that_cannot_apply_are_refused(mode, optim, needle):
+    with pytest.raises(FlmError) as e:
+        config = {
+            "model": {"vocab_size": 512, "d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 32},
+            "optim": {"warmup_steps": 4, **optim}, "train": {"batch_size": 4}, "lr_mode": mode,
+            "stages": [{"steps": 10}, {"steps": 6, **_grow()}],
+        }
+        cfg = config_from_dict(config)
+        resolve_stages(cfg)
+    assert needle in str(e.value) and "\n" not in str(e.value)
