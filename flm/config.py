@@ -24,6 +24,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 VOCAB_MULTIPLE = 128
+# "selective" activation checkpointing recomputes every SELECTIVE_EVERY-th block (torchtitan's layer-selective
+# mode): half the activation memory of the blocks for a third more forward compute on those blocks.
+SELECTIVE_EVERY = 2
 
 
 class _Strict(BaseModel):
