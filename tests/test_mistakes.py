@@ -272,6 +272,56 @@ CASES += [
 ]
 
 
+# ---- issue 25 (a): --init and tokenizers, corpora, imports and exports (kept apart to ease merging) ----------
+
+
+def _exported(out: str, drop: tuple[str, ...] = (), **edit: object) -> Callable[[Path], None]:
+    """runs/tiny exported to ``out`` (a transformers folder), its config.json then edited by hand."""
+    def setup(root: Path) -> None:
+        assert main(["export", "hf", CKPT, out]) == 0
+        cfg = json.loads((root / out / "config.json").read_text()) | edit
+        (root / out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in drop}))
+
+    return setup
+
+
+def _neox_without_head(root: Path) -> None:
+    """A GPT-NeoX folder that says its head is untied but holds no head tensor."""
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    (root / "untied").mkdir()
+    (root / "untied" / "config.json").write_text(json.dumps(NEOX | {"tie_word_embeddings": False}))
+    save_file({"gpt_neox.embed_in.weight": zeros(512, 32)}, str(root / "untied" / "model.safetensors"))
+    shutil.copy(root / CKPT / "tokenizer.json", root / "untied" / "tokenizer.json")
+
+
+LATIN1 = ("Le café était très animé; la fenêtre donnait sur la forêt. " * 200).encode("latin-1")
+CASES += [
+    Mistake("train-init-other-tokenizer",
+            f"train tiny.toml --out new --init {CKPT} --set data.tokenizer.vocab_size=400",
+            "the checkpoint was trained with its own tokenizer (hf tokenizer, 512 tokens), the config asks for"),
+    Mistake("train-init-hf-folder", "train tiny.toml --out new --init neox",
+            "convert it first with `flm import hf neox OUT`", _write("neox/config.json", json.dumps(NEOX))),
+    Mistake("export-hf-folder", "export gguf neox out.gguf",
+            "is a transformers model folder (config.json), not an flm", _write("neox/config.json", json.dumps(NEOX))),
+    Mistake("export-gguf-suffix", f"export gguf {CKPT} out.txt", "a GGUF file's name ends in .gguf; give out.gguf"),
+    Mistake("data-latin1", "data prepare src.toml",
+            "Latin-1 or another 8-bit encoding); convert it (e.g. iconv -f LATIN1", _source("corpus/fr.txt", LATIN1)),
+    Mistake("data-gz-not-gzip", "data prepare src.toml", "corpus/plain.jsonl.gz ends in .gz but is not gzip-compressed",
+            _source("corpus/plain.jsonl.gz", '{"text": "plain text"}\n' * 50)),
+    Mistake("data-whitespace-corpus", "data prepare src.toml --set data.prepared_dir=prepared-new",
+            "only whitespace (", _source("corpus/blank.txt", " \n\t\n" * 200)),
+    Mistake("import-edited-config", "import hf hfx imported",
+            "hfx/config.json, as flm's [model]: model.d_model (32) is not divisible by model.n_heads (3)",
+            _exported("hfx", n_head=3)),
+    Mistake("import-config-not-the-weights", "import hf hfx imported", "(config.json and weights): tensor",
+            _exported("hfx", drop=("flm",), n_inner=64)),
+    Mistake("import-untied-without-head", "import hf untied imported", "the weights hold no output head",
+            _neox_without_head),
+]
+
+
 @pytest.fixture(scope="module")
 def world(tiny_corpus: Path, tmp_path_factory) -> Path:
     """tiny.toml, corpus/, prepared/, runs/tiny (2 steps, a checkpoint at each) and runs/grown (mid-ramp)."""

@@ -38,6 +38,7 @@ from flm.checkpoint.store import (
     SHARDED_MODEL,
     SHARDED_OPTIM,
     CheckpointData,
+    checkpoint_disk_full,
     file_entries,
     incomplete_checkpoints,
     is_sharded,
@@ -55,6 +56,7 @@ from flm.config import RunConfig
 from flm.distributed.env import DistEnv, barrier
 from flm.errors import FlmError, every_rank_error
 from flm.growth.ops import check_shapes
+from flm.io import is_disk_full
 from flm.log import get_logger
 
 log = get_logger(__name__)
@@ -107,8 +109,12 @@ class CheckpointManager:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir(parents=True)
             barrier(self.env)
-            futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, optimizer,
-                                              background=self._save_group() if tc.async_checkpoint else None)
+            try:
+                futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, optimizer,
+                                                  background=self._save_group() if tc.async_checkpoint else None)
+            except BaseException as e:
+                self._drop_failed_shards(folder, staged, e)
+                raise
             model_state, optim = {}, ({}, self.model.optim_step(optimizer))
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(optimizer)
@@ -133,16 +139,31 @@ class CheckpointManager:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        for f in pending.futures:
-            f.result()  # a failed background write raises here, at the latest when the stage ends
-        barrier(self.env)
         staged = pending.staged
+        try:
+            for f in pending.futures:
+                f.result()  # a failed background write raises here, at the latest when the stage ends
+        except BaseException as e:
+            assert staged is not None  # only sharded saves run in the background
+            self._drop_failed_shards(pending.folder, staged, e)
+            raise
+        barrier(self.env)
         hashed = hash_shards(self.env, staged) if staged is not None else None  # collective: ranks split it
         if pending.data is not None:
             save_checkpoint(pending.folder, pending.data, self.cfg, self.tokenizer, staged=staged, hashed=hashed)
             prune_checkpoints(self.folder, self.cfg.train.keep_last)
         barrier(self.env)
         self.last = pending.folder
+
+    def _drop_failed_shards(self, folder: Path, staged: Path, e: BaseException) -> None:
+        """A sharded write failed (DCP raises it on every rank): rank 0 removes the staged shards; a full disk
+        becomes one line naming the newest complete checkpoint (else the caller re-raises ``e``)."""
+        full = is_disk_full(e, staged)  # on every rank before any space is freed (a short write tells by that)
+        barrier(self.env)
+        if self.env.is_main:
+            shutil.rmtree(staged, ignore_errors=True)
+        if full:
+            raise checkpoint_disk_full(folder, e) from None
 
     def _save_group(self) -> dist.ProcessGroup | bool:
         """The process group of background saves (created once, collectively), or True in one process."""

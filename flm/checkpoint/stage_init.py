@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -24,3 +25,5 @@ class StageInit:
     tokens: int = 0
     flops: float = 0.0
     loader_state: dict[str, Any] | None = None
+    tokenizer: Any = None  # `flm train --init`: the checkpoint's, which the prepared data must use
+    source: Path | None = None  # that checkpoint

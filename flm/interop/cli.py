@@ -11,7 +11,7 @@ from flm.cli_args import add_command, add_command_group
 if TYPE_CHECKING:
     from flm.interop.hf_export import IOReport
 
-DTYPE_NAMES = ("fp32", "bf16", "fp16")  # the keys of flm.interop.hf_export.DTYPES
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # flm.interop.hf_export.DTYPES (tests/interop check they agree)
 
 
 def _print(rep: IOReport, what: str) -> int:

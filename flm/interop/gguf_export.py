@@ -27,6 +27,7 @@ from flm.interop.hf_export import IOReport, open_flm_checkpoint
 from flm.interop.hf_tokenizer import hf_backend
 from flm.interop.neox import export_recipes, neox_problem
 from flm.interop.stream import Recipe, largest_bytes
+from flm.io import is_disk_full, no_space
 
 ARCH = "gptneox"
 FLM_MODEL_KEY = "flm.model"  # the flm model config (JSON), as config.json's "flm" section of the HF export
@@ -120,6 +121,8 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
 
     t0 = time.perf_counter()
     out = Path(out)
+    if out.suffix.lower() != ".gguf":  # llama.cpp and `flm eval` tell a GGUF by its name
+        raise FlmError(f"{out}: a GGUF file's name ends in .gguf; give {out.with_suffix('.gguf')}")
     if out.exists():
         raise FlmError(f"output file {out} already exists; nothing is overwritten: pick a new path")
     folder, cfg, src = open_flm_checkpoint(ckpt)
@@ -144,8 +147,11 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
             writer.write_tensor_data(r.make().to(torch.float32).contiguous().numpy())
         writer.close()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, tmp)  # before the space is freed: numpy reports a full disk as a short write
         tmp.unlink(missing_ok=True)
+        if full:
+            raise no_space(e, out) from e
         raise
     finally:
         src.close()

@@ -95,7 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
-    init = stage_init_from(args.init, cfg) if args.init else None
+    init = None
+    if args.init:
+        cfg, init = stage_init_from(args.init, cfg)
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         with alike_on_every_rank():  # a layout the model cannot take: refused before the run folder is touched
             check_stage_layout(cfg, env)
@@ -103,8 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         with run_folder_lock(out, env), logging_to(out):
             res = train_stage(cfg, out, resume=resume, env=env, init=init)
     if env.is_main:
-        print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
-              f"{res.train_loss:.4f}{_val_loss(res)}; checkpoint {res.checkpoint}")
+        print(f"at step {res.steps} ({_tokens_and_time(res)}: loss {res.train_loss:.4f}{_val_loss(res)}; "
+              f"checkpoint {res.checkpoint}")
     return 0
 
 
@@ -158,6 +160,18 @@ def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
         print(f"note: {out} holds no run yet (an earlier start ended before its first write); starting it",
               file=sys.stderr)
     return resume and not box[0]
+
+
+def _tokens_and_time(res: StageResult) -> str:
+    """Tokens and time, each labelled where it spans more than this process: the tokens count those of the
+    --init checkpoint, the time a resumed stage's earlier part."""
+    tokens = f"{res.tokens:,} tokens in all"
+    if res.tokens_before:
+        tokens += f", {res.tokens - res.tokens_before:,} from --init on"
+    took = f"{res.seconds:.1f}s"
+    if res.seconds - res.seconds_here >= 0.05:
+        took = f"{res.seconds:.1f}s of training in all ({res.seconds_here:.1f}s since --resume)"
+    return f"{tokens}) after {took}"
 
 
 def _val_loss(res: StageResult) -> str:

@@ -50,10 +50,12 @@ class StageResult:
     steps: int
     tokens: int
     flops: float
-    seconds: float
+    seconds: float  # training time of the stage, over all its resumes (as metrics.jsonl's "time")
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
+    seconds_here: float = 0.0  # of which in this process (less after a --resume)
+    tokens_before: int = 0  # tokens of the checkpoint the stage started from (`--init`, a growth), in ``tokens``
 
 
 class Trainer:
@@ -76,7 +78,7 @@ class Trainer:
         tc, oc = cfg.train, cfg.optim
         self.cfg, self.env, self.stage, self.eval_at_start = cfg, env, stage, eval_at_start
         # the data (rank 0 prepares it, the others wait) and how a step's batch splits into micro-batches
-        self.prepared = prepare_stage_data(cfg, env)
+        self.prepared = prepare_stage_data(cfg, env, init.tokenizer if init else None, init.source if init else None)
         self.micro, self.accum = batch_layout(cfg, env)
         self.validation = Validation(self.prepared, cfg, env, eval_at_start)  # refuses unreadable data when asked
         # the peak is measured (when neither set nor cached) before seeding: it draws numbers
@@ -98,6 +100,7 @@ class Trainer:
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         self.tokens_per_step = tc.batch_size * cfg.seq_len
         self.val_loss: float | None = None
+        self.tokens_before = init.tokens if init else 0  # `--init`, a growth: tokens the stage starts with
         if init is not None:
             self._continue_from(init)
 
@@ -240,9 +243,10 @@ class Trainer:
         self.metrics.close()
         if stopped is not None:  # SIGTERM / SIGUSR1 / Ctrl-C: say where, then end the process with its exit code
             stop_at_checkpoint(*stopped, c.step, self.last_ckpt)
-        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops,
-                           seconds=time.perf_counter() - self.progress.started, train_loss=self.last_loss,
-                           val_loss=self.val_loss, checkpoint=self.last_ckpt)
+        here = time.perf_counter() - self.progress.started
+        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=c.seconds + here,
+                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt,
+                           seconds_here=here, tokens_before=self.tokens_before)
 
 
 class Throughput:
