@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from flm.config import DataConfig, ModelConfig
-from flm.data.sources import (  # noqa: F401 (iter_pieces: re-exported, tests read it here)
+from flm.data import sources
+from flm.data.sources import (
     SPLITS,
     Piece,
     _count,
@@ -50,7 +51,6 @@ from flm.data.sources import (  # noqa: F401 (iter_pieces: re-exported, tests re
     _Source,
     _source_key,
     _stream_ids,
-    iter_pieces,
     source_pieces,
 )
 from flm.data.teacher import resolve_labels
@@ -67,6 +67,12 @@ SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB at uint16)
 CHUNK_CHARS = 1 << 20  # characters per work item sent to a worker (and per piece: flm.data.sources)
 TOKENIZER_DIR = "tokenizer"
 INDEX_FILE = "index.json"
+
+
+def iter_pieces(path: Path, where: str) -> Iterator[Piece]:
+    """The pieces of one file (``flm.data.sources.iter_pieces``) at this module's CHUNK_CHARS: one setting for
+    the pieces and the work items sent to the workers."""
+    return sources.iter_pieces(path, where, CHUNK_CHARS)
 
 
 @dataclass
