@@ -21,14 +21,13 @@ split the hashing) before it reads anything.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 import torch.distributed as dist
 
 from flm.checkpoint.model_state import ModelState
@@ -269,6 +268,3 @@ def hash_shards(env: DistEnv, staged: Path) -> dict[str, dict[str, Any]] | None:
     dist.gather_object(mine, parts, dst=0)
     return {k: v for part in parts for k, v in part.items()} if parts is not None else None
 
-
-Schedule = Callable[[int], float]
-_ = torch  # the optimizer part is a torch.optim.Optimizer
