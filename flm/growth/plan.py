@@ -166,22 +166,28 @@ def copy_sources(layout: list[int | None], growth: GrowthConfig, old_layers: int
 
 
 def make_plan(old: ModelConfig, growth: GrowthConfig) -> GrowthPlan:
+    """Every tensor of the grown model, in ``FLM(new).state_dict()`` order: where its top-left corner comes
+    from and how the rest starts. Decided from the configs alone, so the in-memory operators, the streaming
+    checkpoint grower and each rank's shard builder all follow the same plan."""
     new = grow_shape(growth, old)
+    # which old block each new block is (None: a new block), and which old block a new one copies
     layout = layer_layout(old.n_layers, growth, new.n_layers)
     copies = copy_sources(layout, growth, old.n_layers)
     tensors: list[TensorPlan] = []
     for name, shape in param_shapes(new).items():
-        init = init_for(name, new)
+        init = init_for(name, new)  # the new entries start as the new width's muP init
         source: str | None = name
         new_param = False
         if name.startswith(BLOCK_PREFIX):
             idx, rest = name[len(BLOCK_PREFIX) :].split(".", 1)
             src = layout[int(idx)]
             if src is None:
+                # a new block: a copy of an old block (or random); its optimizer state starts empty, so
+                # AdamW treats it as fresh parameters even when its values are copied
                 new_param = True
                 copy = copies[int(idx)]
                 source = None if copy is None else f"{BLOCK_PREFIX}{copy}.{rest}"
-            else:
+            else:  # an old block, renumbered when new blocks go between the old ones
                 source = f"{BLOCK_PREFIX}{src}.{rest}"
         tensors.append(TensorPlan(name, shape, source, init, new_param))
     return GrowthPlan(old, new, growth, tensors, layout, copies)
