@@ -242,8 +242,8 @@ def chain_shapes(law: LossModel, chain: Sequence[ModelConfig], seq: int) -> list
 def plan_growth(law: LossModel, cfg: RunConfig, final: ModelConfig, budget: float, stages: int) -> GrowPlan:
     """The chain (of at most ``stages`` shapes from cfg.model to ``final``) with the lowest predicted final
     loss for ``budget`` model FLOPs, each growth where the rates cross."""
-    if stages < 2:
-        raise FlmError(f"--stages {stages}: a growth plan has at least 2 stages")
+    if not 2 <= stages <= 5:
+        raise FlmError(f"--stages {stages}: give 2 to 5 (the chains to compare grow exponentially with it)")
     seq, per_step = cfg.seq_len, cfg.train.batch_size * cfg.seq_len
     one_step = per_step * flops_per_token(cfg.model, seq)
     if not budget >= one_step:
@@ -285,11 +285,17 @@ def best_scratch_of(law: LossModel, budget: float, family: list[tuple[float, flo
             "width_loss": losses[i]}
 
 
+def kept_segments(cfg: RunConfig, plan: GrowPlan) -> list[Segment]:
+    """The segments that become stages: those of at least one whole step (a shorter one is grown through)."""
+    per_step = cfg.train.batch_size * cfg.seq_len
+    return [s for s in plan.segments if round(s.tokens / per_step) >= 1] or plan.segments[:1]
+
+
 def plan_config(cfg: RunConfig, plan: GrowPlan, ramp_share: float = 0.25) -> RunConfig:
     """``cfg`` with the plan's stages (steps from tokens, whole steps, at least 1; ramps ``ramp_share`` of
     their stage), one LR schedule across them (lr_mode inherit, horizon the plan's length)."""
     per_step = cfg.train.batch_size * cfg.seq_len
-    kept = [s for s in plan.segments if round(s.tokens / per_step) >= 1] or plan.segments[:1]
+    kept = kept_segments(cfg, plan)
     data = config_to_dict(cfg)
     first = kept[0].shape.model
     assert first is not None

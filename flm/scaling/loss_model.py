@@ -165,9 +165,11 @@ def fit_loss_model(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
     groups = [np.flatnonzero(keys == k) for k in dict.fromkeys(keys.tolist())]
     rng = np.random.default_rng(seed)
     samples = []
-    for _ in range(bootstrap if len(groups) > 1 else 0):
+    for _ in range(10 * bootstrap if len(groups) > 1 else 0):
+        if len(samples) == bootstrap:
+            break
         idx = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
-        if len(set(n_a[idx].tolist())) < 2:  # a resample of one size cannot fit α
+        if len(set(n_a[idx].tolist())) < 2:  # a resample of one size cannot fit α: draw again
             continue
         theta, _ = _minimise(log_n[idx], log_d[idx], log_l[idx], np.stack([best]))
         samples.append(_params(theta))

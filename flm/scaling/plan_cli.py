@@ -12,6 +12,7 @@ from rich.table import Table
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config, positive
 from flm.config import check_training_source
+from flm.scaling import grow_cli
 from flm.scaling.perf import layout_cli
 from flm.scaling.plan_search import Trial, choices, plan_flops, run_search, save_best
 
@@ -87,3 +88,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FLOP budget as a multiple of the plan's own (default 1; < 1 for a quicker search)")
     p.add_argument("--seed", type=int, default=0, help="which candidates are drawn from the grid (default 0)")
     layout_cli.register(psub)
+    grow_cli.register(psub)  # flm plan grow, flm plan fit
