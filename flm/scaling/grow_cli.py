@@ -96,7 +96,7 @@ def _plot(law: LossModel, plan: GrowPlan, family: list, final_n: float, final_co
     import matplotlib.pyplot as plt
 
     fl, lo = predicted_curve(law, plan.segments)
-    grid = np.geomspace(plan.budget / 1000, plan.budget, 200)
+    grid = np.geomspace(max(float(fl.min()), plan.budget * 1e-6), plan.budget, 200)
     env = np.min([law(n, grid / c) for n, c, _ in family], axis=0)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(fl, lo, "-", lw=2, label="growth plan (predicted)")
