@@ -13,7 +13,7 @@ import os
 import sys
 
 from flm import __version__
-from flm.errors import FlmError
+from flm.errors import FlmError, leave_after_rank0
 
 COMMANDS = [
     "flm.data.cli",  # flm data prepare
@@ -51,6 +51,11 @@ def _tag_subparsers(parser: argparse.ArgumentParser) -> None:
                 _tag_subparsers(sp)
 
 
+def _other_rank() -> bool:
+    """A rank other than 0 of a job of several processes (a stray RANK alone does not make one)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -67,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FlmError as e:
-        print(f"flm {args.command}: error: {e}", file=sys.stderr)
+        if e.every_rank and _other_rank():  # torchrun: rank 0 speaks for all
+            leave_after_rank0(e.exit_code)
+        else:
+            print(f"flm {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flm.config import RunConfig, config_from_dict, load_config
+if TYPE_CHECKING:
+    from flm.config import RunConfig
 
 
 def add_config_args(
@@ -30,6 +31,8 @@ def add_config_args(
 def load_run_config(args: argparse.Namespace) -> RunConfig:
     """The config ``args.config`` names with ``args.overrides`` applied; without a file, the built-in
     defaults (with the overrides)."""
+    from flm.config import config_from_dict, load_config  # pydantic: not for `flm --help`
+
     if args.config:
         return load_config(args.config, args.overrides)
     return config_from_dict({}, "defaults", args.overrides)

@@ -24,6 +24,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 VOCAB_MULTIPLE = 128
+# "selective" activation checkpointing recomputes every SELECTIVE_EVERY-th block (torchtitan's layer-selective
+# mode): half the activation memory of the blocks for a third more forward compute on those blocks.
+SELECTIVE_EVERY = 2
 
 
 class _Strict(BaseModel):
@@ -583,6 +586,12 @@ def _set(data: dict[str, Any], keys: list[str], value: Any, text: str) -> None:
                 node = node.setdefault(k, {})
         else:
             raise FlmError(f"--set {text}: '{keys[i - 1]}' is not a table")
+
+
+def model_config_from_dict(data: dict[str, Any], where: str) -> ModelConfig:
+    """A [model] section from another source (e.g. an imported config.json); one line naming ``where`` and the
+    key when a value is out of range."""
+    return _validated(ModelConfig, data, where)
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config", overrides: list[str] = ()) -> RunConfig:

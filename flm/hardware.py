@@ -16,8 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 try:
     import tomllib
@@ -27,6 +26,9 @@ except ModuleNotFoundError:  # Python 3.10
 from flm.errors import FlmError
 from flm.io import atomic_write
 
+if TYPE_CHECKING:
+    import torch
+
 PEAK_ENV = "FLM_PEAK_FLOPS"
 CACHE_ENV = "FLM_CACHE_DIR"
 TRIES = 3  # measurements of ~0.3 s each; the best is kept
@@ -35,6 +37,7 @@ TRIES = 3  # measurements of ~0.3 s each; the best is kept
 def pick_device(device: str = "auto", local_rank: int = 0, where: str = "--device") -> torch.device:
     """``auto`` = this rank's CUDA device when one is visible, else the CPU; ``cuda`` without a GPU and a
     name torch does not know are one clear error naming ``where`` the value came from."""
+    import torch  # not at the top: `flm cost` reads the GPU catalog here without torch
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -49,6 +52,7 @@ def pick_device(device: str = "auto", local_rank: int = 0, where: str = "--devic
 
 def measure_matmul_peak(device: torch.device | str = "cpu", n: int = 1024, seconds: float = 0.5) -> float:
     """Best observed FLOP/s of an n x n fp32 matmul (bf16 on CUDA): the roof MFU is measured against."""
+    import torch  # not at the top: `flm cost` reads the GPU catalog here without torch
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
@@ -82,6 +86,7 @@ def cache_file() -> Path:
 
 def machine_key(device: torch.device) -> str:
     """What the peak depends on: the GPU's name, or the CPU model and the threads torch uses."""
+    import torch  # not at the top: `flm cost` reads the GPU catalog here without torch
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     model = platform.processor() or platform.machine()
@@ -122,6 +127,7 @@ def machine_peak(device: torch.device, tries: int = TRIES) -> Peak:
     """The device's matmul peak: ``FLM_PEAK_FLOPS``, else this machine's cached figure, else the best of
     ``tries`` measurements (then cached; an unwritable cache only costs the next run a measurement). Measure
     before any seeding: it draws random numbers."""
+    import torch  # not at the top: `flm cost` reads the GPU catalog here without torch
     device = torch.device(device)
     env = _env_peak()
     if env is not None:

@@ -268,6 +268,70 @@ CASES = [
     Mistake("plot-not-a-run", "plot corpus", "no metrics.jsonl with data"),
 ]
 
+# ---- issue 25 (b): evaluating flm's own exports, per-stage layouts in one process ----
+REMOTE_CODE = {"model_type": "flm", "architectures": ["FLMForCausalLM"],
+               "auto_map": {"AutoModelForCausalLM": "modeling_flm.FLMForCausalLM"}}
+CASES += [
+    Mistake("eval-remote-code-without-flag", "eval ppl xpos-hf --data corpus/valid.jsonl",
+            "then pass --trust-remote-code to run it", _write("xpos-hf/config.json", json.dumps(REMOTE_CODE))),
+    Mistake("eval-gguf-unreadable", "eval ppl cut.gguf --data corpus/valid.jsonl", "not a readable GGUF file",
+            _write("cut.gguf", b"GGUF\x03\x00\x00\x00cut short")),
+    Mistake("run-stage-layouts-in-one-process",
+            "run tiny.toml --out plan --set 'stages=[{steps=2,parallel={dp=2}},"
+            "{steps=2,grow={d_ff=256,ramp_steps=1}}]'",
+            "or run every stage in this one process: --layout single"),
+]
+
+
+# ---- issue 25 (a): --init and tokenizers, corpora, imports and exports (kept apart to ease merging) ----------
+
+
+def _exported(out: str, drop: tuple[str, ...] = (), **edit: object) -> Callable[[Path], None]:
+    """runs/tiny exported to ``out`` (a transformers folder), its config.json then edited by hand."""
+    def setup(root: Path) -> None:
+        assert main(["export", "hf", CKPT, out]) == 0
+        cfg = json.loads((root / out / "config.json").read_text()) | edit
+        (root / out / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k not in drop}))
+
+    return setup
+
+
+def _neox_without_head(root: Path) -> None:
+    """A GPT-NeoX folder that says its head is untied but holds no head tensor."""
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    (root / "untied").mkdir()
+    (root / "untied" / "config.json").write_text(json.dumps(NEOX | {"tie_word_embeddings": False}))
+    save_file({"gpt_neox.embed_in.weight": zeros(512, 32)}, str(root / "untied" / "model.safetensors"))
+    shutil.copy(root / CKPT / "tokenizer.json", root / "untied" / "tokenizer.json")
+
+
+LATIN1 = ("Le café était très animé; la fenêtre donnait sur la forêt. " * 200).encode("latin-1")
+CASES += [
+    Mistake("train-init-other-tokenizer",
+            f"train tiny.toml --out new --init {CKPT} --set data.tokenizer.vocab_size=400",
+            "the checkpoint was trained with its own tokenizer (hf tokenizer, 512 tokens), the config asks for"),
+    Mistake("train-init-hf-folder", "train tiny.toml --out new --init neox",
+            "convert it first with `flm import hf neox OUT`", _write("neox/config.json", json.dumps(NEOX))),
+    Mistake("export-hf-folder", "export gguf neox out.gguf",
+            "is a transformers model folder (config.json), not an flm", _write("neox/config.json", json.dumps(NEOX))),
+    Mistake("export-gguf-suffix", f"export gguf {CKPT} out.txt", "a GGUF file's name ends in .gguf; give out.gguf"),
+    Mistake("data-latin1", "data prepare src.toml",
+            "Latin-1 or another 8-bit encoding); convert it (e.g. iconv -f LATIN1", _source("corpus/fr.txt", LATIN1)),
+    Mistake("data-gz-not-gzip", "data prepare src.toml", "corpus/plain.jsonl.gz ends in .gz but is not gzip-compressed",
+            _source("corpus/plain.jsonl.gz", '{"text": "plain text"}\n' * 50)),
+    Mistake("data-whitespace-corpus", "data prepare src.toml --set data.prepared_dir=prepared-new",
+            "only whitespace (", _source("corpus/blank.txt", " \n\t\n" * 200)),
+    Mistake("import-edited-config", "import hf hfx imported",
+            "hfx/config.json, as flm's [model]: model.d_model (32) is not divisible by model.n_heads (3)",
+            _exported("hfx", n_head=3)),
+    Mistake("import-config-not-the-weights", "import hf hfx imported", "(config.json and weights): tensor",
+            _exported("hfx", drop=("flm",), n_inner=64)),
+    Mistake("import-untied-without-head", "import hf untied imported", "the weights hold no output head",
+            _neox_without_head),
+]
+
 
 @pytest.fixture(scope="module")
 def world(tiny_corpus: Path, tmp_path_factory) -> Path:

@@ -1,29 +1,16 @@
 """Checkpoints: the folder format (store) and offline growth of a saved checkpoint, tensor by tensor (grow)."""
 
-from flm.checkpoint.store import (
-    CKPT_SUBDIR,
-    MANIFEST,
-    SHARDED_MODEL,
-    SHARDED_OPTIM,
-    CheckpointData,
-    check_state_shapes,
-    incomplete_checkpoints,
-    is_sharded,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    load_model,
-    prune_checkpoints,
-    read_config,
-    resolve_checkpoint,
-    save_checkpoint,
-    sharded_shapes,
-    staging_folder,
-    step_name,
-    verify_manifest,
-    write_manifest,
-)
+from __future__ import annotations
 
+# ruff: noqa: F405 (__all__ names come from the star import below, for type checkers only)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flm.checkpoint.store import *  # noqa: F403 (the names of __all__, for type checkers)
+
+# These names load on first use (PEP 562), not with the package: a command that only parses its arguments
+# here (`flm --help`, `flm checkpoint verify --help`) does not import torch.
 __all__ = [
     "CKPT_SUBDIR",
     "MANIFEST",
@@ -32,6 +19,7 @@ __all__ = [
     "incomplete_checkpoints",
     "is_sharded",
     "sharded_shapes",
+    "checkpoint_disk_full",
     "staging_folder",
     "CheckpointData",
     "check_state_shapes",
@@ -47,3 +35,9 @@ __all__ = [
     "verify_manifest",
     "write_manifest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(import_module("flm.checkpoint.store"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

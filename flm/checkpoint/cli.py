@@ -9,12 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from flm.checkpoint.consolidate import consolidate
-from flm.checkpoint.grow import grow_checkpoint, max_logit_delta
-from flm.checkpoint.store import resolve_checkpoint, verify_manifest
 from flm.cli_args import add_command, add_command_group
-from flm.growth.spec import parse_growth_spec
-from flm.progress import progress_bar
 
 CHECK_TOLERANCE = 1e-4
 
@@ -46,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     so checkpoints larger than RAM can be grown; a sharded checkpoint is read and (by default) written
     sharded. Exit code 2 on a bad spec or checkpoint.
     """
+    from flm.checkpoint.grow import grow_checkpoint, max_logit_delta
+    from flm.growth.spec import parse_growth_spec
+    from flm.progress import progress_bar
     growth = parse_growth_spec(args.to)
     with progress_bar("growing", enabled=not args.no_progress, unit="bytes") as bar:
         rep = grow_checkpoint(args.ckpt, growth, args.out, seed=args.seed, progress=bar.start, fmt=args.format)
@@ -71,6 +69,8 @@ def run_consolidate(args: argparse.Namespace) -> int:
     in model/ and optim/) and write a full checkpoint folder that every flm command and exporter reads,
     streamed tensor by tensor. The sharded checkpoint is verified against its manifest first.
     """
+    from flm.checkpoint.consolidate import consolidate
+    from flm.progress import progress_bar
     with progress_bar("consolidating", enabled=not args.no_progress, unit="bytes") as bar:
         written = consolidate(Path(args.ckpt), Path(args.out), progress=bar.advance)
     print(f"wrote {args.out} ({written / 1e9:.3f} GB of tensors)")
@@ -85,6 +85,7 @@ def run_verify(args: argparse.Namespace) -> int:
     2). A run folder means its newest checkpoint. flm train --resume, generate, eval, grow and export run
     the same check when they load a checkpoint.
     """
+    from flm.checkpoint.store import resolve_checkpoint, verify_manifest
     t0 = time.perf_counter()
     folder = resolve_checkpoint(args.ckpt)
     files = verify_manifest(folder)

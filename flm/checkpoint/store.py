@@ -43,7 +43,7 @@ from flm.data.tokenizer import load_tokenizer
 from flm.errors import FlmError
 from flm.growth.ops import check_shapes
 from flm.growth.tensorio import DcpReader
-from flm.io import atomic_write, fsync_folder, sha256_file
+from flm.io import atomic_write, fsync_folder, is_disk_full, sha256_file
 from flm.model import FLM
 
 CKPT_SUBDIR = "checkpoints"
@@ -239,15 +239,22 @@ def save_checkpoint(folder: Path, data: CheckpointData, cfg: RunConfig, tokenize
             tmp.rename(folder)
         fsync_folder(folder.parent, files=False)  # the rename itself
     except BaseException as e:
+        full = is_disk_full(e, tmp)  # before the space is freed: some writers report a full disk as a short write
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            kept = [p for p in list_checkpoints(folder.parent.parent) if (p / MANIFEST).is_file()]
-            raise FlmError(
-                f"no space left on the device writing checkpoint {folder} ({e.strerror}); nothing half-written is "
-                f"left, the newest complete checkpoint is {kept[-1] if kept else 'none'}: free space, then --resume"
-            ) from None
+        if full:
+            raise checkpoint_disk_full(folder, e) from None
         raise
     return folder
+
+
+def checkpoint_disk_full(folder: Path, e: BaseException) -> FlmError:
+    """The one line for a checkpoint write that ran out of space (its temporary folder already removed)."""
+    quota = " (disk quota exceeded)" if isinstance(e, OSError) and e.errno == errno.EDQUOT else ""
+    kept = latest_checkpoint(Path(folder).parent.parent)
+    return FlmError(
+        f"no space left on the device writing checkpoint {folder}{quota}; nothing half-written is left, the "
+        f"newest complete checkpoint is {kept if kept else 'none'}: free space, then --resume"
+    )
 
 
 def load_checkpoint(folder: Path, verify: bool = True, tensors: bool = True) -> tuple[CheckpointData, RunConfig]:
@@ -322,6 +329,11 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise FlmError(f"checkpoint not found: {p} (pass a run folder or a checkpoints/step_* folder)")
+    if (p / "config.json").is_file() and not (p / "config.toml").is_file():
+        raise FlmError(
+            f"{p} is a transformers model folder (config.json), not an flm checkpoint: convert it first with "
+            f"`flm import hf {p} OUT` and pass OUT"
+        )
     if (p / "model.safetensors").is_file() or is_sharded(p):
         return p
     latest = latest_checkpoint(p)

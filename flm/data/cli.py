@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config
-from flm.data.prepare import load_prepared, prepare_data, prepared_folders
 from flm.data.teacher_cli import register_instruct, register_teacher
-from flm.data.tokenizer import check_vocab
 
 
 def _shown(p: Path) -> str:
@@ -30,6 +28,8 @@ def _prepare(args: argparse.Namespace) -> int:
     data.prepared_dir/<content hash>/. An unchanged config reuses that folder. Paths are relative to the
     current directory.
     """
+    from flm.data.prepare import prepare_data
+    from flm.data.tokenizer import check_vocab
     cfg = load_run_config(args)
     t0 = time.time()
     prepared = prepare_data(cfg.data, progress=not args.quiet, model=cfg.model)
@@ -52,6 +52,7 @@ def _stats(args: argparse.Namespace) -> int:
     Token, document and character counts per split and source of a prepared data folder (or of every
     prepared folder under DIR).
     """
+    from flm.data.prepare import load_prepared, prepared_folders
     for folder in prepared_folders(Path(args.dir)):
         prepared = load_prepared(folder)
         idx = prepared.index

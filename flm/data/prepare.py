@@ -253,12 +253,9 @@ def _resolve(src: DataSource, where: str, root: Path, split: str) -> _Source:
             raise FlmError(
                 f"{where}.path: {m}: unsupported file type; use .txt, .md or .jsonl (each optionally .gz)"
             )
-        problem = None if src.allow_undecodable else _not_text(m)
+        problem = _not_text(m, where, src.allow_undecodable)
         if problem:
-            raise FlmError(
-                f"{where}.path: {m} does not look like UTF-8 text ({problem}); convert it (e.g. iconv -f UTF-16 "
-                f"-t UTF-8), or set {where}.allow_undecodable = true to train on it anyway"
-            )
+            raise FlmError(f"{where}.path: {m} {problem[0]}; {problem[1]}")
     return _Source(where, src.path, src.weight, matches, src.packing)
 
 
@@ -266,23 +263,35 @@ SNIFF_BYTES = 1 << 16  # the start of every file is checked: enough to tell text
 BAD_SHARE = 0.01  # more than 1% NUL bytes, replacement or control characters: not UTF-8 text
 
 
-def _not_text(path: Path) -> str | None:
-    """Why the start of ``path`` is not UTF-8 text (NUL bytes: UTF-16 or binary; undecodable bytes; control
-    characters), or None. Empty files pass (the loader says what is missing)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _not_text(path: Path, where: str, allow_undecodable: bool = False) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) when the start of ``path`` is not UTF-8 text (NUL bytes: UTF-16 or binary;
+    undecodable bytes, e.g. Latin-1; control characters) or a ``.gz`` is not gzip; else None. Empty files pass
+    (the loader says what is missing); ``allow_undecodable`` passes any bytes that can be read."""
+    gz = path.name.lower().endswith(".gz")
     try:
-        with opener(path, "rb") as f:
+        with (gzip.open if gz else open)(path, "rb") as f:
             raw = f.read(SNIFF_BYTES)
-    except (OSError, EOFError) as e:
-        return f"cannot read it: {e}"
-    if not raw:
+    except gzip.BadGzipFile:
+        return "ends in .gz but is not gzip-compressed", f"rename it to {path.name[:-3]} (or compress it: gzip)"
+    except EOFError:
+        return "is a cut-off gzip file (it ends early)", "compress the whole file again (gzip)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})", "check the file and its permissions"
+    if not raw or allow_undecodable:
         return None
+    anyway = f"or set {where}.allow_undecodable = true to train on it anyway"
     if raw.count(0) > BAD_SHARE * len(raw):
-        return f"{raw.count(0) / len(raw):.0%} NUL bytes: UTF-16 or binary"
+        why = f"{raw.count(0) / len(raw):.0%} NUL bytes: UTF-16 or binary"
+        return f"does not look like UTF-8 text ({why})", f"convert it (e.g. iconv -f UTF-16 -t UTF-8), {anyway}"
     text = raw.decode("utf-8", errors="replace")
-    bad = sum(ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n\r\f") for ch in text)
-    if bad > BAD_SHARE * len(text):
-        return f"{bad / len(text):.0%} undecodable bytes or control characters"
+    undecodable = text.count("\ufffd")
+    control = sum(ord(ch) < 32 and ch not in "\t\n\r\f" for ch in text)
+    if undecodable > BAD_SHARE * len(text) >= control:  # 8-bit text (few control characters): Latin-1 or so
+        why = f"{undecodable / len(text):.0%} bytes that are not UTF-8: Latin-1 or another 8-bit encoding"
+        return f"does not look like UTF-8 text ({why})", f"convert it (e.g. iconv -f LATIN1 -t UTF-8), {anyway}"
+    if undecodable + control > BAD_SHARE * len(text):
+        why = f"{(undecodable + control) / len(text):.0%} undecodable bytes or control characters"
+        return f"does not look like UTF-8 text ({why})", f"check that it is text, {anyway}"
     return None
 
 
@@ -635,13 +644,16 @@ def _ordered_results(
 def _count(src: _Source, max_chars: int | None) -> tuple[int, int]:
     """(documents, characters) of a source; an empty source is a user error."""
     docs = chars = 0
+    blank = True  # only whitespace so far: it would tokenize to almost nothing, refused at train time
     for p in source_pieces(src, max_chars):
         docs += p.eos
         chars += len(p.text)
-    if chars == 0:
+        blank = blank and not p.text.strip()
+    if blank:
         names = ", ".join(str(f) for f in src.files[:3]) + (" ..." if len(src.files) > 3 else "")
+        what = f"only whitespace ({chars:,} characters)" if chars else "no text"
         raise FlmError(
-            f"{src.where}: no text in {names}: the corpus is empty; point {src.where}.path at text"
+            f"{src.where}: {what} in {names}: the corpus is empty; point {src.where}.path at text"
         )
     return docs, chars
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flm.cli_args import add_command, load_run_config
-from flm.config import DataSource
-from flm.data.teacher import TeacherSource, instruction_pairs, load_tasks, split_of, task_items
 from flm.errors import FlmError
-from flm.io import atomic_write
+
+if TYPE_CHECKING:
+    from flm.config import DataSource
 
 
 def print_rows(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
     table = Table(title=title)
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i < 2 else "right")
@@ -28,6 +27,7 @@ def print_rows(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def _source(args: argparse.Namespace) -> tuple[DataSource, str]:
     """The config's first teacher source (with --tasks/--templates applied), or one from the flags alone."""
+    from flm.config import DataSource
     if args.config:
         cfg = load_run_config(args)
         tables = [("data.train", cfg.data.train)] + [
@@ -50,6 +50,7 @@ def _teacher(args: argparse.Namespace) -> int:
     propositions + label tokens, and show how many items each task has in the train and held-out parts and
     a few samples of --split. The label shown is the token that follows the proposition and takes the loss.
     """
+    from flm.data.teacher import TeacherSource, load_tasks, split_of, task_items
     if args.tasks is not None and not args.tasks:
         raise FlmError("--tasks is empty; name one or more teacher tasks (flm data teacher --list shows them)")
     if args.list:
@@ -94,6 +95,9 @@ def _instruct(args: argparse.Namespace) -> int:
     response only. The held-out items stay unseen, so `flm eval teacher` still scores unseen items. Point
     a [[data.train]] source (pack = "whole") at OUT, or at the real OIG/COIG JSONL converted to the same form.
     """
+    from flm.config import DataSource
+    from flm.data.teacher import instruction_pairs, load_tasks
+    from flm.io import atomic_write
     if Path(args.out).exists() and not args.force:
         raise FlmError(f"OUT {args.out} exists; pick a new file name, or pass --force to replace it")
     tasks = load_tasks(args.templates)

@@ -120,6 +120,15 @@ class Tokenizer:
     def describe(self) -> str:
         return f"{self.kind} tokenizer, {self.vocab_size} tokens"
 
+    def vocabulary(self) -> dict[Any, int]:
+        """Token -> id, special tokens included: two tokenizers with the same one give ids the same meaning."""
+        raise NotImplementedError
+
+    def same_tokens(self, other: Tokenizer) -> bool:
+        """Whether ``other`` maps text to the same ids (same kind, specials and vocabulary)."""
+        return (type(self) is type(other) and self.vocab_size == other.vocab_size and self.special == other.special
+                and self.vocabulary() == other.vocabulary())
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
@@ -154,6 +163,9 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def vocabulary(self) -> dict[Any, int]:
+        return self.backend.get_vocab(with_added_tokens=True)
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         d = Path(directory)
@@ -214,6 +226,9 @@ class TiktokenTokenizer(Tokenizer):
 
     def describe(self) -> str:
         return f"tiktoken {self.name}, {self.vocab_size} tokens"
+
+    def vocabulary(self) -> dict[Any, int]:
+        return {**self.ranks, **self.all_special}
 
 
 def _by_rank(ranks: dict[bytes, int]) -> list[tuple[bytes, int]]:

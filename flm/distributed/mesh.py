@@ -44,17 +44,19 @@ class ParallelDims:
         """The layout of ``parallel`` on ``world_size`` processes; ``where`` names the config table in errors
         ("parallel", "stages[2].parallel")."""
         pp, tp, dp = parallel.pp, parallel.tp, parallel.dp
+        # in one process, every stage's layout can be set aside at once (flm run/train --layout single)
+        single = "; or run every stage in this one process: --layout single" if world_size == 1 else ""
         if dp == -1:
             if world_size % (pp * tp):
                 raise FlmError(
                     f"{where}: pp·tp = {pp}·{tp} = {pp * tp} does not divide the {world_size} processes started; "
-                    f"start a multiple of {pp * tp} processes, or change {where}.tp / {where}.pp"
+                    f"start a multiple of {pp * tp} processes, or change {where}.tp / {where}.pp{single}"
                 )
             dp = world_size // (pp * tp)
         elif pp * dp * tp != world_size:
             raise FlmError(
                 f"{where}: pp·dp·tp = {pp}·{dp}·{tp} = {pp * dp * tp} but {world_size} processes were started; "
-                f"set {where}.dp = -1 (fills the rest) or start {pp * dp * tp} processes"
+                f"set {where}.dp = -1 (fills the rest) or start {pp * dp * tp} processes{single}"
             )
         return cls(pp=pp, dp=dp, tp=tp, world_size=world_size, sequence_parallel=parallel.sequence_parallel,
                    pp_schedule=parallel.pp_schedule, microbatches=parallel.microbatches or pp)

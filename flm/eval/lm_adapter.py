@@ -48,6 +48,7 @@ class FlmLM(LM):
         max_length: int | None = None,
         batch_tokens: int = 8192,
         gen_batch: int = 16,
+        trust_remote_code: bool = False,
         progress: bool = True,
         batch_size: Any = None,  # lm-eval passes these; batches here are sized by tokens
         max_batch_size: Any = None,
@@ -57,7 +58,7 @@ class FlmLM(LM):
         if unknown:
             raise FlmError(
                 f"--model_args: unknown {', '.join(sorted(unknown))}; the flm model takes path, device, dtype, "
-                "max_length, batch_tokens, gen_batch"
+                "max_length, batch_tokens, gen_batch, trust_remote_code"
             )
         if scorer is None:
             spec = path or pretrained
@@ -74,6 +75,7 @@ class FlmLM(LM):
                 max_length=max_length,
                 batch_tokens=int(batch_tokens),
                 gen_batch=int(gen_batch),
+                trust_remote_code=str(trust_remote_code).lower() in ("1", "true", "yes"),
             )
         self.scorer = scorer
         self.progress = progress

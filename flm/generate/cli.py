@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flm.checkpoint import load_model
 from flm.cli_args import add_command
 from flm.errors import FlmError
-from flm.generate.sample import generate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     Sample a continuation of --prompt from a checkpoint (a run folder or a checkpoints/step_* folder),
     with temperature and top-k, using the KV cache.
     """
+    from flm.checkpoint import load_model
+    from flm.generate.sample import generate
     if args.max_new_tokens < 0 or args.temperature < 0 or args.top_k < 0:
         raise FlmError("--max-new-tokens, --temperature and --top-k must be >= 0")
     model, _, tok = load_model(args.checkpoint)

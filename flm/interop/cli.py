@@ -4,11 +4,14 @@ transformers folders and GGUF files, streamed tensor by tensor."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group
-from flm.interop.gguf_export import export_gguf
-from flm.interop.hf_export import DTYPES, IOReport, export_hf
-from flm.interop.hf_import import import_hf
+
+if TYPE_CHECKING:
+    from flm.interop.hf_export import IOReport
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # flm.interop.hf_export.DTYPES (tests/interop check they agree)
 
 
 def _print(rep: IOReport, what: str) -> int:
@@ -25,6 +28,7 @@ def _export_hf(args: argparse.Namespace) -> int:
     config go with it. Tensors are streamed one at a time. A checkpoint in the middle of a growth ramp is
     refused (its masks are no part of a transformers model).
     """
+    from flm.interop.hf_export import export_hf
     return _print(export_hf(args.ckpt, args.out, args.dtype), "transformers folder")
 
 
@@ -35,6 +39,7 @@ def _export_gguf(args: argparse.Namespace) -> int:
     BPE vocabulary with merges. Models with xPos (or other options GPT-NeoX lacks) are refused, as is a
     checkpoint in the middle of a growth ramp. Tensors are streamed one at a time.
     """
+    from flm.interop.gguf_export import export_gguf
     return _print(export_gguf(args.ckpt, args.out), "GGUF file")
 
 
@@ -46,6 +51,7 @@ def _import_hf(args: argparse.Namespace) -> int:
     flm generate and flm eval accept. Variants flm cannot represent are refused with one line naming the
     difference. No download: MODEL is a local folder.
     """
+    from flm.interop.hf_import import import_hf
     return _print(import_hf(args.model, args.out, args.tokenizer), "flm checkpoint")
 
 
@@ -62,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write an flm checkpoint in another format, streamed tensor by tensor.", metavar="FORMAT",
     )  # fmt: skip
     p = _in_out(add_command(ex, "hf", _export_hf), "CKPT", ckpt_help, "new folder")
-    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weights' dtype (default fp32)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="weights' dtype (default fp32)")
     _in_out(add_command(ex, "gguf", _export_gguf), "CKPT", ckpt_help, "new .gguf file")
     im = add_command_group(
         sub, "import", help="import a Hugging Face transformers folder as an flm checkpoint (hf)",

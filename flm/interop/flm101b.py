@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flm.config import ModelConfig
+from flm.config import ModelConfig, model_config_from_dict
 from flm.errors import FlmError
 from flm.interop.hf_source import HFWeights
 from flm.interop.stream import Recipe
@@ -77,7 +77,7 @@ def flm_config_from_101b(hf: dict[str, Any], vocab: int, where: str) -> ModelCon
             data["mup_base_width"] = int(hf["mup_base_width"])
     except (KeyError, TypeError, ValueError) as e:
         raise FlmError(f"{where}: config.json lacks or garbles {e}; give a complete FLM-101B config") from None
-    cfg = ModelConfig.model_validate(data)
+    cfg = model_config_from_dict(data, f"{where}/config.json, as flm's [model]")
     factor = hf.get("mup_scale_factor")
     if mup and factor is not None and abs(float(factor) - cfg.width_mult) > 1e-6 * cfg.width_mult:
         raise FlmError(f"{where}: mup_scale_factor {factor} != n_embd / mup_base_width = {cfg.width_mult:g}")

@@ -20,14 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flm.config import config_to_dict
 from flm.data.tokenizer import HFTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer
 from flm.errors import FlmError
 from flm.interop.hf_export import IOReport, open_flm_checkpoint
 from flm.interop.hf_tokenizer import hf_backend
 from flm.interop.neox import export_recipes, neox_problem
 from flm.interop.stream import Recipe, largest_bytes
+from flm.io import is_disk_full, no_space
 
 ARCH = "gptneox"
+FLM_MODEL_KEY = "flm.model"  # the flm model config (JSON), as config.json's "flm" section of the HF export
+HF_JSON_KEY = "tokenizer.huggingface.json"  # llama.cpp's key for the whole tokenizer.json
 # HF GPT-NeoX name (after the layer prefix) -> GGUF name
 _NAMES = {
     "input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
@@ -71,8 +75,12 @@ def _vocab(tok: Tokenizer, size: int) -> tuple[list[str], list[int], list[str]]:
 
 
 def _metadata(writer: Any, cfg: Any, tok: Tokenizer, name: str) -> None:
+    import gguf
+
     hd = cfg.head_dim
     writer.add_name(name)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)  # as llama.cpp's convert_hf_to_gguf.py (--outtype f32)
+    writer.add_string(FLM_MODEL_KEY, json.dumps(config_to_dict(cfg)))
     writer.add_context_length(cfg.max_seq_len)
     writer.add_embedding_length(cfg.d_model)
     writer.add_block_count(cfg.n_layers)
@@ -93,6 +101,7 @@ def _metadata(writer: Any, cfg: Any, tok: Tokenizer, name: str) -> None:
     writer.add_eos_token_id(tok.eos_id)
     writer.add_pad_token_id(tok.pad_id)
     writer.add_add_bos_token(False)
+    writer.add_string(HF_JSON_KEY, hf_backend(tok).to_str())  # flm eval reads the exact tokenizer back
 
 
 def _recipes(cfg: Any, src: Any) -> list[Recipe]:
@@ -112,6 +121,8 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
 
     t0 = time.perf_counter()
     out = Path(out)
+    if out.suffix.lower() != ".gguf":  # llama.cpp and `flm eval` tell a GGUF by its name
+        raise FlmError(f"{out}: a GGUF file's name ends in .gguf; give {out.with_suffix('.gguf')}")
     if out.exists():
         raise FlmError(f"output file {out} already exists; nothing is overwritten: pick a new path")
     folder, cfg, src = open_flm_checkpoint(ckpt)
@@ -136,8 +147,11 @@ def export_gguf(ckpt: str | os.PathLike[str], out: str | os.PathLike[str]) -> IO
             writer.write_tensor_data(r.make().to(torch.float32).contiguous().numpy())
         writer.close()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
+        full = is_disk_full(e, tmp)  # before the space is freed: numpy reports a full disk as a short write
         tmp.unlink(missing_ok=True)
+        if full:
+            raise no_space(e, out) from e
         raise
     finally:
         src.close()

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from flm.config import ModelConfig, config_from_dict, config_to_dict, save_config
+from flm.config import ModelConfig, config_from_dict, config_to_dict, model_config_from_dict, save_config
 from flm.data.tokenizer import Tokenizer
 from flm.errors import FlmError
+from flm.growth.ops import check_shapes
 from flm.interop import flm101b
 from flm.interop.hf_export import IOReport
 from flm.interop.hf_source import HFWeights, read_hf_config
@@ -32,7 +35,7 @@ def exported_config(hf: dict, base: ModelConfig, rows: int, where: str) -> Model
     section = hf.get(FLM_KEY)
     if not isinstance(section, dict) or "model" not in section:
         return None
-    cfg = ModelConfig.model_validate(section["model"])
+    cfg = model_config_from_dict(section["model"], f"{where}/config.json, its flm section")
     if cfg.shape() != base.shape() or cfg.padded_vocab_size != rows:
         raise FlmError(f"{where}: its flm section disagrees with the rest of config.json; the folder was edited")
     return cfg
@@ -56,6 +59,20 @@ def _flm_plan(hf: dict, weights: HFWeights, tok: Tokenizer, where: str) -> tuple
     return cfg, flm101b.import_recipes(cfg, weights, prefix)
 
 
+@contextmanager
+def _weights_match(folder: Path) -> Iterator[None]:
+    """A config.json that does not describe its weights (edited by hand, or from another model) shows when a
+    tensor is missing or has another shape: one line, not a traceback."""
+    try:
+        yield
+    except KeyError as e:
+        raise FlmError(f"{folder}: config.json does not match the weights: they hold no tensor {e}; restore the "
+                       "config.json that came with them") from None
+    except ValueError as e:
+        raise FlmError(f"{folder}: config.json does not match the weights ({e}); restore the config.json that came "
+                       "with them") from None
+
+
 def import_hf(
     model: str | os.PathLike[str], out: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | None = None
 ) -> IOReport:
@@ -73,17 +90,21 @@ def import_hf(
     weights = HFWeights(folder)
     try:
         tok = load_hf_tokenizer(folder, Path(tokenizer) if tokenizer is not None else None)
-        if kind == "gpt_neox":
-            cfg, recipes = _neox_plan(hf, weights, tok, str(folder))
-        else:
-            cfg, recipes = _flm_plan(hf, weights, tok, str(folder))
+        with _weights_match(folder):
+            if kind == "gpt_neox":
+                cfg, recipes = _neox_plan(hf, weights, tok, str(folder))
+            else:
+                cfg, recipes = _flm_plan(hf, weights, tok, str(folder))
+        check_shapes(cfg, {r.name: r.shape for r in recipes}, f"{folder} (config.json and weights)")
         if tok.vocab_size > cfg.padded_vocab_size:
             raise FlmError(
                 f"{folder}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
                 f"{cfg.padded_vocab_size} embedding rows; pass the model's own tokenizer (--tokenizer)"
             )
-        run = config_from_dict({"name": f"import-{folder.name}", "model": config_to_dict(cfg)}, where="imported config")
-        with staged_folder(out) as tmp:
+        own = {"kind": "file", "path": str(out.resolve())}  # its own tokenizer (saved beside it): trains on as is
+        run = config_from_dict({"name": f"import-{folder.name}", "model": config_to_dict(cfg),
+                                "data": {"tokenizer": own}}, where="imported config")
+        with staged_folder(out) as tmp, _weights_match(folder):
             sha, nbytes = write_tensors(tmp / "model.safetensors", recipes)
             atomic_write(tmp / "optim.json", json.dumps({"step": 0}, indent=1))
             trainer = {"step": 0, "tokens": 0, "flops": 0.0, "ramp": None, "imported_from": str(folder.resolve())}

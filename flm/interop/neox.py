@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flm.config import ModelConfig, config_to_dict
+from flm.config import ModelConfig, config_to_dict, model_config_from_dict
 from flm.conversion import rotate_half_rows
 from flm.errors import FlmError
 from flm.interop.stream import Recipe
@@ -103,7 +103,13 @@ def flm_config_from_neox(hf: dict[str, Any], has_lm_head: bool, where: str) -> M
     """The flm model of a GPT-NeoX config.json, or one line naming the variant flm cannot represent."""
     kind, theta, pct = _rope(hf)
     act = str(hf.get("hidden_act", "gelu"))
-    tied = bool(hf.get("tie_word_embeddings", False)) or not has_lm_head
+    tied = bool(hf.get("tie_word_embeddings", False))  # transformers' default for gpt_neox: untied
+    if not tied and not has_lm_head:  # transformers would make up a random head: the weights are incomplete
+        raise FlmError(
+            f"{where}: config.json says tie_word_embeddings = false (or leaves it unset) but the weights hold no "
+            "output head (embed_out.weight); give the complete folder, or set tie_word_embeddings = true if the "
+            "model reuses its input embedding as its head"
+        )
     problems = [
         (
             "parallel residual (use_parallel_residual = true); flm blocks are sequential",
@@ -138,7 +144,7 @@ def flm_config_from_neox(hf: dict[str, Any], has_lm_head: bool, where: str) -> M
         }
     except (KeyError, TypeError, ValueError) as e:
         raise FlmError(f"{where}: config.json lacks or garbles {e}; give a complete GPT-NeoX config") from None
-    return ModelConfig.model_validate(data)
+    return model_config_from_dict(data, f"{where}/config.json, as flm's [model]")
 
 
 def _fuse_qkv(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:

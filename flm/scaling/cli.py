@@ -8,9 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from flm.cli_args import (
     add_command,
@@ -21,16 +19,12 @@ from flm.cli_args import (
     positive,
     positive_ints,
 )
-from flm.config import ModelConfig, RunConfig, load_config
 from flm.errors import FlmError
-from flm.progress import progress_bar
-from flm.scaling import coord_check, memory_report, predict, search
-from flm.scaling.cost import plan_cost
-from flm.scaling.cost_report import lr_lines, render_markdown, render_text
-from flm.scaling.flops_compare import compare, comparison_lines
-from flm.scaling.memory import plan_memory
-from flm.stages import resolve_stages
-from flm.train.schedule import stage_lrs
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from flm.config import ModelConfig, RunConfig
 
 MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
 METRIC_CHOICES = ("val_loss", "loss")
@@ -100,6 +94,12 @@ def _cost(args: argparse.Namespace) -> int:
     stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
     peak). Example: flm cost configs/flm-101b.toml
     """
+    from flm.config import load_config
+    from flm.scaling.cost import plan_cost
+    from flm.scaling.cost_report import lr_lines, render_markdown, render_text
+    from flm.scaling.flops_compare import compare, comparison_lines
+    from flm.stages import resolve_stages
+    from flm.train.schedule import stage_lrs
     cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args)])
     if args.memory:
         return _memory(args, cfg)
@@ -122,6 +122,8 @@ def _cost(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace, cfg: RunConfig) -> int:
     """`flm cost --memory`: the memory planner's table (flm.scaling.memory)."""
+    from flm.scaling import memory_report
+    from flm.scaling.memory import plan_memory
     plan = plan_memory(cfg, args.gpu, args.device_gb)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
@@ -166,6 +168,11 @@ def _coord_check(args: argparse.Namespace) -> int:
     at each step. Under μP the curves stay flat across widths; under SP they grow. Writes coord_check.json
     and coord_check.png.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.progress import progress_bar
+    from flm.scaling import coord_check
     cfg = load_run_config(args)
     shape = {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len}
     widths = coord_check.check_setup(cfg, args.widths, **shape)
@@ -236,6 +243,11 @@ def _search(args: argparse.Namespace) -> int:
     fragment with the chosen point) and tuned.toml (the whole config with it applied). Finished points are
     read, not retrained, so an interrupted search resumes.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.progress import progress_bar
+    from flm.scaling import search
     cfg = load_run_config(args)
     if args.steps is not None and args.steps <= 0:
         raise FlmError(f"--steps {args.steps}: must be positive")
@@ -327,6 +339,8 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
 def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int, Path], list[int], Path, ModelConfig]:
     """(run folder per width, the widths to fit, the output folder, the model template) of `flm predict`:
     the --runs given, or the config's series, trained unless --no-train."""
+    from flm.progress import progress_bar
+    from flm.scaling import predict
     if args.runs:
         runs, fit_widths, template = predict.runs_by_width(args.runs, args.targets)
         return runs, fit_widths, args.out or Path("runs") / "predict", template
@@ -356,6 +370,10 @@ def _predict(args: argparse.Namespace) -> int:
     --targets runs, and print predicted vs actual with relative error. Writes prediction.json and
     prediction.png. Finished width runs in --out are read, not retrained.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.scaling import predict
     if args.window < 1:
         raise FlmError(f"--window {args.window}: must be >= 1")
     console = Console()

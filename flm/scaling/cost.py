@@ -14,7 +14,7 @@ from typing import Literal
 from flm.config import CostConfig, ModelConfig, RunConfig
 from flm.errors import FlmError
 from flm.flops import Formula, flops_per_token
-from flm.hardware import load_catalog, measure_matmul_peak
+from flm.hardware import load_catalog
 from flm.scaling.perf.stage_layout import shape_of, stage_layout
 from flm.scaling.perf.step import Breakdown, step_time
 from flm.stages import Stage, resolve_stages
@@ -106,6 +106,8 @@ def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = Non
 
 def measure_cpu_peak_tflops() -> float:
     """Best fp32 matmul TFLOP/s of this CPU (the roof the trainer's MFU uses on CPU)."""
+    from flm.hardware import measure_matmul_peak  # torch: only when a CPU is costed, not for `flm cost`'s GPUs
+
     return measure_matmul_peak("cpu", seconds=0.3) / 1e12
 
 

@@ -8,33 +8,18 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.config import save_config
-from flm.errors import FlmError
-from flm.flops import flops_per_token
-from flm.scaling.grow_planner import (
-    GrowPlan,
-    Segment,
-    best_scratch_of,
-    growth_lrs,
-    kept_segments,
-    parse_shape,
-    plan_config,
-    plan_growth,
-    predicted_curve,
-    scratch_family,
-)
-from flm.scaling.loss_model import CHINCHILLA, LossModel, fit_loss_model, load_fit, points_from_runs, save_fit
-from flm.scaling.predict import n_params
+
+if TYPE_CHECKING:
+    from flm.scaling.grow_planner import GrowPlan, Segment
+    from flm.scaling.loss_model import LossModel
 
 
 def _bumps(items: list[str]) -> dict[str, float]:
+    from flm.errors import FlmError
+
     out = {}
     for item in items:
         kind, _, value = item.partition("=")
@@ -56,6 +41,8 @@ def _fit(args: argparse.Namespace) -> int:
     Hoffmann et al. 2022's Approach 3 (Huber loss on log-residuals, several starts), its uncertainty a
     bootstrap over runs. The fit file (JSON, docs/growth.md#the-planner) is what `flm plan grow --fit` reads.
     """
+    from flm.scaling.loss_model import fit_loss_model, points_from_runs, save_fit
+
     bumps = _bumps(args.bump)
     n, d, loss, runs = points_from_runs([Path(r) for r in args.runs], args.metric, args.count, args.skip)
     law = fit_loss_model(n, d, loss, runs=runs, bootstrap=args.bootstrap, count=args.count)
@@ -91,6 +78,9 @@ def _plot(law: LossModel, plan: GrowPlan, family: list, final_n: float, final_co
     """The plan's predicted loss against FLOPs, with the best from-scratch envelope and the final shape's
     scratch curve."""
     import matplotlib
+    import numpy as np
+
+    from flm.scaling.grow_planner import predicted_curve
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -127,6 +117,21 @@ def _grow(args: argparse.Namespace) -> int:
     from-scratch model for the same FLOPs; --out writes the plan as a config for `flm run`. Assumptions:
     docs/growth.md#the-planner.
     """
+    from flm.config import save_config
+    from flm.errors import FlmError
+    from flm.flops import flops_per_token
+    from flm.scaling.grow_planner import (
+        best_scratch_of,
+        growth_lrs,
+        kept_segments,
+        parse_shape,
+        plan_config,
+        plan_growth,
+        scratch_family,
+    )
+    from flm.scaling.loss_model import CHINCHILLA, load_fit
+    from flm.scaling.predict import n_params
+
     cfg = load_run_config(args)
     law = load_fit(Path(args.fit)) if args.fit else CHINCHILLA
     final = parse_shape(args.final, cfg.model) if args.final else cfg.stage_models()[-1]
@@ -154,6 +159,11 @@ def _grow(args: argparse.Namespace) -> int:
 
 
 def _print(out: dict[str, Any], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.scaling.loss_model import CHINCHILLA
+
     if not args.fit:
         print(f"no --fit: using {CHINCHILLA.source}; fit your runs with `flm plan fit`")
     table = Table(title=f"growth plan for {out['budget']:.3g} FLOPs (predicted)")

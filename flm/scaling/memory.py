@@ -38,9 +38,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from flm.config import ModelConfig, RunConfig
+from flm.config import SELECTIVE_EVERY, ModelConfig, RunConfig
 from flm.distributed.mesh import ParallelDims, check_layout
-from flm.distributed.parallelize import SELECTIVE_EVERY
 from flm.distributed.pipeline import VIRTUAL_STAGES, num_stages, stage_ids, stage_layers
 from flm.errors import FlmError
 from flm.hardware import load_catalog

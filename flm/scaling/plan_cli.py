@@ -6,15 +6,14 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_command_group, add_config_args, load_run_config, positive
-from flm.config import check_training_source
 from flm.scaling import grow_cli
 from flm.scaling.perf import layout_cli
-from flm.scaling.plan_search import Trial, choices, plan_flops, run_search, save_best
+
+if TYPE_CHECKING:
+    from flm.scaling.plan_search import Trial
 
 
 def _plot(trials: list[Trial], path: Path) -> None:
@@ -51,6 +50,12 @@ def _search(args: argparse.Namespace) -> int:
     is one `flm run` in OUT/trials/<tag> (an interrupted search resumes); OUT/search.jsonl ranks them,
     OUT/best.toml is the winner's config and OUT/search.png plots them.
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from flm.config import check_training_source
+    from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
+
     cfg = load_run_config(args)
     check_training_source(cfg, str(args.config))
     budget = plan_flops(cfg) * args.budget_scale

@@ -6,18 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.config import check_stage_overrides, check_training_source
-from flm.distributed.env import DistEnv, rank_loss_as_error
-from flm.errors import FlmError
-from flm.train.launch import process_group, stage_init_from
-from flm.train.loop import StageResult, train_stage
-from flm.train.plot import plot_runs
-from flm.train.run import run_plan, scratch_config
-from flm.train.setup import LOCK_FILE, check_stage_layout, run_folder_lock
+from flm.errors import FlmError, alike_on_every_rank
+
+if TYPE_CHECKING:
+    from flm.config import RunConfig
+    from flm.distributed.env import DistEnv
+    from flm.train.loop import StageResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, "run config (TOML) without [[stages]], e.g. configs/demo.toml --set 'stages=[]'")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_layout_arg(p)
     p.add_argument(
         "--init", type=Path, metavar="CKPT",
         help="start from a checkpoint's weights, Adam moments and growth masks (e.g. the output of flm grow); "
@@ -38,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", type=Path, help="run folder (default: runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, in any stage")
+    _add_layout_arg(p)
     p.add_argument(
         "--scratch", choices=["tokens", "flops"],
         help="instead of the plan, train its final shape from scratch for the same tokens or FLOPs "
@@ -49,6 +48,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="PNG path (default: <first run>/loss.png)")
 
 
+def _add_layout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layout", choices=["config", "single"], default="config",
+        help="config: the [parallel] layout (and each stage's own); single: set them aside and train every stage "
+        "in this one process (e.g. configs/demo-3d.toml without torchrun)",
+    )
+
+
+def _load_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of the command line, its layouts set aside under --layout single. The training-source
+    check comes first: the round trip below would mark every default as set."""
+    from flm.config import check_training_source, config_from_dict, config_to_dict
+
+    cfg = load_run_config(args)
+    check_training_source(cfg, str(args.config))
+    if args.layout == "single":
+        data = config_to_dict(cfg)
+        data.pop("parallel", None)
+        for stage in data.get("stages", []):
+            stage.pop("parallel", None)
+        cfg = config_from_dict(data, where="--layout single")
+    return cfg
+
+
 def _train(args: argparse.Namespace) -> int:
     """train one stage (single process, or torchrun --nproc_per_node N for FSDP2)
 
@@ -56,8 +79,13 @@ def _train(args: argparse.Namespace) -> int:
     metrics.jsonl and checkpoints/ into the output folder. Run under torchrun for data-parallel FSDP2
     training (gloo on CPU, NCCL on GPU).
     """
-    cfg = load_run_config(args)
-    check_training_source(cfg, str(args.config))
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group, stage_init_from
+    from flm.train.loop import train_stage
+    from flm.train.setup import check_stage_layout, run_folder_lock
+
+    with alike_on_every_rank():  # every rank reads the same config
+        cfg = _load_config(args)
     if cfg.stages:
         raise FlmError(
             f"{args.config} lists [[stages]]: `flm train` trains one stage; run the plan with `flm run "
@@ -66,15 +94,18 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / cfg.name
     if args.resume and args.init:
         raise FlmError("--resume continues the run in --out, --init starts a new one from a checkpoint: pass one")
-    init = stage_init_from(args.init, cfg) if args.init else None
+    init = None
+    if args.init:
+        cfg, init = stage_init_from(args.init, cfg)
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
-        check_stage_layout(cfg, env)  # a layout the model cannot take: refused before the run folder is touched
+        with alike_on_every_rank():  # a layout the model cannot take: refused before the run folder is touched
+            check_stage_layout(cfg, env)
         resume = _resumable(out, args.resume, env)
         with run_folder_lock(out, env):
             res = train_stage(cfg, out, resume=resume, env=env, init=init)
     if env.is_main:
-        print(f"at step {res.steps} ({res.tokens:,} tokens in all) after {res.seconds:.1f}s: loss "
-              f"{res.train_loss:.4f}{_val_loss(res)}; checkpoint {res.checkpoint}")
+        print(f"at step {res.steps} ({_tokens_and_time(res)}: loss {res.train_loss:.4f}{_val_loss(res)}; "
+              f"checkpoint {res.checkpoint}")
     return 0
 
 
@@ -86,11 +117,18 @@ def _run(args: argparse.Namespace) -> int:
     metrics.jsonl, stageN/checkpoints, report.md and loss.png into the run folder. A plan whose growth does
     not lead from one stage's shape to the next is rejected before training.
     """
-    cfg = load_run_config(args)
-    check_stage_overrides(cfg, args.overrides)
-    check_training_source(cfg, str(args.config))
-    if args.scratch:
-        cfg = scratch_config(cfg, args.scratch)
+    from flm.config import check_stage_overrides
+    from flm.distributed.env import rank_loss_as_error
+    from flm.train.launch import process_group
+    from flm.train.loop import train_stage
+    from flm.train.run import run_plan, scratch_config
+    from flm.train.setup import run_folder_lock
+
+    with alike_on_every_rank():
+        cfg = _load_config(args)
+        check_stage_overrides(cfg, args.overrides)
+        if args.scratch:
+            cfg = scratch_config(cfg, args.scratch)
     out = args.out or Path("runs") / cfg.name
     with process_group(cfg) as env, rank_loss_as_error(env, cfg.parallel.timeout_s, out):
         resume = _resumable(out, args.resume, env)
@@ -110,6 +148,9 @@ def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
     """--resume of a start that was killed before it wrote anything but its lock (e.g. while it prepared the
     data) starts afresh: nothing to continue, nothing to lose, and a job script may always pass --resume.
     Rank 0 looks (before it takes the lock) and tells the others."""
+    import torch.distributed as dist
+
+    from flm.train.setup import LOCK_FILE
     box = [resume and env.is_main and out.is_dir() and [p.name for p in out.iterdir()] == [LOCK_FILE]]
     if env.distributed:
         dist.broadcast_object_list(box, src=0)
@@ -117,6 +158,18 @@ def _resumable(out: Path, resume: bool, env: DistEnv) -> bool:
         print(f"note: {out} holds no run yet (an earlier start ended before its first write); starting it",
               file=sys.stderr)
     return resume and not box[0]
+
+
+def _tokens_and_time(res: StageResult) -> str:
+    """Tokens and time, each labelled where it spans more than this process: the tokens count those of the
+    --init checkpoint, the time a resumed stage's earlier part."""
+    tokens = f"{res.tokens:,} tokens in all"
+    if res.tokens_before:
+        tokens += f", {res.tokens - res.tokens_before:,} from --init on"
+    took = f"{res.seconds:.1f}s"
+    if res.seconds - res.seconds_here >= 0.05:
+        took = f"{res.seconds:.1f}s of training in all ({res.seconds_here:.1f}s since --resume)"
+    return f"{tokens}) after {took}"
 
 
 def _val_loss(res: StageResult) -> str:
@@ -129,5 +182,6 @@ def _plot(args: argparse.Namespace) -> int:
     Training and validation loss against tokens and against FLOPs, growth points marked (dashed), several
     runs overlaid. Writes a PNG.
     """
+    from flm.train.plot import plot_runs
     print(plot_runs(args.runs, args.out or args.runs[0] / "loss.png"))
     return 0

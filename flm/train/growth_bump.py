@@ -69,3 +69,28 @@ def bump_lines(rows: Sequence[dict[str, Any]], stages: Sequence[Stage]) -> list[
             lines.append(f"- Loss bump of the growth into stage {stage.index} (ramp of {b['ramp_steps']} steps): "
                          f"{'; '.join(parts)}.")
     return lines
+
+
+VISIBLE_GAIN = 1e-3  # a stage whose validation loss falls by less than 0.1% of its start shows no gain
+
+
+def no_gain_lines(rows: Sequence[dict[str, Any]], stages: Sequence[Stage]) -> list[str]:
+    """report.md's word on a grown stage that ends (nearly) where it started: how much of it the ramp took,
+    its bump, and the LR the steps after the ramp had to win it back with."""
+    lines = []
+    for prev, stage in zip(stages, stages[1:]):
+        own = [r for r in rows if r.get("stage") == stage.index and "event" not in r]
+        vals = [r for r in own if "val_loss" in r]
+        if len(vals) < 2 or vals[0]["step"] != 0 or vals[-1]["val_loss"] < vals[0]["val_loss"] * (1 - VISIBLE_GAIN):
+            continue
+        b, ramp = growth_bump(rows, prev, stage), stage.growth.ramp_steps if stage.growth else 0
+        lrs = [r["lr"] for r in own if "lr" in r and r["step"] > ramp]
+        lr = f", at LR {max(lrs):.1e} to {min(lrs):.1e}" if lrs else ""
+        bump = (f" raised the validation loss by +{b['val_loss_bump']:.4f} (step {b['val_loss_bump_step']})"
+                if b["val_loss_bump"] else " did not raise the validation loss")
+        lines.append(
+            f"- Stage {stage.index} shows no gain (val loss {vals[0]['val_loss']:.4f} -> {vals[-1]['val_loss']:.4f}): "
+            f"its growth ramp ({ramp} of its {stage.steps} steps){bump}, and the {stage.steps - ramp} steps after "
+            f"the ramp{lr}, won back no more than that; a longer stage (or a shorter ramp) would show a gain."
+        )
+    return lines

@@ -31,6 +31,7 @@ from flm.checkpoint import (
     SHARDED_MODEL,
     SHARDED_OPTIM,
     CheckpointData,
+    checkpoint_disk_full,
     incomplete_checkpoints,
     is_sharded,
     latest_checkpoint,
@@ -51,6 +52,7 @@ from flm.flops import flops_per_token
 from flm.growth.ops import check_shapes
 from flm.growth.ramp import MaskRamp
 from flm.hardware import MfuWatch, Peak, machine_peak
+from flm.io import is_disk_full
 from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.preemption import Preempted, StopRequest
@@ -75,10 +77,12 @@ class StageResult:
     steps: int
     tokens: int
     flops: float
-    seconds: float
+    seconds: float  # training time of the stage, over all its resumes (as metrics.jsonl's "time")
     train_loss: float
     val_loss: float | None
     checkpoint: Path | None
+    seconds_here: float = 0.0  # of which in this process (less after a --resume)
+    tokens_before: int = 0  # tokens of the checkpoint the stage started from (`--init`, a growth), in ``tokens``
 
 
 @dataclass
@@ -94,6 +98,8 @@ class StageInit:
     tokens: int = 0
     flops: float = 0.0
     loader_state: dict[str, Any] | None = None
+    tokenizer: Any = None  # `flm train --init`: the checkpoint's, which the prepared data must use
+    source: Path | None = None  # that checkpoint
 
 
 def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -164,7 +170,7 @@ class Trainer:
         self.ckpt_dir = ckpt_dir or out_dir
         self.eval_at_start = eval_at_start
         self.bf16 = use_bf16(tc, env.device)
-        self.prepared = prepare_stage_data(cfg, env)
+        self.prepared = prepare_stage_data(cfg, env, init.tokenizer if init else None, init.source if init else None)
         self.micro, self.accum = batch_layout(cfg, env)
         self.validate = Validation.available(self.prepared, cfg, eval_at_start)
         self.validation = Validation(self.prepared, cfg, env)
@@ -194,6 +200,7 @@ class Trainer:
         self._pending: tuple | None = None  # a checkpoint whose shards are still being written
         self._async_group: dist.ProcessGroup | None = None
         self._t_start = time.perf_counter()
+        self._tokens_before = 0
         if init is not None:
             self._continue_from(init)
 
@@ -202,6 +209,7 @@ class Trainer:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
         self.ramp = MaskRamp.from_state(init.ramp) if init.ramp else MaskRamp(0)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
+        self._tokens_before = init.tokens
         self.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step, init.optim_param_steps)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped
@@ -275,8 +283,12 @@ class Trainer:
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir(parents=True)
             barrier(self.env)
-            futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
-                                              background=self._save_group() if tc.async_checkpoint else None)
+            try:
+                futures = self.model.save_sharded(staged / SHARDED_MODEL, staged / SHARDED_OPTIM, self.optimizer,
+                                                  background=self._save_group() if tc.async_checkpoint else None)
+            except BaseException as e:
+                self._drop_failed_shards(folder, staged, e)
+                raise
             model_state, optim = {}, ({}, self.model.optim_step(self.optimizer))
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(self.optimizer)
@@ -305,9 +317,13 @@ class Trainer:
         if self._pending is None:
             return
         folder, staged, data, futures = self._pending
-        for f in futures:
-            f.result()  # a failed background write raises here, at the latest when the stage ends
         self._pending = None
+        try:
+            for f in futures:
+                f.result()  # a failed background write raises here, at the latest when the stage ends
+        except BaseException as e:
+            self._drop_failed_shards(folder, staged, e)
+            raise
         barrier(self.env)
         hashed = hash_shards(self.env, staged) if staged is not None else None  # collective: ranks split it
         if data is not None:
@@ -315,6 +331,16 @@ class Trainer:
             prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         barrier(self.env)
         self.last_ckpt = folder
+
+    def _drop_failed_shards(self, folder: Path, staged: Path, e: BaseException) -> None:
+        """A sharded write failed (DCP raises it on every rank): rank 0 removes the staged shards; a full disk
+        becomes one line naming the newest complete checkpoint (else the caller re-raises ``e``)."""
+        full = is_disk_full(e, staged)  # on every rank before any space is freed (a short write tells by that)
+        barrier(self.env)
+        if self.env.is_main:
+            shutil.rmtree(staged, ignore_errors=True)
+        if full:
+            raise checkpoint_disk_full(folder, e) from None
 
     def _save_group(self) -> dist.ProcessGroup | bool:
         """The process group of background saves (created once, collectively), or True in one process."""
@@ -431,10 +457,10 @@ class Trainer:
                 saves = bool(tc.ckpt_every and c.step % tc.ckpt_every == 0) or final
                 if saves:
                     self.save()
-                if stop.agreed():  # SIGTERM / SIGUSR1 on any rank: a checkpoint at this step, then exit 0
+                if stop.agreed():  # SIGTERM / SIGUSR1 / Ctrl-C on any rank: a checkpoint at this step, then exit
                     if not saves:
                         self.save()
-                    stopped = stop.name
+                    stopped = stop.name, stop.exit_code
                     break
         self.finish_save()
         self.model.close()
@@ -443,20 +469,22 @@ class Trainer:
             self._async_group = None
         self.metrics.close()
         if stopped is not None:
-            self._stop_at_checkpoint(stopped)
-        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=time.perf_counter() - self._t_start,
-                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt)
+            self._stop_at_checkpoint(*stopped)
+        here = time.perf_counter() - self._t_start
+        return StageResult(steps=c.step, tokens=c.tokens, flops=c.flops, seconds=c.seconds + here,
+                           train_loss=self.last_loss, val_loss=self.val_loss, checkpoint=self.last_ckpt,
+                           seconds_here=here, tokens_before=self._tokens_before)
 
-    def _stop_at_checkpoint(self, why: str) -> None:
-        """Say where a preempted stage stopped, then end the process with exit code 0."""
+    def _stop_at_checkpoint(self, why: str, code: int) -> None:
+        """Say where a preempted stage stopped, then end the process with exit code ``code``."""
         if self.env.is_main:
             print(f"stopped by {why} after step {self.counters.step}: checkpoint {self.last_ckpt}; "
                   "--resume continues from it", flush=True)
-        raise Preempted
+        raise Preempted(code)
 
     @contextlib.contextmanager
     def _say_where_on_interrupt(self):
-        """Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
+        """A second Ctrl-C: say what is kept (no checkpoint is written mid-step: the saved state must be exact)."""
         try:
             yield
         except KeyboardInterrupt:

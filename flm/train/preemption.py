@@ -1,5 +1,7 @@
 """Preemption: SIGTERM and SIGUSR1 (what SLURM and cloud schedulers send some time before they kill a job)
-ask the trainer to stop after the current optimizer step, at a checkpoint, instead of dying mid-step.
+ask the trainer to stop after the current optimizer step, at a checkpoint, instead of dying mid-step. The
+first Ctrl-C (SIGINT) does the same (exit code 130, as an interrupted command); a second Ctrl-C aborts at once
+(KeyboardInterrupt), keeping only the checkpoints already complete.
 
 The handler only records the signal; the training loop asks ``StopRequest.agreed`` once per step. Under
 torchrun that is an all-reduce (MAX) of a stop flag over the default group, so every rank stops after the
@@ -9,6 +11,7 @@ same step even when the signal reached them at different moments (or only some o
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -18,19 +21,21 @@ import torch.distributed as dist
 
 from flm.distributed.env import DistEnv
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(SystemExit):
-    """Raised once the stop checkpoint is written: the process exits 0 (it did what the scheduler asked)."""
+    """Raised once the stop checkpoint is written: the process exits 0 (it did what the scheduler asked), or
+    130 after Ctrl-C (what a shell expects of an interrupted command)."""
 
-    def __init__(self) -> None:
-        super().__init__(0)
+    def __init__(self, code: int = 0) -> None:
+        super().__init__(code)
 
 
 class StopRequest:
-    """While entered: SIGTERM / SIGUSR1 set a flag instead of ending the process; the previous handlers come
-    back on exit. Handlers can be set only in the main thread: elsewhere the signals keep their defaults."""
+    """While entered: SIGTERM / SIGUSR1 / the first SIGINT set a flag instead of ending the process; the
+    previous handlers come back on exit. Handlers can be set only in the main thread: elsewhere the signals
+    keep their defaults."""
 
     def __init__(self, env: DistEnv) -> None:
         self.env = env
@@ -49,7 +54,16 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: abort now, as without flm's handler
         self.signum = signum
+        if signum == signal.SIGINT and self.env.is_main:
+            print("\nCtrl-C: stopping after this step with a checkpoint; Ctrl-C again aborts at once (losing the "
+                  "steps since the newest checkpoint)", file=sys.stderr, flush=True)
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.signum == signal.SIGINT else 0
 
     def agreed(self) -> bool:
         """Whether any rank was asked to stop. Every rank calls this once per step (a collective when

@@ -26,13 +26,13 @@ from flm.data.prepare import prepare_data
 from flm.data.tokenizer import check_vocab
 from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
 from flm.distributed.mesh import check_layout
-from flm.errors import FlmError
+from flm.errors import FlmError, alike_on_every_rank
 from flm.flops import flops_per_token
 from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
 from flm.train.baseline_growth import baseline_init
-from flm.train.growth_bump import EVENT, bump_lines, bump_record
+from flm.train.growth_bump import EVENT, bump_lines, bump_record, no_gain_lines
 from flm.train.loop import StageInit, train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
@@ -145,7 +145,8 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
         else:
             check_out_dir(out_dir, cfg, resume=False)
     barrier(env)
-    _preflight(stages, env)
+    with alike_on_every_rank():  # the same config and data on every rank: one line, from rank 0
+        _preflight(stages, env)
     if env.is_main and not resume:
         write_run_config(out_dir, cfg)
     barrier(env)
@@ -266,6 +267,7 @@ def write_report(run_dir: Path, stages: list[Stage]) -> None:
             )
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     lines += bump_lines(rows, stages)
+    lines += no_gain_lines(rows, stages)
     spikes = [r for r in rows if r.get("event") in (SKIPPED, ROLLED_BACK)]
     lines += [f"- {describe(r)} (train.spike)." for r in spikes]
     lines += ["", "![loss](loss.png)", ""]

@@ -18,9 +18,9 @@ from flm.checkpoint import read_config, verify_manifest
 from flm.checkpoint.store import file_entries, shard_files
 from flm.config import RunConfig, save_config
 from flm.data.prepare import PreparedData, prepare_data
-from flm.data.tokenizer import check_vocab
+from flm.data.tokenizer import Tokenizer, check_vocab
 from flm.distributed.env import DistEnv
-from flm.errors import FlmError
+from flm.errors import FlmError, every_rank_error
 
 LOCK_FILE = ".lock"  # in the run folder: the advisory lock of its one writer, with the writer's PID and host
 
@@ -39,7 +39,7 @@ def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] |
         dist.broadcast_object_list(box, src=0)
         err = box[0]
     if err is not None:
-        raise FlmError(err)
+        raise every_rank_error(err)
     if not env.is_main and others is not None:
         result = others()
     return result
@@ -59,7 +59,7 @@ def verify_checkpoint(env: DistEnv, folder: Path) -> None:
         dist.all_gather_object(errors, err)
         err = next((e for e in errors if e is not None), None)
     if err is not None:
-        raise FlmError(err)
+        raise every_rank_error(err)
 
 
 def hash_shards(env: DistEnv, staged: Path) -> dict[str, dict[str, Any]] | None:
@@ -74,14 +74,30 @@ def hash_shards(env: DistEnv, staged: Path) -> dict[str, dict[str, Any]] | None:
     return {k: v for part in parts for k, v in part.items()} if parts is not None else None
 
 
-def prepare_stage_data(cfg: RunConfig, env: DistEnv) -> PreparedData:
+def prepare_stage_data(cfg: RunConfig, env: DistEnv, expect: Tokenizer | None = None,
+                       source: Path | None = None) -> PreparedData:
     """Tokenizer and token shards (rank 0 builds them, the others read the cache), checked against the
-    model's vocabulary."""
+    model's vocabulary and (``expect``) the tokenizer of the checkpoint ``source`` the stage starts from."""
     prepared = rank0_first(
-        env, lambda: prepare_data(cfg.data, progress=cfg.train.progress), lambda: prepare_data(cfg.data, progress=False)
+        env, lambda: prepare_data(cfg.data, progress=cfg.train.progress, model=cfg.model),
+        lambda: prepare_data(cfg.data, progress=False, model=cfg.model),  # a BPE too big is refused before training
     )
+    if expect is not None and not expect.same_tokens(prepared.tokenizer):
+        raise tokenizer_mismatch(source, expect, cfg, prepared.tokenizer.describe())
     check_vocab(prepared.tokenizer, cfg.model)
     return prepared
+
+
+def tokenizer_mismatch(folder: Path | None, own: Tokenizer, cfg: RunConfig, configured: str) -> FlmError:
+    """--init of a checkpoint whose tokenizer is not the config's: its ids would be read as other words."""
+    tok = cfg.data.tokenizer.model_dump(exclude_none=True)
+    trained = " trained on the corpus" if cfg.data.tokenizer.kind == "bpe" else ""
+    return FlmError(
+        f"--init {folder}: the checkpoint was trained with its own tokenizer ({own.describe()}), the config asks "
+        f"for another (data.tokenizer = {tok}{trained}: {configured}), whose token ids mean other words; drop "
+        f"[data.tokenizer] from the config to use the checkpoint's, or set data.tokenizer.kind = 'file' and "
+        f"data.tokenizer.path = '{folder}'"
+    )
 
 
 def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:

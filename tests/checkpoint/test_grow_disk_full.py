@@ -1,5 +1,6 @@
 """``flm grow`` into a full disk (ENOSPC, injected where the grown tensors are written, through O_DIRECT or
-buffered I/O): one line naming the output and "no space left on device", exit 2, no temporary folder left."""
+buffered I/O, or into DCP shards with ``--format sharded``): one line naming the output and "no space left on
+device", exit 2, no temporary folder left."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import os
 
 import pytest
+import torch.distributed.checkpoint.filesystem as dcp_fs
 
 from flm.checkpoint import latest_checkpoint
 from flm.cli import main
@@ -53,11 +55,20 @@ def _fill_buffered(monkeypatch) -> None:
                         raising=False)
 
 
-@pytest.mark.parametrize("fill", [_fill_direct, _fill_buffered])
-def test_grow_into_a_full_disk_is_one_line(ckpt, tmp_path, monkeypatch, capsys, fill):
+def _fill_dcp(monkeypatch) -> None:
+    """DCP's shard writer fails as on a full disk (``--format sharded``)."""
+    def write_item(*args, **kwargs):
+        raise _enospc("__0_0.distcp")
+
+    monkeypatch.setattr(dcp_fs, "_write_item", write_item)
+
+
+@pytest.mark.parametrize("fill,fmt", [(_fill_direct, "full"), (_fill_buffered, "full"), (_fill_dcp, "sharded")],
+                         ids=["direct", "buffered", "sharded"])
+def test_grow_into_a_full_disk_is_one_line(ckpt, tmp_path, monkeypatch, capsys, fill, fmt):
     out = tmp_path / "grown"
     fill(monkeypatch)
-    code = main(["grow", str(ckpt), "--to", "d_ff=192", "--out", str(out), "--no-progress"])
+    code = main(["grow", str(ckpt), "--to", "d_ff=192", "--out", str(out), "--no-progress", "--format", fmt])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"flm grow: error: no space left on device writing {out}")

@@ -241,7 +241,10 @@ def test_vocab_larger_than_model_fails_before_tokenizing(corpus: Path, tmp_path:
     [
         (lambda text: text.encode("utf-16"), "NUL bytes: UTF-16 or binary"),
         (lambda text: random.Random(1).randbytes(20000).replace(b"\x00", b"\x01"), "undecodable bytes or control"),
+        (lambda text: ("Café, naïve, déjà vu. " + text).replace("e", "é").encode("latin-1"),
+         "not UTF-8: Latin-1 or another 8-bit encoding); convert it (e.g. iconv -f LATIN1 -t UTF-8)"),
     ],
+    ids=["utf16", "binary", "latin1"],
 )
 def test_text_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path, content, words) -> None:
     text = make_text(random.Random(0), 3000)
@@ -256,3 +259,16 @@ def test_text_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path, conten
     assert "\n" not in msg and f"data.train[0].path: {bad} does not look like UTF-8 text" in msg and words in msg
     assert "allow_undecodable = true" in msg and not (tmp_path / "prepared").exists()
     prepare_data(data_cfg(tmp_path, [{"path": str(bad), "allow_undecodable": True}]), progress=False)  # knowingly
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b'{"text": "plain, not compressed"}\n' * 50, "ends in .gz but is not gzip-compressed; rename it to c.jsonl"),
+    (gzip.compress(b'{"text": "cut off"}\n' * 500)[:60], "is a cut-off gzip file"),
+], ids=["not-gzip", "cut-off"])
+def test_a_gz_that_is_not_gzip_is_refused_naming_the_fix(tmp_path: Path, content, words) -> None:
+    bad = tmp_path / "c.jsonl.gz"
+    bad.write_bytes(content)
+    for allow in (False, True):  # allow_undecodable cannot read it either
+        with pytest.raises(FlmError) as e:
+            prepare_data(data_cfg(tmp_path, [{"path": str(bad), "allow_undecodable": allow}]), progress=False)
+        assert "\n" not in str(e.value) and f"data.train[0].path: {bad} {words}" in str(e.value)

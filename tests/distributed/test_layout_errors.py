@@ -11,6 +11,7 @@ import pytest
 import tomli_w
 
 from flm.cli import main
+from flm.config import tomllib
 from tests.conftest import tiny_config_dict
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -45,10 +46,13 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _refused(res: subprocess.CompletedProcess, message: str) -> None:
-    """Every rank exited 2 with ``message`` (the ranks share one stderr, so their lines may interleave)."""
+    """``message`` printed once (by rank 0, speaking for both), and every rank exited 2 by itself: torchrun's
+    report lists both ranks' own exit code, and no rank printed a traceback (torchrun's report is its own)."""
     assert res.returncode != 0, res.stderr[-2000:]
-    assert res.stderr.count(message) == 2, res.stderr[-3000:]
-    assert "exitcode  : 2" in res.stderr  # torchrun reports the ranks' own exit code
+    assert res.stderr.count(message) == 1, res.stderr[-3000:]
+    assert res.stderr.count(": error: ") == 1, res.stderr[-3000:]
+    assert res.stderr.count("exitcode  : 2") == 2, res.stderr[-3000:]
+    assert res.stderr.count("Traceback (most recent call last)") <= 1, res.stderr[-3000:]  # torchrun's
 
 
 def test_model_the_layout_cannot_split_under_torchrun(tiny_corpus, prepared_dir, tmp_path):
@@ -85,3 +89,23 @@ def test_resume_into_a_layout_the_model_cannot_take(tiny_corpus, prepared_dir, t
     res = _torchrun("train", str(path), "--out", str(out), "--resume", "--set", "parallel.tp=2")
     _refused(res, "flm train: error: parallel.tp = 2 does not divide model.n_heads = 3")
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_layout_single_runs_a_per_stage_layout_plan_in_one_process(tiny_corpus, prepared_dir, tmp_path, capsys):
+    """A plan whose stages set their own layouts (as configs/demo-3d.toml): in one process the error names
+    --layout single, and with it every stage trains here, the layouts set aside (also in the run's config)."""
+    plan = tiny_config_dict(tiny_corpus, prepared_dir)
+    plan["stages"] = [
+        {"steps": 2, "parallel": {"dp": 2}},
+        {"steps": 2, "grow": {"d_ff": 192, "ramp_steps": 1}, "parallel": {"tp": 2, "dp": 1}},
+    ]
+    config, out = _write(tmp_path, plan), tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stages[0].parallel" in err and "--layout single" in err
+    assert not out.exists()
+    assert main(["run", str(config), "--out", str(out), "--layout", "single"]) == 0
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert all("parallel" not in s for s in saved["stages"]) and saved["parallel"]["tp"] == saved["parallel"]["pp"] == 1
+    assert (out / "stage2" / "checkpoints").is_dir()
+    assert main(["run", str(config), "--out", str(out), "--layout", "single", "--resume"]) == 0  # same config

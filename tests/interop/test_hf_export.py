@@ -96,3 +96,11 @@ def test_tiktoken_tokenizer_becomes_an_equal_tokenizer_json(tmp_path):
     text = "Hello world! The  cat's 12345 <|endoftext|>   ünïcode\n\nend <|label_neg|>"
     assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text, allow_special=True)
     assert hf_tok.convert_tokens_to_ids("<|label_pos|>") == tok.special["label_pos"] == 50259
+
+
+def test_the_export_dtype_choices_are_the_exporters():
+    """`flm export hf --dtype` lists its choices without importing the exporter (start-up time)."""
+    from flm.interop.cli import DTYPE_NAMES
+    from flm.interop.hf_export import DTYPES
+
+    assert DTYPE_NAMES == tuple(DTYPES)

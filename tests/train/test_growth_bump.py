@@ -7,7 +7,7 @@ import pytest
 
 from flm.config import config_from_dict
 from flm.stages import resolve_stages
-from flm.train.growth_bump import EVENT, bump_lines, bump_record, growth_bump
+from flm.train.growth_bump import EVENT, bump_lines, bump_record, growth_bump, no_gain_lines
 
 
 def _stages():
@@ -50,3 +50,19 @@ def test_the_bump_goes_to_metrics_at_the_stage_end_and_to_the_report():
     lines = bump_lines(ROWS + [rec], stages)
     assert len(lines) == 2 and lines[0].startswith("- Loss bump of the growth into stage 2 (ramp of 4 steps): "
                                                    "training +0.3000 over 2.9000 (highest at step 1)")
+
+
+def test_a_stage_without_a_visible_gain_is_explained_in_the_report():
+    """A grown stage whose validation loss ends where it started (the demo's last stage once did: 4.6795 ->
+    4.6797) gets a line naming its ramp, its bump and the LR after the ramp; a stage that gains gets none."""
+    stages = _stages()
+    flat = [r for r in ROWS if r["stage"] < 3] + [
+        _row(3, 0, val_loss=2.95), _row(3, 2, loss=2.6, val_loss=3.0), _row(3, 4, loss=2.65, val_loss=2.99),
+        _row(3, 6, loss=2.6, lr=3.1e-4), _row(3, 8, loss=2.6, val_loss=2.951, lr=3.0e-4),
+    ]
+    assert no_gain_lines(ROWS, stages) == []  # stage 2: 3.1 -> 2.95, stage 3: 2.95 -> 2.9
+    assert no_gain_lines(flat, stages) == [
+        "- Stage 3 shows no gain (val loss 2.9500 -> 2.9510): its growth ramp (4 of its 8 steps) raised the "
+        "validation loss by +0.0500 (step 2), and the 4 steps after the ramp, at LR 3.1e-04 to 3.0e-04, won back no "
+        "more than that; a longer stage (or a shorter ramp) would show a gain."
+    ]

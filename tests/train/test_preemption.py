@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from flm.config import config_from_dict
 from flm.errors import FlmError
@@ -136,3 +137,38 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(t
     assert m, out + err[-2000:]
     step = int(m.group(1))
     assert 10 <= step < 400 and (Path(m.group(2)) / "manifest.json").is_file()
+
+
+def test_ctrl_c_saves_like_sigterm_and_a_second_one_aborts(tiny_cfg, tmp_path):
+    """The first Ctrl-C (SIGINT) ends the step, writes a checkpoint at it and exits 130, saying so; inside the
+    trainer a second one raises KeyboardInterrupt at once (abort, keeping the complete checkpoints)."""
+    cfg = tiny_cfg(steps=400, ckpt_every=25, keep_last=3, eval_every=0, log_every=5)
+    cfg["model"].update(d_model=64, n_heads=4)
+    path, run = write_cfg(tmp_path / "c.toml", cfg), tmp_path / "run"
+    assert flm("data", "prepare", str(path)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "flm.cli", "train", str(path), "--out", str(run)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_00000025").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Ctrl-C: stopping after this step with a checkpoint; Ctrl-C again aborts at once" in err
+    m = re.search(r"stopped by SIGINT after step (\d+): checkpoint (\S+); --resume continues from it", out)
+    assert m, out
+    step, ckpt = int(m.group(1)), Path(m.group(2))
+    assert 25 <= step < 400 and ckpt.name == f"step_{step:08d}" and (ckpt / "manifest.json").is_file()
+    assert "Traceback" not in err
+
+    from flm.distributed.env import DistEnv
+    from flm.train.preemption import StopRequest
+
+    before = signal.getsignal(signal.SIGINT)
+    with StopRequest(DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.agreed() and stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+    assert signal.getsignal(signal.SIGINT) == before

@@ -7,11 +7,6 @@ import argparse
 import json
 
 from flm.cli_args import add_command, add_config_args, load_run_config
-from flm.hardware import load_catalog
-from flm.progress import progress_bar
-from flm.scaling.perf import layout, report
-from flm.scaling.perf.calibrate import load_calibration
-from flm.scaling.perf.step import CONSTANTS
 
 
 def _layout(args: argparse.Namespace) -> int:
@@ -25,6 +20,11 @@ def _layout(args: argparse.Namespace) -> int:
     layout stands. --write saves the config with each stage's best layout. Example:
     flm plan layout configs/flm-101b.toml --gpus 192 --gpu A800 (its [cost] sets ZeRO-1 and the network)
     """
+    from flm.hardware import load_catalog
+    from flm.progress import progress_bar
+    from flm.scaling.perf import layout, report
+    from flm.scaling.perf.calibrate import load_calibration
+    from flm.scaling.perf.step import CONSTANTS
     cfg = load_run_config(args)
     catalog = load_catalog(args.hardware)
     gpu, net = layout.resolve_hardware(catalog, args.gpu or cfg.cost.gpu, args.network or cfg.cost.network,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flm.config import ModelConfig, RunConfig
-from flm.distributed.parallelize import SELECTIVE_EVERY
+from flm.config import SELECTIVE_EVERY, ModelConfig, RunConfig
 from flm.scaling.perf.step import DpMode, Layout, Shape
 from flm.stages import Stage
 
