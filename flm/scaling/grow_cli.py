@@ -41,8 +41,11 @@ def _fit(args: argparse.Namespace) -> int:
     Hoffmann et al. 2022's Approach 3 (Huber loss on log-residuals, several starts), its uncertainty a
     bootstrap over runs. The fit file (JSON, docs/growth.md#the-planner) is what `flm plan grow --fit` reads.
     """
+    from flm.errors import FlmError
     from flm.scaling.loss_model import fit_loss_model, points_from_runs, save_fit
 
+    if not 0 <= args.skip < 1 or args.bootstrap < 0:
+        raise FlmError(f"--skip {args.skip} / --bootstrap {args.bootstrap}: give a share in [0, 1) and a count >= 0")
     bumps = _bumps(args.bump)
     n, d, loss, runs = points_from_runs([Path(r) for r in args.runs], args.metric, args.count, args.skip)
     law = fit_loss_model(n, d, loss, runs=runs, bootstrap=args.bootstrap, count=args.count)
@@ -132,6 +135,8 @@ def _grow(args: argparse.Namespace) -> int:
     from flm.scaling.loss_model import CHINCHILLA, load_fit
     from flm.scaling.predict import n_params
 
+    if not 0 < args.ramp_share <= 1:
+        raise FlmError(f"--ramp-share {args.ramp_share}: give a share of the stage in (0, 1], e.g. 0.25")
     cfg = load_run_config(args)
     law = load_fit(Path(args.fit)) if args.fit else CHINCHILLA
     final = parse_shape(args.final, cfg.model) if args.final else cfg.stage_models()[-1]

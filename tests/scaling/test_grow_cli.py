@@ -75,6 +75,7 @@ def test_grow_writes_a_config_flm_runs(world, tmp_path, capsys) -> None:
     (["--budget", "1e12", "--fit", "nope.json"], "no such file"),
     (["--budget", "1e12", "--fit", "tiny.toml"], "not a JSON fit file"),
     (["--budget", "1e12", "--stages", "9"], "--stages 9: give 2 to 5"),
+    (["--budget", "1e12", "--ramp-share", "2"], "--ramp-share 2.0: give a share"),
 ])
 def test_grow_bad_input_is_one_line(world, tmp_path, capsys, extra, words) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
