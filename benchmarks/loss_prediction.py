@@ -8,6 +8,8 @@ benchmarks/results/loss_prediction.json and loss_prediction.png.
 
     .venv/bin/python benchmarks/loss_prediction.py            # fit 32..128, predict 512: ~12-22 min
     .venv/bin/python benchmarks/loss_prediction.py --seed 1   # the same with other inits and data order
+    .venv/bin/python benchmarks/loss_prediction.py --eval-every 50 --smooth trend --window 400   # issue 24:
+        # each run's loss from the trend of its last evaluations (flm.scaling.predict.loss_at_step); not run yet
 
 Defaults: depth 1 (a 2-layer model's induction-head plateau makes the loss at a fixed step depend on the
 seed by several percent at these budgets), 800 steps of 16 x 64 tokens, lr 7.07e-3 / init 0.02 /
@@ -69,15 +71,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0, help="init and data-order seed of every run (default 0)")
     p.add_argument("--fresh", action="store_true", help="delete earlier runs in --out and train again")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also validate every N steps (default 0: only at the fixed step); --smooth trend needs it")
+    p.add_argument("--smooth", choices=P.SMOOTHING, default="mean",
+                   help="each run's loss: the mean over --window steps (default 1: the fixed step alone) or the "
+                   "trend line through the evaluations in the window, read at the fixed step")
+    p.add_argument("--window", type=int, default=1, help="steps before the fixed step that --smooth reads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.seed and args.out == DEFAULT_OUT:
-        args.out = DEFAULT_OUT.with_name(f"loss_prediction_seed{args.seed}")
+    if args.out == DEFAULT_OUT:
+        tag = (f"_seed{args.seed}" if args.seed else "") + (f"_eval{args.eval_every}" if args.eval_every else "")
+        args.out = DEFAULT_OUT.with_name(f"loss_prediction{tag}")
     fit_widths = sorted(int(w) for w in args.widths.split(","))
     targets = sorted(int(w) for w in args.targets.split(","))
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
     cfg = base_config(args)
+    cfg.train.eval_every = args.eval_every
 
     t0 = time.perf_counter()
     widths = fit_widths + targets
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
         train_seconds[str(w)] = round(recs[-1]["time"], 1)
     preds = {
-        count: P.predict_from_runs(runs, fit_widths, metric="val_loss", count=count)
+        count: P.predict_from_runs(runs, fit_widths, metric="val_loss", count=count, window=args.window,
+                                   smooth=args.smooth)
         for count in ("non-embedding", "total")
     }
     pred = preds[args.params]
@@ -106,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                    "vocab": args.vocab, "batch_size": args.batch_size, "seq_len": args.seq_len},
         "param_count": args.params,
         "prediction": pred.to_json(),
+        "smooth": {"method": args.smooth, "window": args.window, "eval_every": args.eval_every},
         "max_abs_rel_error": max(abs(pt.rel_error or 0.0) for pt in held),
+        # against each held-out run's own evaluation at the fixed step, unsmoothed
+        "max_abs_rel_error_vs_raw": max(
+            abs(pt.predicted / P.read_run(Path(pt.run_dir), pred.step, "val_loss", 1)[2] - 1) for pt in held
+        ),
         "other_param_count": {
             c: {"fit": preds[c].to_json()["fit"],
                 "rel_errors": {pt.width: pt.rel_error for pt in preds[c].points if pt.role == "predict"}}
@@ -118,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     result["within_1pct"] = result["max_abs_rel_error"] <= 0.01
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "loss_prediction" + (f"_seed{args.seed}" if args.seed else "")
+    name = "loss_prediction" + (f"_seed{args.seed}" if args.seed else "") + (
+        f"_{args.smooth}{args.window}" if args.smooth != "mean" or args.window != 1 else "")
     atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=2))
     shutil.copy(args.out / "prediction.png", RESULTS / f"{name}.png")
     print(json.dumps(result))

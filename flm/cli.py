@@ -23,6 +23,7 @@ from flm.generate import cli as generate_cli
 from flm.growth import cli as growth_cli
 from flm.interop import cli as interop_cli
 from flm.scaling import cli as scaling_cli
+from flm.scaling.plan import cli as plan_cli
 from flm.train import cli as train_cli
 
 COMMANDS = (
@@ -31,7 +32,8 @@ COMMANDS = (
     generate_cli,  # flm generate
     checkpoint_cli,  # flm checkpoint consolidate / verify
     growth_cli,  # flm grow
-    scaling_cli,  # flm cost, flm mup coord-check / search, flm predict, flm plan search
+    scaling_cli,  # flm cost, flm mup coord-check / search, flm predict
+    plan_cli,  # flm plan search / layout / grow / fit
     eval_cli,  # flm eval ppl / bench / iq / teacher / harness / list
     interop_cli,  # flm export hf / gguf, flm import hf
 )

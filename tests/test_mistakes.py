@@ -225,6 +225,17 @@ CASES = [
     Mistake("layout-not-dividing", "plan layout tiny.toml --gpu A100 --gpus 8 --set parallel.tp=4",
             "parallel.tp = 4 does not divide model.n_heads = 2"),
     Mistake("layout-partial-nodes", "plan layout tiny.toml --gpu A100 --gpus 12", "is not a multiple of the 8 GPUs"),
+    # flm plan grow (issue 24) -- begin
+    Mistake("grow-plan-budget-below-a-step", "plan grow tiny.toml --budget 1e3 --final d_model=64",
+            "is below one step of the start shape"),
+    Mistake("grow-plan-unreachable-final", "plan grow tiny.toml --budget 1e12 --final d_model=40",
+            "--final.d_model = 40 is not a multiple of head_dim 16"),
+    Mistake("grow-plan-fit-missing", "plan grow tiny.toml --budget 1e12 --final d_model=64 --fit fit.jsn",
+            "--fit fit.jsn: no such file"),
+    Mistake("grow-plan-fit-invalid", "plan grow tiny.toml --budget 1e12 --final d_model=64 --fit fit.json",
+            "missing or non-numeric parameter 'A'", _write("fit.json", '{"format": "flm loss model v1", "E": 2}')),
+    Mistake("grow-plan-no-growth", "plan grow tiny.toml --budget 1e12", "tiny.toml has no growth (one shape)"),
+    # flm plan grow (issue 24) -- end
     # flm eval
     Mistake("eval-data-missing", f"eval ppl {RUN} --data corpus/test.jsonl", "--data corpus/test.jsonl: no such file"),
     Mistake("eval-model-missing", "eval ppl runs/tiy --data corpus/valid.jsonl", "model not found: runs/tiy"),

@@ -1,7 +1,5 @@
 """`flm cost` (price a growth plan), `flm mup coord-check` and `flm mup search` (μP checks and the proxy
-search), `flm predict` (μScaling loss prediction), `flm plan search` (the schedule of a growth plan that
-reaches the lowest validation loss under a fixed FLOP budget, searched on a small proxy) and `flm plan layout`
-(parallel layouts ranked by the performance model, flm.scaling.perf)."""
+search) and `flm predict` (μScaling loss prediction). The `flm plan` group is flm/scaling/plan/cli.py."""
 
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from flm.config import ModelConfig, RunConfig
-    from flm.scaling.plan_search import Trial
     from flm.scaling.search import SearchResult
 
 MUP_CONFIG_HELP = "run config (TOML), e.g. configs/demo.toml; its [model] (first stage) is the model scaled"
@@ -45,7 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_search(msub)
     _register_predict(sub)
     _register_cost(sub)
-    _register_plan(sub)
 
 
 # ----- cost -------------------------------------------------------------------------------------------------
@@ -413,149 +409,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"wrote {json_path} and {png_path}")
     return 0
-
-
-# ----- plan search ------------------------------------------------------------------------------------------
-
-
-def _plot_trials(trials: list[Trial], path: Path) -> None:
-    """Final validation loss of every candidate against the first stage's share, one marker per ramp share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    done = [t for t in trials if t.val_loss is not None and math.isfinite(t.val_loss)]
-    for ramp in sorted({t.choice.ramp_share for t in done if t.choice.ramp_share is not None}):
-        pts = [t for t in done if t.choice.ramp_share == ramp]
-        ax.scatter([t.choice.first_share for t in pts], [t.val_loss for t in pts], label=f"ramp {ramp:g} of stage")
-    given = [t for t in done if t.choice.first_share is None]
-    if given:
-        ax.axhline(given[0].val_loss, color="k", ls="--", lw=1, label="the plan as given")
-    ax.set_xlabel("share of the FLOP budget in the first stage")
-    ax.set_ylabel("final validation loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def cmd_plan_search(args: argparse.Namespace) -> int:
-    """search growth schedules under a fixed FLOP budget on a small proxy; write the best as a config
-
-    Give a small proxy of your plan (the same growth factors at a width that trains in minutes, e.g.
-    configs/demo.toml). Each candidate keeps the plan's shapes and changes the schedule: the share of the
-    budget in the first stage, each growth's ramp length, the LR scale at each growth (lr_mode 'inherit'),
-    and the order of the growths when they grow different dimensions. Steps per stage follow from the budget
-    (default: the plan's own model FLOPs). The plan as given is always the first candidate. Every candidate
-    is one `flm run` in OUT/trials/<tag> (an interrupted search resumes); OUT/search.jsonl ranks them,
-    OUT/best.toml is the winner's config and OUT/search.png plots them.
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    from flm.config import check_training_source
-    from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
-
-    cfg = load_run_config(args)
-    check_training_source(cfg, str(args.config))
-    budget = plan_flops(cfg) * args.budget_scale
-    out = Path(args.out)
-    n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains
-    print(f"searching {n} schedules of {cfg.name} at {budget:.3g} FLOPs each, into {out}")
-
-    def say(t: Trial) -> None:
-        print(f"  {t.choice.tag}: steps {t.steps}, val loss {t.val_loss:.4f}", flush=True)
-
-    ranked = run_search(cfg, out, args.trials, budget, args.seed, on_trial=say)
-    table = Table(title=f"{len(ranked)} schedules at {budget:.3g} FLOPs (best first)")
-    for col in ("schedule", "steps per stage", "FLOPs", "val loss"):
-        table.add_column(col)
-    for t in ranked:
-        table.add_row(t.choice.tag, " / ".join(map(str, t.steps)), f"{t.flops:.3g}", f"{t.val_loss:.4f}")
-    Console().print(table)
-    save_best(cfg, ranked[0], budget, out / "best.toml")
-    _plot_trials(ranked, out / "search.png")
-    given = next((t for t in ranked if t.choice.first_share is None), None)
-    gain = f" ({given.val_loss - ranked[0].val_loss:+.4f} vs the plan as given)" if given else ""
-    print(f"best: {ranked[0].choice.tag}, val loss {ranked[0].val_loss:.4f}{gain}; wrote {out / 'best.toml'}")
-    return 0
-
-
-def _register_plan(sub: argparse._SubParsersAction) -> None:
-    psub = add_command_group(sub, "plan", help="growth-plan tools: search a plan's schedule on a small proxy, "
-                             "rank parallel layouts",
-                             description="Tools for growth plans ([[stages]] of a run config).")
-    p = add_command(psub, "search", cmd_plan_search)
-    add_config_args(p, "run config with [[stages]] (a small proxy of your plan), e.g. configs/demo.toml")
-    p.add_argument("--out", required=True, metavar="DIR", help="search folder (trials, search.jsonl, best.toml)")
-    p.add_argument("--trials", type=int, default=8, help="candidates, the plan as given included (default 8)")
-    p.add_argument("--budget-scale", type=positive, default=1.0,
-                   help="FLOP budget as a multiple of the plan's own (default 1; < 1 for a quicker search)")
-    p.add_argument("--seed", type=int, default=0, help="which candidates are drawn from the grid (default 0)")
-    _register_plan_layout(psub)
-
-
-# ----- plan layout -----------------------------------------------------------------------------------------
-
-
-def cmd_plan_layout(args: argparse.Namespace) -> int:
-    """rank TP·PP·DP layouts of each stage by modelled step time, on the GPUs you have
-
-    For every stage (or --stage): enumerate tensor, pipeline and data parallel degrees, micro-batch size,
-    pipeline schedule (GPipe, 1F1B, interleaved), sequence parallelism and activation checkpointing; drop what
-    flm cannot run and what the memory planner says does not fit 90% of the device; rank the rest by the
-    performance model's step time (docs/performance.md) and print the fastest with their breakdown (compute,
-    recompute, TP/PP/DP communication, bubble, optimizer), the binding reason, and where the configured
-    layout stands. --write saves the config with each stage's best layout. Example:
-    flm plan layout configs/flm-101b.toml --gpus 192 --gpu A800 (its [cost] sets ZeRO-1 and the network)
-    """
-    from flm.hardware import load_catalog
-    from flm.progress import progress_bar
-    from flm.scaling.perf import layout, report
-    from flm.scaling.perf.calibrate import load_calibration
-    from flm.scaling.perf.step import CONSTANTS
-
-    cfg = load_run_config(args)
-    catalog = load_catalog(args.hardware)
-    gpu, net = layout.resolve_hardware(catalog, args.gpu or cfg.cost.gpu, args.network or cfg.cost.network,
-                                       "--gpu" if args.gpu else "cost.gpu")
-    consts = load_calibration(args.calibrate, gpu.peak_tflops) if args.calibrate else CONSTANTS
-    dp_mode = args.dp_mode or cfg.cost.dp_mode
-    searches = []
-    for st in layout.pick_stages(cfg, args.stage):
-        n = layout.stage_gpu_count(cfg, st, args.gpus)
-
-        def run(tick, st=st, n=n):
-            return layout.search_stage(cfg, st, n, gpu, net, dp_mode, consts, tick)
-
-        searches.append(layout.timed(run, lambda total, st=st: progress_bar(f"layouts of {st.name}", total)))
-    if args.write:
-        layout.write_best(cfg, searches, args.write)
-    if args.json:
-        print(json.dumps({"constants": consts.__dict__, "stages": [s.to_dict(args.top) for s in searches]},
-                         indent=2))
-    else:
-        report.render_text(searches, args.top)
-        if args.write:
-            print(f"wrote {args.write} (each searched stage's best layout)")
-    return 0
-
-
-def _register_plan_layout(psub: argparse._SubParsersAction) -> None:
-    p = add_command(psub, "layout", cmd_plan_layout)
-    add_config_args(p, "run config (TOML), e.g. configs/flm-101b.toml", example="train.batch_size=1024")
-    p.add_argument("--gpus", type=int, help="GPUs (whole nodes); default: each stage's layout's count")
-    p.add_argument("--gpu", help="GPU name from flm/hardware.toml (default cost.gpu), e.g. A800, H100")
-    p.add_argument("--network", help="inter-node network from flm/hardware.toml (default: the GPU's)")
-    p.add_argument("--hardware", metavar="FILE",
-                   help="a TOML file adding GPUs or networks (keys as flm/hardware.toml)")
-    p.add_argument("--stage", help="only this stage (1-based index or name)")
-    p.add_argument("--dp-mode", choices=["fsdp", "zero1", "ddp"],
-                   help="data parallelism: fsdp (flm's FSDP2), zero1 (Megatron's distributed optimizer), ddp "
-                        "(default: cost.dp_mode, itself fsdp by default)")
-    p.add_argument("--top", type=int, default=5, help="layouts shown per stage (default 5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--calibrate", metavar="FILE", help="GEMM efficiency measured by scripts/gpu_check.sh")
-    p.add_argument("--write", metavar="OUT.toml", help="save the config with each stage's best layout")

@@ -128,16 +128,38 @@ def width_run_config(cfg: RunConfig, width: int) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def loss_at_step(records: list[dict[str, Any]], step: int, metric: str = "val_loss", window: int = 1) -> float:
-    """Mean of ``metric`` over the logged records with step in (step - window, step]."""
-    hits = [r[metric] for r in records if metric in r and step - window < r["step"] <= step]
+SMOOTHING = ("mean", "trend")
+
+
+def loss_at_step(
+    records: list[dict[str, Any]], step: int, metric: str = "val_loss", window: int = 1, smooth: str = "mean"
+) -> float:
+    """``metric`` at ``step`` from the logged records with step in (step - window, step]: their mean, or
+    (``smooth="trend"``) the least-squares line of the loss against log(step) through them, read at ``step``.
+
+    Why the trend: one evaluation carries the noise of its batches and of the run's last updates (the seed),
+    and the mean of a window of a falling curve sits above its end by the same amount at every width only
+    when the curves fall alike. The line keeps the end of the curve and averages the noise over the window
+    (at k evenly spread points its value at the end has about 4/k of one point's variance)."""
+    hits = [(r["step"], r[metric]) for r in records if metric in r and step - window < r["step"] <= step]
     if not hits:
         logged = sorted({r["step"] for r in records if metric in r})
         raise FlmError(
             f"no '{metric}' logged at step {step} (logged at steps {logged[-5:] or 'none'}); pick --step "
             "from those, widen --window, or set train.eval_every so that it divides the step"
         )
-    return float(np.mean(hits))
+    if smooth not in SMOOTHING:
+        raise FlmError(f"smoothing '{smooth}': use one of {', '.join(SMOOTHING)}")
+    steps, losses = np.array(hits, dtype=np.float64).T
+    if smooth == "mean":
+        return float(np.mean(losses))
+    if len(set(steps.tolist())) < 3 or steps.min() <= 0:
+        raise FlmError(
+            f"a trend of '{metric}' at step {step} needs evaluations at 3+ distinct steps > 0 in the window "
+            f"(found steps {sorted(set(steps.astype(int).tolist()))}); widen --window or log more often"
+        )
+    slope, intercept = np.polyfit(np.log(steps), losses, 1)
+    return float(intercept + slope * math.log(step))
 
 
 @dataclass
@@ -174,7 +196,9 @@ class Prediction:
         }
 
 
-def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple[ModelConfig, int, float]:
+def read_run(
+    run_dir: Path, step: int | None, metric: str, window: int, smooth: str = "mean"
+) -> tuple[ModelConfig, int, float]:
     """(model config, step used, loss) of a finished run folder (config.toml + metrics.jsonl)."""
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
@@ -184,7 +208,7 @@ def read_run(run_dir: Path, step: int | None, metric: str, window: int) -> tuple
     if not records:
         raise FlmError(f"{run_dir} has no metrics.jsonl records; the run has not logged yet")
     at = step if step is not None else max(r["step"] for r in records)
-    return model, at, loss_at_step(records, at, metric, window)
+    return model, at, loss_at_step(records, at, metric, window, smooth)
 
 
 def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
@@ -278,11 +302,12 @@ def predict_from_runs(
     metric: str = "val_loss",
     window: int = 1,
     count: str = "non-embedding",
+    smooth: str = "mean",
 ) -> Prediction:
-    """Fit on the runs of ``fit_widths``, predict the rest."""
+    """Fit on the runs of ``fit_widths``, predict the rest (every run's loss read by ``loss_at_step``)."""
     points, steps = [], set()
     for width, run_dir in sorted(runs.items()):
-        model, at, loss = read_run(Path(run_dir), step, metric, window)
+        model, at, loss = read_run(Path(run_dir), step, metric, window, smooth)
         steps.add(at)
         role = "fit" if width in fit_widths else "predict"
         points.append(RunPoint(width, n_params(model, count), loss, role, str(run_dir)))

@@ -159,3 +159,38 @@ def test_train_series_uses_the_trainer_and_reuses_finished_runs(tiny_cfg, tmp_pa
         model, step, loss = P.read_run(run, None, "val_loss", 1)
         assert model == P.width_run_config(cfg, width).model and step == 4
         assert loss == read_metrics(run / "metrics.jsonl")[-1]["val_loss"]
+
+
+def test_trend_over_late_steps_predicts_better_than_one_step():
+    """Synthetic runs: L(N, t) = 2·(N/1e6)^-0.35 + 3 + 5·t^-0.5 with 0.01 of noise on every evaluation (every
+    50 steps to 800). Fitting 4 widths and predicting a 8x wider one at step 800, the trend over the last 600
+    steps (12 evaluations) errs less than the loss at step 800 alone, and less than the window's mean (which
+    sits above the end of the falling curve)."""
+    rng = np.random.default_rng(0)
+    widths = np.array([1e5, 2e5, 4e5, 8e5])
+    target, steps = 6.4e6, np.arange(50, 801, 50)
+
+    def curve(n):
+        return 2.0 * (n / 1e6) ** -0.35 + 3.0 + 5.0 * steps**-0.5
+
+    truth = curve(target)[-1]
+    errors = {"one step": [], "mean": [], "trend": []}
+    for _ in range(60):
+        noisy = [curve(n) + 0.01 * rng.standard_normal(len(steps)) for n in widths]
+        runs = [[{"step": int(t), "val_loss": float(v)} for t, v in zip(steps, c)] for c in noisy]
+        for name, window, smooth in (("one step", 1, "mean"), ("mean", 600, "mean"), ("trend", 600, "trend")):
+            losses = [P.loss_at_step(r, 800, "val_loss", window, smooth) for r in runs]
+            errors[name].append(abs(P.fit_power_law(widths, losses)(target) / truth - 1))
+    mae = {k: float(np.mean(v)) for k, v in errors.items()}
+    # mean |error| at rng seeds 0, 1, 2: one step 0.84 / 1.12 / 0.90%, window mean 1.26 / 1.16 / 1.22%,
+    # trend 0.50 / 0.47 / 0.52% (seed 0 asserted here; default_rng(1) or (2) above gives the others)
+    assert mae["trend"] < 0.7 * mae["one step"], mae
+    assert mae["trend"] < mae["mean"], mae
+
+
+def test_trend_needs_three_steps():
+    recs = [{"step": 100, "val_loss": 3.0}, {"step": 200, "val_loss": 2.9}]
+    with pytest.raises(FlmError, match="3\\+ distinct steps"):
+        P.loss_at_step(recs, 200, "val_loss", 200, "trend")
+    with pytest.raises(FlmError, match="smoothing 'median'"):
+        P.loss_at_step(recs, 200, "val_loss", 200, "median")
