@@ -34,9 +34,8 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
     from flm.config import config_from_dict, load_config  # pydantic: only when a command runs
     from flm.stages import check_plan
 
-    if args.config:
-        return check_plan(load_config(args.config, args.overrides))
-    return check_plan(config_from_dict({}, "defaults", args.overrides))
+    cfg = load_config(args.config, args.overrides) if args.config else config_from_dict({}, "defaults", args.overrides)
+    return check_plan(cfg)
 
 
 Handler = Callable[[argparse.Namespace], int]

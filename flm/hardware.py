@@ -9,6 +9,7 @@ overrides it, ``train.peak_flops`` overrides both. ``MfuWatch`` warns once when 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import platform
@@ -265,9 +266,15 @@ def _parse(data: dict, source: str, base: Catalog | None) -> Catalog:
     return Catalog(gpus, networks)
 
 
+@functools.cache
+def _builtin_catalog() -> Catalog:
+    """The shipped table, parsed once per process (its entries are frozen; a user file's parse copies them)."""
+    return _parse(tomllib.loads(CATALOG_FILE.read_text(encoding="utf-8")), CATALOG_FILE.name, None)
+
+
 def load_catalog(extra: str | Path | None = None) -> Catalog:
     """flm's GPU and network table, with the entries of the TOML file ``extra`` (if given) added or replacing."""
-    catalog = _parse(tomllib.loads(CATALOG_FILE.read_text(encoding="utf-8")), CATALOG_FILE.name, None)
+    catalog = _builtin_catalog()
     if extra is None:
         return catalog
     path = Path(extra)

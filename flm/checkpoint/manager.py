@@ -114,7 +114,7 @@ class CheckpointManager:
             except BaseException as e:
                 self._drop_failed_shards(folder, staged, e)
                 raise
-            model_state, optim = {}, ({}, self.model.optim_step(optimizer))
+            model_state, optim = {}, ({}, 0)  # the moments are in the DCP shards; the counts in optim_meta
         else:  # collectives: every rank gathers, rank 0 gets the state
             model_state, optim = self.model.full_model_state(), self.model.full_optim_state(optimizer)
         growth, steps = self.model.full_growth_state(), self.model.optim_steps(optimizer)

@@ -94,10 +94,6 @@ class ModelState:
         gathered = self._to_rank0(tensors)  # every parameter takes every step: one step count for all
         return None if gathered is None else (gathered, step)
 
-    def optim_step(self, optimizer: torch.optim.Optimizer) -> int:
-        """AdamW's step count (every parameter takes every step); 0 before the first step."""
-        return next((int(st["step"]) for _, p in self._named_parameters() if (st := optimizer.state.get(p))), 0)
-
     def optim_steps(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         """optim.json's step counts on global rank 0 (collective under pp): ``{"step": the largest}``, plus
         ``"param_steps"``: the tensors whose own count differs (blocks a growth added start at 0)."""

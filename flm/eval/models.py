@@ -30,7 +30,7 @@ from flm.errors import FlmError
 from flm.eval.scorer import Scorer
 from flm.hardware import pick_device
 from flm.interop.gguf_export import ARCH as NEOX_GGUF
-from flm.interop.gguf_import import gguf_architecture, load_gguf
+from flm.interop.gguf_import import gguf_architecture, load_gguf, open_gguf
 from flm.log import get_logger
 
 log = get_logger(__name__)
@@ -251,14 +251,16 @@ def load_scorer(
     kind, path = model_kind(spec)
     dev, dt = pick_device(device), pick_dtype(dtype)
     opts = dict(batch_tokens=batch_tokens, gen_batch=gen_batch)
+    reader = None
     if kind == "gguf":
         _check_gguf_magic(path)
-        if gguf_architecture(path) == NEOX_GGUF:
+        reader = open_gguf(path)
+        if gguf_architecture(reader, path) == NEOX_GGUF:
             kind = "gguf-neox"
     if kind in ("flm", "gguf-neox"):
         try:
             if kind == "gguf-neox":
-                model, tok = load_gguf(path)
+                model, tok = load_gguf(path, reader)
             else:
                 model, _, tok = load_model(path, device=dev)
         except FlmError:
@@ -308,8 +310,7 @@ def load_hf(
         raise FlmError("Hugging Face models need transformers: pip install 'flm[eval]'") from None
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if gguf:
-        _check_gguf_magic(path)
+    if gguf:  # load_scorer has checked the magic bytes
         log.warning(  # stderr, as before: stdout holds the results
             f"loading {path.name} (dequantizing GGUF weights to {dtype}; ~30 s for SmolLM2-135M on 2 cores)"
         )

@@ -20,22 +20,27 @@ from tokenizers import Tokenizer as HFBackend
 from tokenizers.models import BPE
 from torch import Tensor
 
-from flm.data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer
+from flm.data.tokenizer import HFTokenizer, Tokenizer
 from flm.errors import FlmError
-from flm.interop.gguf_export import ARCH, FLM_MODEL_KEY, gguf_name
+from flm.interop.gguf_export import _NAMES, _TOKEN_CONTROL, ARCH, FLM_MODEL_KEY, HF_JSON_KEY, gguf_name
 from flm.interop.hf_import import exported_config
 from flm.interop.neox import FLM_KEY, flm_config_from_neox, import_recipes, q_fold, readout_fold
 from flm.model import FLM
 
 
-def gguf_architecture(path: Path) -> str:
-    """``general.architecture`` of a GGUF file (one FlmError line if it is not a readable GGUF)."""
-    return str(_field(_reader(path), "general.architecture", path))
+def open_gguf(path: Path) -> Any:
+    """A ``gguf.GGUFReader`` of the file (one FlmError line if it is not a readable GGUF)."""
+    return _reader(path)
 
 
-def load_gguf(path: Path) -> tuple[FLM, Tokenizer]:
-    """(flm model in eval mode, tokenizer) of a GPT-NeoX GGUF file."""
-    reader = _reader(path)
+def gguf_architecture(reader: Any, path: Path) -> str:
+    """``general.architecture`` of an opened GGUF file."""
+    return str(_field(reader, "general.architecture", path))
+
+
+def load_gguf(path: Path, reader: Any = None) -> tuple[FLM, Tokenizer]:
+    """(flm model in eval mode, tokenizer) of a GPT-NeoX GGUF file (``reader``: the file already opened)."""
+    reader = reader if reader is not None else _reader(path)
     arch = _field(reader, "general.architecture", path)
     if arch != ARCH:
         raise FlmError(f"{path}: flm reads GGUF architecture {ARCH!r}, this file is {arch!r}")
@@ -90,8 +95,7 @@ def _hf_names(tensors: dict[str, Any]) -> dict[str, Any]:
         out[f"gpt_neox.final_layer_norm.{p}"] = tensors[f"output_norm.{p}"]
     blocks = {n.split(".")[1] for n in tensors if n.startswith("blk.")}
     for i in sorted(blocks, key=int):
-        for module in ("input_layernorm", "attention.query_key_value", "attention.dense",
-                       "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"):  # fmt: skip
+        for module in _NAMES:  # the exporter's table, read backwards
             for p in ("weight", "bias"):
                 hf = f"gpt_neox.layers.{i}.{module}.{p}"
                 if gguf_name(hf) in tensors:
@@ -127,8 +131,8 @@ def _neox_config(reader: Any, tensors: dict[str, Any], heads: int, path: Path) -
 
 def _tokenizer(reader: Any, path: Path) -> Tokenizer:
     """flm's export carries the tokenizer whole; otherwise a byte-level BPE of the GGUF's tokens and merges."""
-    if "tokenizer.huggingface.json" in reader.fields:
-        return HFTokenizer(HFBackend.from_str(_field(reader, "tokenizer.huggingface.json", path)))
+    if HF_JSON_KEY in reader.fields:
+        return HFTokenizer(HFBackend.from_str(_field(reader, HF_JSON_KEY, path)))
     tokens = list(_field(reader, "tokenizer.ggml.tokens", path))
     merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", path, [])]
     backend = HFBackend(BPE({t: i for i, t in enumerate(tokens)}, merges, fuse_unk=False))
@@ -136,9 +140,8 @@ def _tokenizer(reader: Any, path: Path) -> Tokenizer:
     backend.decoder = decoders.ByteLevel()
     types = list(_field(reader, "tokenizer.ggml.token_type", path, []))
     backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                for i, kind in enumerate(types) if kind == 3])  # fmt: skip
+                                for i, kind in enumerate(types) if kind == _TOKEN_CONTROL])  # fmt: skip
     tok = HFTokenizer(backend)
     eos = int(_field(reader, "tokenizer.ggml.eos_token_id", path, tok.eos_id))
     tok.special["eos"] = eos  # the file's own end of text conditions every document, as flm's EOS does
-    assert set(tok.special) >= set(SPECIAL_TOKENS)
     return tok

@@ -108,7 +108,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.device_gb is not None:
         raise FlmError("--device-gb goes with --memory: flm cost CONFIG --memory --device-gb 80")
     c = plan_cost(cfg, model_only=args.modelled)
-    lrs, flops = stage_lrs(cfg, resolve_stages(cfg)), compare(cfg)
+    stages = resolve_stages(cfg)
+    lrs, flops = stage_lrs(cfg, stages), compare(cfg, stages)
     if args.json:
         out = {**c.to_dict(), "lr": [vars(s) for s in lrs], "flops_comparison": flops.to_dict()}
         print(json.dumps(out, indent=2))

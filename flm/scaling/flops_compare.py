@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from flm.config import ModelConfig, RunConfig
 from flm.flops import flops_per_token
 from flm.scaling.cost_report import _si, fmt_count
-from flm.stages import resolve_stages
+from flm.stages import Stage, resolve_stages
 
 RULE = ("the mean of the Narayanan et al. 2021 counts without and with full activation recompute, ± half "
         "their gap (the rule of the FLM-101B paper's Table 4)")
@@ -88,9 +88,10 @@ class Comparison:
         ]}
 
 
-def compare(cfg: RunConfig) -> Comparison:
-    """The plan of ``cfg`` (every stage's shape on its tokens) and the paper's baselines, by ``RULE``."""
-    plan = row(cfg.name, [(s.model, cfg.seq_len, s.tokens) for s in resolve_stages(cfg)])
+def compare(cfg: RunConfig, stages: list[Stage] | None = None) -> Comparison:
+    """The plan of ``cfg`` (every stage's shape on its tokens; ``stages``: its resolved stages, if at hand) and
+    the paper's baselines, by ``RULE``."""
+    plan = row(cfg.name, [(s.model, cfg.seq_len, s.tokens) for s in (stages or resolve_stages(cfg))])
     refs = [row(r.name, [(r.model(), r.seq_len, r.tokens)]) for r in REFERENCES]
     own = FLM_101B_PAPER_ZFLOPS * 1e21 if cfg.name == "flm-101b" else None
     return Comparison(RULE, [plan, *refs], [own, *(r.paper_zflops * 1e21 for r in REFERENCES)])

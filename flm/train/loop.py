@@ -121,7 +121,7 @@ class Trainer:
         """Moments, counters, data position and mask ramp of a grown (or ``--init``) model."""
         self.ramp.load_state_dict(init.ramp)
         self.counters.tokens, self.counters.flops = init.tokens, init.flops
-        ModelState(self.model).load_optim_state(self.optimizer, init.optim_tensors, init.optim_step,
+        self.checkpoints.model.load_optim_state(self.optimizer, init.optim_tensors, init.optim_step,
                                                 init.optim_param_steps)
         if init.loader_state and self.loader.continues(init.loader_state):
             self.loader.load_state_dict(init.loader_state)  # the next stage reads on where the last one stopped

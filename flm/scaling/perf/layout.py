@@ -138,14 +138,14 @@ def search_stage(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Netwo
     fits: list[Candidate] = []
     big: list[Candidate] = []
     for i, (lay, ac) in enumerate(todo):
+        if on_progress is not None:  # counted before the try: a refused layout is searched too
+            on_progress(i + 1, len(todo))
         try:
             cand = _evaluate(m, seq, batch, lay, ac, dp_mode, gpu, net, c)
         except FlmError:
             out.invalid += 1
             continue
         (fits if cand.memory_bytes <= usable else big).append(cand)
-        if on_progress is not None:
-            on_progress(i + 1, len(todo))
     out.ranked = sorted(fits, key=lambda k: k.time.step)
     out.too_big = len(big)
     if out.ranked:
