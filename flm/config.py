@@ -412,7 +412,7 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        seq = self.train.seq_len or self.model.max_seq_len
+        seq = self.seq_len
         if seq > self.model.max_seq_len:
             raise ValueError(
                 f"train.seq_len ({seq}) exceeds model.max_seq_len ({self.model.max_seq_len}); lower it"

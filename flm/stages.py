@@ -10,7 +10,7 @@ cannot work, a ramp or a warmup longer than the steps it covers) happens here, b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flm.config import (
@@ -31,31 +31,24 @@ from flm.errors import FlmError
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a plan."""
+    """One stage of a plan: plain data, read from the config once by ``resolve_stages``."""
 
     index: int  # 1-based, as people count stages
     name: str  # stages[i].name, else "stage N"; the run's name for a plan without [[stages]]
     where: str  # the config table that defines it, for error messages: "stages[i]", or "config" without stages
     cfg: RunConfig  # a single-stage config for training: this stage's model, steps, batch, LR, parallel layout
+    model: ModelConfig  # cfg.model
+    batch_size: int  # cfg.train.batch_size
+    parallel: ParallelConfig  # cfg.parallel
+    folder: str  # the stage's folder inside a run folder: "stage<index>"
     steps: int  # optimizer steps
     tokens: int  # what the stage trains on: as given, or steps · batch_size · seq_len
     growth: GrowthConfig | None  # how it grows out of the previous stage; None for the first
-    tflops_per_gpu: float | None  # measured hardware TFLOP/s per GPU, for `flm cost`
-    lr: float | None  # stages[i].lr: the stage's peak (restart); inherit: the plan's peak (first), start LR (later)
-    warmup_steps: int | None  # stages[i].warmup_steps; None: optim.warmup_steps
+    tflops_per_gpu: float | None = None  # measured hardware TFLOP/s per GPU, for `flm cost`
+    lr: float | None = None  # stages[i].lr: its peak (restart); inherit: the plan's peak (first), start LR (later)
+    warmup_steps: int | None = None  # stages[i].warmup_steps; None: optim.warmup_steps
     parallel_where: str = "parallel"  # the table that sets its layout: "stages[i].parallel", or "parallel"
     lr_scale: float | None = None  # stages[i].lr_scale (inherit): multiplies the inherited LR from this stage on
-
-    # read from cfg once, so that a Stage is plain data: model, batch size, layout, and its folder in a run
-    model: ModelConfig = field(init=False)
-    batch_size: int = field(init=False)
-    parallel: ParallelConfig = field(init=False)
-    folder: str = field(init=False)  # the stage's folder inside a run folder
-
-    def __post_init__(self) -> None:
-        for name, value in (("model", self.cfg.model), ("batch_size", self.cfg.train.batch_size),
-                            ("parallel", self.cfg.parallel), ("folder", f"stage{self.index}")):
-            object.__setattr__(self, name, value)  # frozen
 
 
 def stage_models(cfg: RunConfig) -> list[ModelConfig]:
@@ -133,25 +126,23 @@ def resolve_stages(cfg: RunConfig) -> list[Stage]:
     stages: list[Stage] = []
     for i, (st, model) in enumerate(zip(entries, models)):
         stage_cfg = _stage_config(cfg, i, st, model)
-        steps = stage_cfg.train.steps
-        tokens = steps * stage_cfg.train.batch_size * cfg.seq_len  # all > 0: the config refuses 0 steps or tokens
+        tc = stage_cfg.train
+        read = {"cfg": stage_cfg, "model": stage_cfg.model, "batch_size": tc.batch_size,
+                "parallel": stage_cfg.parallel, "folder": f"stage{i + 1}", "steps": tc.steps}
+        tokens = tc.steps * tc.batch_size * cfg.seq_len  # all > 0: the config refuses 0 steps or tokens
         if st is None:
-            stages.append(Stage(
-                index=1, name=cfg.name, where="config", cfg=stage_cfg, steps=steps, tokens=tokens, growth=None,
-                tflops_per_gpu=None, lr=None, warmup_steps=None,
-            ))
+            stages.append(Stage(index=1, name=cfg.name, where="config", tokens=tokens, growth=None, **read))
             continue
         where = f"stages[{i}]"
-        if st.grow is not None and st.grow.ramp_steps > steps:
+        if st.grow is not None and st.grow.ramp_steps > tc.steps:
             raise FlmError(
-                f"{where}.grow.ramp_steps ({st.grow.ramp_steps}) is longer than the stage ({steps} steps): "
+                f"{where}.grow.ramp_steps ({st.grow.ramp_steps}) is longer than the stage ({tc.steps} steps): "
                 "the masks would still be on when the next stage starts; shorten the ramp"
             )
         stages.append(Stage(
-            index=i + 1, name=st.name or f"stage {i + 1}", where=where, cfg=stage_cfg, steps=steps,
-            tokens=st.tokens or tokens, growth=st.grow, tflops_per_gpu=st.tflops_per_gpu, lr=st.lr,
-            warmup_steps=st.warmup_steps, parallel_where=f"{where}.parallel" if st.parallel else "parallel",
-            lr_scale=st.lr_scale,
+            index=i + 1, name=st.name or f"stage {i + 1}", where=where, tokens=st.tokens or tokens,
+            growth=st.grow, tflops_per_gpu=st.tflops_per_gpu, lr=st.lr, warmup_steps=st.warmup_steps,
+            parallel_where=f"{where}.parallel" if st.parallel else "parallel", lr_scale=st.lr_scale, **read,
         ))
     _check_warmups(cfg, stages)
     _check_lr_keys(cfg, stages)

@@ -192,9 +192,8 @@ class CheckpointManager:
                             "saved again")
         return latest
 
-    def restore(self, folder: Path) -> dict[str, Any]:
-        """Every part's state from checkpoint ``folder`` of this stage (``--resume``, a spike's rollback);
-        returns trainer.json."""
+    def restore(self, folder: Path) -> None:
+        """Every part's state from checkpoint ``folder`` of this stage (``--resume``, a spike's rollback)."""
         sharded = is_sharded(folder)
         verify_checkpoint(self.env, folder)  # the ranks split the hashing
         data, saved_cfg = load_checkpoint(folder, verify=False, tensors=not sharded)
@@ -212,7 +211,6 @@ class CheckpointManager:
             self.model.load_optim_state(optimizer, data.optim_tensors, step, steps)
         self._restore_small_parts(folder, data)
         self.last = folder
-        return data.trainer
 
     def _check_fits(self, folder: Path, data: CheckpointData, saved_cfg: RunConfig, sharded: bool) -> None:
         if saved_cfg.model != self.cfg.model:

@@ -19,6 +19,9 @@ per-source counters, so:
 
 Valid: every window of every source in order, cyclically; ``valid_batches(n)`` is the same n batches every
 time it is called.
+
+With ``document_ids=True`` (``data.document_mask``) a batch carries a fourth tensor: the document each input
+position belongs to (flm.data.packing.document_ids), which the model's attention stays inside.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import numpy as np
 import torch
 
 from flm.config import weights_problem
-from flm.data.packing import document_ends, pack_whole
+from flm.data.packing import document_ends, document_ids, pack_whole
 from flm.data.prepare import PreparedData, SourceInfo
 from flm.errors import FlmError
 
 STATE_FORMAT = 1
 _U64 = np.uint64
+# (inputs int64 [B,T], targets int64 [B,T], loss_mask float32 [B,T]), and document ids int64 [B,T] when asked
+Batch = tuple[torch.Tensor, ...]
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -91,7 +96,8 @@ class _Stream:
 
 
 class TokenLoader:
-    """Yields ``(inputs int64 [B,T], targets int64 [B,T], loss_mask float32 [B,T])`` batches for one rank.
+    """Yields ``(inputs int64 [B,T], targets int64 [B,T], loss_mask float32 [B,T])`` batches for one rank,
+    with ``document_ids=True`` also each input position's document (int64 [B,T]).
 
     ``batch_size`` is the per-rank micro batch B; one call consumes a global batch of ``B * world_size``
     sequences of which this rank gets rows ``rank*B : (rank+1)*B``.
@@ -107,6 +113,7 @@ class TokenLoader:
         world_size: int = 1,
         seed: int = 0,
         shuffle: bool | None = None,
+        document_ids: bool = False,
     ) -> None:
         if seq_len <= 0 or batch_size <= 0 or world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(
@@ -124,7 +131,8 @@ class TokenLoader:
                 f'add [[data.{split}]] path = "..."'
                 + (" (or set train.eval_every = 0 to train without validation)" if split == "valid" else "")
             )
-        self.pad_id = prepared.tokenizer.pad_id
+        self.pad_id, self.eos_id = prepared.tokenizer.pad_id, prepared.tokenizer.eos_id
+        self.document_ids = document_ids
         self.streams = [_Stream(info, prepared.dtype, seq_len, prepared.tokenizer.eos_id) for info in infos]
         self.windows = np.array([s.windows for s in self.streams], dtype=np.int64)
         for s, w in zip(self.streams, self.windows):
@@ -170,13 +178,13 @@ class TokenLoader:
             return [float(c / w) for c, w in zip(self._counts, self.windows)]
         return [self._samples / float(self._cum_windows[-1])] * len(self.streams)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __next__(self) -> Batch:
         return self.next_batch()
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Batch:
         g = self.global_batch
         if self.split == "train":
             src, win = self._train_rows(self._samples, g, self._counts)
@@ -185,7 +193,7 @@ class TokenLoader:
         self._samples += g
         return self._gather(src, win)
 
-    def valid_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def valid_batches(self, n: int) -> Iterator[Batch]:
         """The first ``n`` batches of the sequential (unshuffled) stream, the same on every call."""
         for i in range(n):
             yield self._gather(*self._sequential_rows(i * self.global_batch, self.global_batch))
@@ -229,7 +237,7 @@ class TokenLoader:
             self._perms[(s, epoch)] = perm
         return int(perm[pos])
 
-    def _gather(self, src: np.ndarray, win: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gather(self, src: np.ndarray, win: np.ndarray) -> Batch:
         t = self.seq_len
         tok = np.full((len(src), t + 1), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(src), t + 1), dtype=np.float32)  # padding after packed samples takes no loss
@@ -237,11 +245,10 @@ class TokenLoader:
             stream = self.streams[int(s)]
             start, n = stream.span(int(w))
             stream.read(start, n, tok[row], mask[row])
-        return (
-            torch.from_numpy(np.ascontiguousarray(tok[:, :-1])),
-            torch.from_numpy(np.ascontiguousarray(tok[:, 1:])),
-            torch.from_numpy(np.ascontiguousarray(mask[:, 1:])),
-        )
+        x = torch.from_numpy(np.ascontiguousarray(tok[:, :-1]))
+        y = torch.from_numpy(np.ascontiguousarray(tok[:, 1:]))
+        mk = torch.from_numpy(np.ascontiguousarray(mask[:, 1:]))
+        return (x, y, mk, document_ids(x, self.eos_id)) if self.document_ids else (x, y, mk)
 
     # -------------------------------------------------------------------------------------- state
 

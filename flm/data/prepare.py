@@ -54,7 +54,7 @@ from flm.data.sources import (
     source_pieces,
 )
 from flm.data.teacher import resolve_labels
-from flm.data.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, vocab_error
+from flm.data.tokenizer import Tokenizer, build_tokenizer, check_vocab, load_tokenizer, vocab_error
 from flm.errors import FlmError
 from flm.io import atomic_write, raise_if_disk_full, sha256_file
 from flm.log import get_logger
@@ -474,16 +474,11 @@ def _write_shards(data_cfg: DataConfig, sources: dict[str, list[_Source]], root:
     return tokenizer, dtype, splits
 
 
-def prepare_data(
-    data_cfg: DataConfig,
-    *,
-    root: Path = Path("."),
-    progress: bool = True,
-    model: ModelConfig | None = None,
-) -> PreparedData:
+def prepare_data(data_cfg: DataConfig, *, root: Path = Path("."), progress: bool = True,
+                 model: ModelConfig | None = None) -> PreparedData:
     """Tokenize ``data_cfg``'s sources into ``data_cfg.prepared_dir/<hash>/`` or reuse that folder.
 
-    ``model``: when given, a tokenizer larger than ``model.vocab_size`` is refused before any tokenizing.
+    ``model``: when given, a tokenizer larger than ``model.vocab_size`` is refused (before any tokenizing).
     """
     root = Path(root)
     sources = _resolve_all(data_cfg, root)
@@ -495,6 +490,8 @@ def prepare_data(
     cached = _reuse_cached(final, sources)
     if cached is not None:
         _name_streams(cached.index["splits"], stream_ids)  # older indexes lack them
+        if model is not None:  # a cache made for another model (or none): the same refusal as below
+            check_vocab(cached.tokenizer, model)
         return cached
 
     tok_cfg = data_cfg.tokenizer

@@ -79,11 +79,12 @@ def use_bf16(train: TrainConfig, device: torch.device) -> bool:
 
 def init_distributed(train: TrainConfig, parallel: ParallelConfig, where: str = "parallel") -> DistEnv:
     """Join the job torchrun started (nothing to join in one process) under the layout ``parallel``. A layout
-    that does not fit the number of processes is refused before the process group starts."""
+    that does not fit the number of processes, and bf16 on a CPU, are refused before the process group starts."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(train.device, local_rank, where="train.device")
+    use_bf16(train, device)  # refuses bf16 on a CPU now (every stage of a plan shares train.dtype and device)
     ParallelDims.from_config(parallel, world, where)
     env = DistEnv(rank, world, local_rank, device)
     set_rank(rank)  # the log speaks on rank 0 (FLM_LOG_RANKS=all: on every rank)

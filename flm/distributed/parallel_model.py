@@ -20,7 +20,6 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from flm.config import ModelConfig, TrainConfig
-from flm.data.packing import document_ids
 from flm.distributed.build import build_parts
 from flm.distributed.clip import clip_grad_norm_
 from flm.distributed.env import DistEnv
@@ -28,7 +27,7 @@ from flm.distributed.pipeline import StageParts, part_state
 from flm.model import FLM
 from flm.mup import param_groups
 
-Batch = tuple[Tensor, Tensor, Tensor]  # tokens, targets, loss mask
+Batch = tuple[Tensor, ...]  # tokens, targets, loss mask, and under data.document_mask each position's document
 
 
 class ParallelModel(StageParts):
@@ -36,10 +35,8 @@ class ParallelModel(StageParts):
     index -> FLM module (one entry, stage 0, without pipeline parallelism)."""
 
     def __init__(self, cfg: ModelConfig, env: DistEnv, train: TrainConfig, *, seed: int, bf16: bool = False,
-                 state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None,
-                 document_eos: int | None = None) -> None:
+                 state: Mapping[str, Tensor] | None = None, growth: Mapping[str, Tensor] | None = None) -> None:
         self.cfg, self.env, self.bf16 = cfg, env, bf16
-        self.document_eos = document_eos  # data.document_mask: attention stays inside the documents EOS ends
         self.parts, self.pipeline = build_parts(cfg, env, train, seed=seed, bf16=bf16, state=state)
         if growth:  # a grown model's masks, at the ramp's start
             self.load_growth_state(growth)
@@ -60,16 +57,16 @@ class ParallelModel(StageParts):
         happens outside the model, in fp32 (FSDP2 with bf16 casts floating inputs, which 0/1 masks survive)."""
         dev = self.env.device
         if self.pipeline is not None:  # the schedule does the micro-batching (parallel.microbatches)
-            x, y, mk = (torch.cat(t).to(dev) for t in zip(*batches))
+            x, y, mk = (torch.cat(t).to(dev) for t in zip(*batches))  # no document ids: refused under pp
             with self.autocast():
                 return self.pipeline.step(x, y, mk, float(denom))
         model = self.module
         total = torch.zeros((), device=dev)
         # FSDP2 reduce-scatters after every micro-batch: skipping the sync until the last one would keep a
         # whole unsharded gradient per rank for the step, the largest memory term at FLM-101B's size
-        for x, y, mk in batches:
+        for x, y, mk, *docs in batches:  # docs: the loader's document ids under data.document_mask
             with self.autocast():
-                loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev), **self._docs(x)).float() / denom
+                loss = model(x.to(dev), targets=y.to(dev), loss_weights=mk.to(dev), **self._docs(docs)).float() / denom
             loss.backward()
             total += loss.detach()
         return total
@@ -83,20 +80,19 @@ class ParallelModel(StageParts):
         return clip_grad_norm_(self.module.parameters(), max(max_norm, 0.0), self.env.dims)
 
     @torch.no_grad()
-    def eval_loss(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        """``sum(mask * CE)`` over a batch (fp64), on every tp and pp rank; call ``eval()`` first."""
+    def eval_loss(self, x: Tensor, y: Tensor, mask: Tensor, *docs: Tensor) -> Tensor:
+        """``sum(mask * CE)`` over a batch (fp64), on every tp and pp rank; call ``eval()`` first. ``docs``: the
+        batch's document ids under data.document_mask."""
         dev = self.env.device
         x, y, mask = x.to(dev), y.to(dev), mask.to(dev)
         with self.autocast():
             if self.pipeline is not None:
                 return self.pipeline.eval_loss(x, y, mask)
-            return self.module(x, targets=y, loss_weights=mask, **self._docs(x)).double()
+            return self.module(x, targets=y, loss_weights=mask, **self._docs(docs)).double()
 
-    def _docs(self, x: Tensor) -> dict[str, Tensor]:
-        """The model's ``doc_ids`` argument under document masking (nothing otherwise)."""
-        if self.document_eos is None:
-            return {}
-        return {"doc_ids": document_ids(x, self.document_eos).to(self.env.device)}
+    def _docs(self, docs: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The model's ``doc_ids`` argument: the document ids a batch came with (none: plain causal attention)."""
+        return {"doc_ids": docs[0].to(self.env.device)} if docs else {}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """μP AdamW groups over every local stage (parameters keep their one-process names), each split by

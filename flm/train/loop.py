@@ -24,7 +24,6 @@ from flm.checkpoint.model_state import ModelState
 from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig
 from flm.data.loader import TokenLoader
-from flm.data.prepare import PreparedData
 from flm.distributed.env import DistEnv, init_distributed, use_bf16
 from flm.distributed.parallel_model import ParallelModel
 from flm.errors import FlmError
@@ -36,7 +35,7 @@ from flm.progress import progress_bar
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.preemption import StopRequest, say_where_on_interrupt, stop_at_checkpoint
 from flm.train.schedule import CosineSchedule
-from flm.train.setup import batch_layout, check_out_dir, check_stage_layout, prepare_stage_data, write_run_config
+from flm.train.setup import StageData, check_out_dir, check_stage_layout, stage_data, write_run_config
 from flm.train.spike import SKIPPED, SpikeGuard, describe, roll_back
 from flm.train.state import Counters, Progress, RngState, seed_everything
 from flm.train.validation import VAL_ROWS, Validation, _rank_rows
@@ -74,21 +73,24 @@ class Trainer:
         ckpt_dir: Path | None = None,
         eval_at_start: bool = False,
         init: StageInit | None = None,
+        data: StageData | None = None,
     ) -> None:
         tc, oc = cfg.train, cfg.optim
         self.cfg, self.env, self.stage, self.eval_at_start = cfg, env, stage, eval_at_start
-        # the data (rank 0 prepares it, the others wait) and how a step's batch splits into micro-batches
-        self.prepared = prepare_stage_data(cfg, env, init.tokenizer if init else None, init.source if init else None)
-        self.micro, self.accum = batch_layout(cfg, env)
+        # the data (rank 0 prepares it, the others wait; `flm run`'s preflight did it for every stage) and how
+        # a step's batch splits into micro-batches
+        data = data or stage_data(cfg, env, init)
+        self.prepared, self.micro, self.accum = data.prepared, data.micro, data.accum
         self.validation = Validation(self.prepared, cfg, env, eval_at_start)  # refuses unreadable data when asked
         # the peak is measured (when neither set nor cached) before seeding: it draws numbers
         peak = Peak(tc.peak_flops, "train.peak_flops") if tc.peak_flops else machine_peak(env.device)
         self.mfu = MfuWatch(peak.flops * env.world_size, peak.source, enabled=env.is_main)
         seed_everything(tc.seed)  # dropout; the weights come from per-tensor seeds (or ``init``)
-        self.model, self.optimizer = _build_model(cfg, env, self.prepared, init)
+        self.model, self.optimizer = _build_model(cfg, env, init)
         self.schedule = schedule or CosineSchedule(oc.lr, oc.min_lr, oc.warmup_steps, oc.decay_steps or tc.steps)
         self.loader = TokenLoader(self.prepared, "train", seq_len=cfg.seq_len, batch_size=self.micro,
-                                  rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed)
+                                  rank=env.dp_rank, world_size=env.dp_size, seed=tc.seed,
+                                  document_ids=cfg.data.document_mask)
         self.ramp, self.spike, self.rng, self.counters = MaskRamp(0), SpikeGuard(tc.spike), RngState(), Counters()
         self.progress = Progress(stage, self.counters)
         self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=env.is_main, tensorboard_dir=out_dir / "tb")
@@ -134,9 +136,8 @@ class Trainer:
 
     def restore(self, folder: Path) -> None:
         """Every part's state from a checkpoint of this stage (``--resume``, a spike's rollback)."""
-        trainer = self.checkpoints.restore(folder)
+        self.checkpoints.restore(folder)
         if self.counters.step >= self.cfg.train.steps:  # a finished stage: report what it ended with
-            self.last_loss = float(trainer.get("train_loss", math.nan))
             records = read_metrics(self.metrics.path)
             self.val_loss = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
 
@@ -157,7 +158,7 @@ class Trainer:
             g["lr"] = lr * g["lr_scale"]
         # the loss tokens of the whole global batch: every micro-batch's loss is divided by their number
         batches = [next(self._it) for _ in range(self.accum)]
-        count = torch.tensor(float(sum(float(mk.sum()) for _, _, mk in batches)), device=env.device)
+        count = torch.tensor(float(sum(float(b[2].sum()) for b in batches)), device=env.device)  # b[2]: loss mask
         denom = env.sum_over_dp(count).clamp_min(1.0) / env.dp_size
         loss_sum = self.model.forward_backward(batches, denom)
         grad_norm = self.model.clip_grad_norm_(self.cfg.optim.clip)
@@ -278,16 +279,19 @@ def train_stage(
     save_config_file: bool = True,
     stop_after: int | None = None,
     eval_at_start: bool = False,
+    data: StageData | None = None,
 ) -> StageResult:
     """Train ``cfg.model`` for ``cfg.train.steps`` optimizer steps into ``out_dir`` (checkpoints in
-    ``ckpt_dir``, default out_dir), from scratch, from ``init``, or (``resume``) from the newest checkpoint."""
+    ``ckpt_dir``, default out_dir), from scratch, from ``init``, or (``resume``) from the newest checkpoint.
+    ``data``: the stage's data from `flm run`'s preflight, which has checked the stage's layout already."""
     out_dir = Path(out_dir)
     env = env or init_distributed(cfg.train, cfg.parallel)
-    check_stage_layout(cfg, env)  # before anything is written
+    if data is None:
+        check_stage_layout(cfg, env)  # before anything is written
     if save_config_file:
         check_out_dir(out_dir, cfg, resume)  # read-only: every rank checks
     trainer = Trainer(cfg, out_dir, env=env, stage=stage, schedule=schedule, ckpt_dir=ckpt_dir,
-                      eval_at_start=eval_at_start, init=init)
+                      eval_at_start=eval_at_start, init=init, data=data)
     if init is not None and stage > 1:  # a growth of `flm run`: say so in a log too
         log.info(f"stage {stage}: grown to {_shape(cfg)}, continuing at {init.tokens:,} tokens")
     latest = trainer.checkpoints.latest() if resume else None
@@ -330,12 +334,10 @@ def _log_start(t: Trainer) -> None:
                      "val_loss": t.evaluate(), "d_model": m.d_model, "n_layers": m.n_layers, "time": 0.0})
 
 
-def _build_model(cfg: RunConfig, env: DistEnv, prepared: PreparedData, init: StageInit | None
-                 ) -> tuple[ParallelModel, torch.optim.AdamW]:
+def _build_model(cfg: RunConfig, env: DistEnv, init: StageInit | None) -> tuple[ParallelModel, torch.optim.AdamW]:
     """This rank's part of the model (from ``init``'s state, or fresh) and fused AdamW over its μP groups."""
     tc, oc = cfg.train, cfg.optim
-    eos = prepared.tokenizer.eos_id if cfg.data.document_mask else None  # data.document_mask
-    model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=use_bf16(tc, env.device), document_eos=eos,
+    model = ParallelModel(cfg.model, env, tc, seed=tc.seed, bf16=use_bf16(tc, env.device),
                           state=init.model_state if init else None, growth=init.growth_state if init else None)
     groups = model.param_groups(oc.lr, oc.weight_decay)
     # fused: one kernel per step over all tensors (~5x less optimizer time on CPU than foreach; DTensor-aware)

@@ -18,60 +18,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flm.checkpoint import latest_checkpoint, load_checkpoint, read_config
+from flm.checkpoint import latest_checkpoint, load_checkpoint
 from flm.checkpoint.manager import verify_checkpoint
 from flm.checkpoint.stage_init import StageInit
 from flm.config import RunConfig, config_from_dict, config_to_dict
-from flm.data.loader import TokenLoader
-from flm.data.prepare import prepare_data
-from flm.data.tokenizer import check_vocab
-from flm.distributed.env import DistEnv, barrier, init_distributed, use_bf16
-from flm.distributed.mesh import check_layout
-from flm.errors import FlmError, alike_on_every_rank
+from flm.distributed.env import DistEnv, barrier, init_distributed
+from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.growth.baseline_stage import baseline_init
 from flm.growth.bump import EVENT, bump_lines, bump_record, no_gain_lines
 from flm.growth.offline import GrownTensors, grown_tensors
-from flm.growth.plan import make_plan
 from flm.io import atomic_write
 from flm.stages import Stage, resolve_stages
 from flm.train.loop import train_stage
 from flm.train.metrics import MetricsLog, read_metrics
 from flm.train.plot import plot_runs
 from flm.train.schedule import stage_schedules
-from flm.train.setup import check_out_dir, rank0_first, write_run_config
+from flm.train.setup import preflight_plan
 from flm.train.spike import ROLLED_BACK, SKIPPED, describe
-
-
-def _preflight(stages: list[Stage], env: DistEnv) -> None:
-    """What would otherwise fail in the middle of the run: each stage's layout (tp, pp, micro-batches) against
-    its model and batch, the tokenizer's size against the model's vocabulary (this prepares the data, which is
-    cached), bf16 on a CPU."""
-    for s in stages:
-        tc = s.cfg.train
-        model_key = "model" if s.growth is None else f"{s.where} (grown) model"
-        dims = check_layout(s.parallel, env.world_size, s.model, s.cfg.seq_len, s.parallel_where, model_key,
-                            batch=tc.batch_size)
-        per_rank, rem = divmod(tc.batch_size, dims.dp)
-        if rem or (tc.micro_batch_size and per_rank % tc.micro_batch_size):
-            key = "train" if s.where == "config" else s.where
-            raise FlmError(
-                f"stage {s.index}: batch_size {tc.batch_size} does not split into {dims.dp} data-parallel ranks of "
-                f"micro_batch_size {tc.micro_batch_size or per_rank}; change {key}.batch_size"
-            )
-        use_bf16(tc, env.device)  # refuses bf16 on a CPU now, not at the stage that asks for it
-    for prev, s in zip(stages, stages[1:]):  # depth positions, copy sources, ...: the whole growth plan
-        assert s.growth is not None
-        try:
-            make_plan(prev.model, s.growth)
-        except FlmError as e:
-            raise FlmError(f"{s.where}: {e}") from None
-    first = stages[0].cfg
-    prepared = rank0_first(env, lambda: prepare_data(first.data, progress=first.train.progress),
-                           lambda: prepare_data(first.data, progress=False))
-    for s in stages:
-        check_vocab(prepared.tokenizer, s.model)
-        TokenLoader(prepared, "valid", seq_len=s.cfg.seq_len, batch_size=1)  # val loss frames every growth
 
 
 def _final_checkpoint(run_dir: Path, stage: Stage) -> Path | None:
@@ -113,47 +77,15 @@ def _grown_init(prev_ckpt: Path, stage: Stage, seed: int, env: DistEnv) -> Stage
     )
 
 
-def _changed_keys(a: object, b: object, prefix: str = "") -> list[str]:
-    """Dotted keys (list items as key[i]) whose values differ between two config dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b), key=str)
-                for k in _changed_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [k for i, (x, y) in enumerate(zip(a, b)) for k in _changed_keys(x, y, f"{prefix}[{i}]")]
-    return [] if a == b else [prefix or "(the whole config)"]
-
-
 def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: DistEnv | None = None) -> Path:
     """Train every stage of ``cfg``, growing in between; write report.md and loss.png. Returns out_dir."""
     out_dir = Path(out_dir)
     stages = resolve_stages(cfg)
     schedules = stage_schedules(cfg, stages)
     env = env or init_distributed(cfg.train, cfg.parallel)
-    if env.is_main:
-        if resume and (out_dir / "checkpoints").is_dir():  # `flm train` wrote it: a plan would start over beside it
-            raise FlmError(f"--resume: {out_dir} holds a single-stage run (flm train); continue it with "
-                           f"`flm train {out_dir / 'config.toml'} --out {out_dir} --resume`")
-        if resume and (out_dir / "config.toml").is_file():
-            old = read_config(out_dir / "config.toml")
-            changed = _changed_keys(config_to_dict(old), config_to_dict(cfg))
-            if changed:
-                raise FlmError(
-                    f"--resume: the given config differs from {out_dir}/config.toml in {', '.join(changed[:4])}"
-                    f"{' ...' if len(changed) > 4 else ''}; resume with the run's own config (or drop --resume "
-                    "and pick a new --out)"
-                )
-        elif resume:
-            raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
-        else:
-            check_out_dir(out_dir, cfg, resume=False)
-    barrier(env)
-    with alike_on_every_rank():  # the same config and data on every rank: one line, from rank 0
-        _preflight(stages, env)
-    if env.is_main and not resume:
-        write_run_config(out_dir, cfg)
-    barrier(env)
+    data = preflight_plan(cfg, stages, env, out_dir, resume)  # writes config.toml (a new run)
     prev: Path | None = None
-    for stage, schedule in zip(stages, schedules):
+    for stage, schedule, stage_data in zip(stages, schedules, data):
         final = _final_checkpoint(out_dir, stage)
         if final is not None:  # finished before a resume
             prev = final
@@ -168,9 +100,8 @@ def run_plan(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, env: 
                 init = _grown_init(prev, stage, seed=cfg.train.seed + stage.index, env=env)
         train_stage(
             stage.cfg, out_dir, resume=partial is not None, env=env.with_layout(stage.parallel, stage.parallel_where),
-            stage=stage.index, init=init,
-            schedule=schedule, ckpt_dir=out_dir / stage.folder, save_config_file=False,
-            eval_at_start=True,
+            stage=stage.index, init=init, schedule=schedule, ckpt_dir=out_dir / stage.folder,
+            save_config_file=False, eval_at_start=True, data=stage_data,
         )
         if init is not None:  # the grown tensors are in the trained stage's checkpoints now
             for tensors in (init.model_state, init.optim_tensors):

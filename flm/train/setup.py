@@ -1,5 +1,6 @@
 """What a stage checks and prepares before its first step: the run folder (and its lock), the data, the
-batch layout."""
+batch layout; and for `flm run` the preflight of the whole plan (``preflight_plan``), done once before the
+first stage trains."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
 from flm.checkpoint import read_config
-from flm.config import RunConfig, save_config
+from flm.checkpoint.stage_init import StageInit
+from flm.config import RunConfig, config_to_dict, save_config
+from flm.data.loader import TokenLoader
 from flm.data.prepare import PreparedData, prepare_data
-from flm.data.tokenizer import Tokenizer, check_vocab
-from flm.distributed.env import DistEnv
-from flm.errors import FlmError, every_rank_error
+from flm.data.tokenizer import Tokenizer
+from flm.distributed.env import DistEnv, barrier
+from flm.distributed.mesh import ParallelDims, check_layout
+from flm.errors import FlmError, alike_on_every_rank, every_rank_error
+from flm.growth.plan import make_plan
+from flm.stages import Stage
 
 LOCK_FILE = ".lock"  # in the run folder: the advisory lock of its one writer, with the writer's PID and host
 
@@ -44,17 +51,31 @@ def rank0_first(env: DistEnv, fn: Callable[[], Any], others: Callable[[], Any] |
     return result
 
 
+@dataclass(frozen=True)
+class StageData:
+    """What a stage trains on, prepared and checked before its first step."""
+
+    prepared: PreparedData  # the tokenizer and token shards
+    micro: int  # rows of a micro-batch on this data-parallel rank
+    accum: int  # micro-batches per optimizer step
+
+
+def stage_data(cfg: RunConfig, env: DistEnv, init: StageInit | None = None) -> StageData:
+    """A single stage's data (`flm train`): prepared, checked against ``init``'s tokenizer, split into micro-batches."""
+    prepared = prepare_stage_data(cfg, env, init.tokenizer if init else None, init.source if init else None)
+    return StageData(prepared, *batch_layout(cfg, env.dp_size))
+
+
 def prepare_stage_data(cfg: RunConfig, env: DistEnv, expect: Tokenizer | None = None,
                        source: Path | None = None) -> PreparedData:
     """Tokenizer and token shards (rank 0 builds them, the others read the cache), checked against the
     model's vocabulary and (``expect``) the tokenizer of the checkpoint ``source`` the stage starts from."""
-    prepared = rank0_first(
+    prepared = rank0_first(  # prepare_data refuses a tokenizer larger than the model's vocabulary
         env, lambda: prepare_data(cfg.data, progress=cfg.train.progress, model=cfg.model),
-        lambda: prepare_data(cfg.data, progress=False, model=cfg.model),  # a BPE too big is refused before training
+        lambda: prepare_data(cfg.data, progress=False, model=cfg.model),
     )
     if expect is not None and not expect.same_tokens(prepared.tokenizer):
         raise tokenizer_mismatch(source, expect, cfg, prepared.tokenizer.describe())
-    check_vocab(prepared.tokenizer, cfg.model)
     return prepared
 
 
@@ -70,9 +91,9 @@ def tokenizer_mismatch(folder: Path | None, own: Tokenizer, cfg: RunConfig, conf
     )
 
 
-def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:
-    """(micro-batch rows, micro-batches per step) of this rank's data-parallel replica, or one clear error."""
-    tc, dp = cfg.train, env.dp_size
+def batch_layout(cfg: RunConfig, dp: int) -> tuple[int, int]:
+    """(micro-batch rows, micro-batches per step) of one of ``dp`` data-parallel replicas, or one clear error."""
+    tc = cfg.train
     if tc.batch_size % dp:
         raise FlmError(f"train.batch_size ({tc.batch_size}) must be divisible by the {dp} data-parallel ranks")
     per_rank = tc.batch_size // dp
@@ -87,10 +108,93 @@ def batch_layout(cfg: RunConfig, env: DistEnv) -> tuple[int, int]:
 def check_stage_layout(cfg: RunConfig, env: DistEnv, where: str = "parallel", model_key: str = "model") -> None:
     """Whether ``env``'s layout can split this model and batch (tp, pp, micro-batches); one clear error."""
     env.dims.check_model(cfg.model, cfg.seq_len, where, model_key, batch=cfg.train.batch_size)
-    if cfg.data.document_mask and env.dims.pp > 1:
-        raise FlmError(f"data.document_mask with {where}.pp = {env.dims.pp}: pipeline stages do not pass document "
+    _check_document_mask(cfg, env.dims, where)
+    batch_layout(cfg, env.dp_size)
+
+
+def _check_document_mask(cfg: RunConfig, dims: ParallelDims, where: str) -> None:
+    if cfg.data.document_mask and dims.pp > 1:
+        raise FlmError(f"data.document_mask with {where}.pp = {dims.pp}: pipeline stages do not pass document "
                        f"masks on; set data.document_mask = false or {where}.pp = 1")
-    batch_layout(cfg, env)
+
+
+def preflight_plan(cfg: RunConfig, stages: list[Stage], env: DistEnv, out_dir: Path, resume: bool) -> list[StageData]:
+    """Everything that would otherwise fail in the middle of `flm run`, checked once before the first stage
+    trains: the run folder (rank 0), every stage's layout against its model and batch, every growth, every
+    stage's data (prepared once, checked against the model's vocabulary and read for the validation loss that
+    frames each growth). Then a new run's config.toml is written. Returns each stage's data."""
+    if env.is_main:
+        check_plan_folder(out_dir, cfg, resume)
+    barrier(env)
+    with alike_on_every_rank():  # the same config and data on every rank: one line, from rank 0
+        data = _check_stages(stages, env)
+    if env.is_main and not resume:
+        write_run_config(out_dir, cfg)
+    barrier(env)
+    return data
+
+
+def _check_stages(stages: list[Stage], env: DistEnv) -> list[StageData]:
+    """Each stage's layout (tp, pp, micro-batches), the whole growth plan (depth positions, copy sources, ...),
+    each stage's data (a stage that reads the previous stage's data shares its preparation)."""
+    layouts = []
+    for s in stages:
+        micro = s.cfg.train.micro_batch_size
+        model_key = "model" if s.growth is None else f"{s.where} (grown) model"
+        dims = check_layout(s.parallel, env.world_size, s.model, s.cfg.seq_len, s.parallel_where, model_key,
+                            batch=s.batch_size)
+        per_rank, rem = divmod(s.batch_size, dims.dp)
+        if rem or (micro and per_rank % micro):
+            key = "train" if s.where == "config" else s.where
+            raise FlmError(
+                f"stage {s.index}: batch_size {s.batch_size} does not split into {dims.dp} data-parallel ranks of "
+                f"micro_batch_size {micro or per_rank}; change {key}.batch_size"
+            )
+        _check_document_mask(s.cfg, dims, s.parallel_where)
+        layouts.append(batch_layout(s.cfg, dims.dp))
+    for prev, s in zip(stages, stages[1:]):
+        assert s.growth is not None
+        try:
+            make_plan(prev.model, s.growth)
+        except FlmError as e:
+            raise FlmError(f"{s.where}: {e}") from None
+    data: list[StageData] = []
+    for i, (s, layout) in enumerate(zip(stages, layouts)):
+        shared = i > 0 and s.cfg.data == stages[i - 1].cfg.data
+        prepared = data[-1].prepared if shared else prepare_stage_data(s.cfg, env)
+        TokenLoader(prepared, "valid", seq_len=s.cfg.seq_len, batch_size=1)  # val loss frames every growth
+        data.append(StageData(prepared, *layout))
+    return data
+
+
+def check_plan_folder(out_dir: Path, cfg: RunConfig, resume: bool) -> None:
+    """`flm run`'s folder: a new run's must hold no other run; ``--resume`` needs this plan's own, same config."""
+    if resume and (out_dir / "checkpoints").is_dir():  # `flm train` wrote it: a plan would start over beside it
+        raise FlmError(f"--resume: {out_dir} holds a single-stage run (flm train); continue it with "
+                       f"`flm train {out_dir / 'config.toml'} --out {out_dir} --resume`")
+    if resume and (out_dir / "config.toml").is_file():
+        old = read_config(out_dir / "config.toml")
+        changed = _changed_keys(config_to_dict(old), config_to_dict(cfg))
+        if changed:
+            raise FlmError(
+                f"--resume: the given config differs from {out_dir}/config.toml in {', '.join(changed[:4])}"
+                f"{' ...' if len(changed) > 4 else ''}; resume with the run's own config (or drop --resume "
+                "and pick a new --out)"
+            )
+    elif resume:
+        raise FlmError(f"--resume: {out_dir} holds no run to resume (no config.toml); drop --resume")
+    else:
+        check_out_dir(out_dir, cfg, resume=False)
+
+
+def _changed_keys(a: object, b: object, prefix: str = "") -> list[str]:
+    """Dotted keys (list items as key[i]) whose values differ between two config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in _changed_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [k for i, (x, y) in enumerate(zip(a, b)) for k in _changed_keys(x, y, f"{prefix}[{i}]")]
+    return [] if a == b else [prefix or "(the whole config)"]
 
 
 def write_run_config(out_dir: Path, cfg: RunConfig) -> None:

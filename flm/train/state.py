@@ -84,3 +84,4 @@ class Progress:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counters.load_state_dict(state)
+        self.train_loss = float(state.get("train_loss", math.nan))

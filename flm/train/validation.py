@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from flm.config import RunConfig
-from flm.data.loader import TokenLoader
+from flm.data.loader import Batch, TokenLoader
 from flm.data.prepare import PreparedData
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
@@ -15,13 +14,13 @@ from flm.errors import FlmError
 VAL_ROWS = 16  # sequences per validation batch, whatever the training batch or world size
 
 
-def _rank_rows(batch: tuple[Tensor, Tensor, Tensor], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
+def _rank_rows(batch: Batch, rank: int, world: int) -> Batch:
     """This rank's rows of a validation batch. A rank beyond the batch's rows still runs one row (FSDP2
     needs every rank in every forward), with a zero loss mask, so it adds nothing."""
-    x, y, mk = batch
-    if rank < x.shape[0]:
-        return x[rank::world], y[rank::world], mk[rank::world]
-    return x[:1], y[:1], torch.zeros_like(mk[:1])
+    if rank < batch[0].shape[0]:
+        return tuple(t[rank::world] for t in batch)
+    x, y, mk, *docs = (t[:1] for t in batch)
+    return (x, y, torch.zeros_like(mk), *docs)
 
 
 class Validation:
@@ -31,7 +30,7 @@ class Validation:
     def __init__(self, prepared: PreparedData, cfg: RunConfig, env: DistEnv, eval_at_start: bool = False) -> None:
         self.prepared, self.cfg, self.env = prepared, cfg, env
         self.enabled = self.available(prepared, cfg, eval_at_start)
-        self._rows: list[tuple[Tensor, Tensor, Tensor]] | None = None
+        self._rows: list[Batch] | None = None
 
     def due(self, step: int, final: bool, ramp_total: int) -> bool:
         """Whether the step just taken ends with a validation: every ``train.eval_every`` steps, at the end of
@@ -58,13 +57,14 @@ class Validation:
     def __call__(self, model: ParallelModel) -> float:
         env = self.env
         if self._rows is None:  # every replica reads the whole fixed set and keeps rows r, r + dp, ...
-            vl = TokenLoader(self.prepared, "valid", seq_len=self.cfg.seq_len, batch_size=VAL_ROWS, seed=0)
+            vl = TokenLoader(self.prepared, "valid", seq_len=self.cfg.seq_len, batch_size=VAL_ROWS, seed=0,
+                             document_ids=self.cfg.data.document_mask)
             batches = vl.valid_batches(self.cfg.train.eval_batches)
             self._rows = [_rank_rows(b, env.dp_rank, env.dp_size) for b in batches]
         model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=env.device)
-        for x, y, mk in self._rows:
-            total[0] += model.eval_loss(x, y, mk)
+        for x, y, mk, *docs in self._rows:
+            total[0] += model.eval_loss(x, y, mk, *docs)
             total[1] += mk.sum().double()
         model.train()
         env.sum_over_dp(total)
