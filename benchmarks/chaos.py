@@ -65,7 +65,7 @@ def mark(phase, stage=None):
 mark("startup")
 from flm.cli import main
 from flm.checkpoint import manager
-from flm.train import loop, run
+from flm.train import loop, run, setup
 def wrap(owner, name, phase, after=None, stage=None):
     real = getattr(owner, name)
     def wrapped(*args, **kwargs):
@@ -75,7 +75,7 @@ def wrap(owner, name, phase, after=None, stage=None):
             mark(after)
         return out
     setattr(owner, name, wrapped)
-wrap(run, "prepare_data", "data", after="setup")
+wrap(setup, "prepare_data", "data", after="setup")  # the plan preflight prepares the data
 wrap(run, "_grown_init", "growth", stage=lambda a: a[1].index)  # until the grown stage's first eval
 wrap(loop.Trainer, "evaluate", "eval", after="train", stage=lambda a: a[0].stage)
 wrap(loop.Trainer, "train_step", "train", stage=lambda a: a[0].stage)

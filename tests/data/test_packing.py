@@ -51,6 +51,18 @@ def test_no_sample_is_cut_across_windows(corpus: Path, tmp_path: Path) -> None:
     assert seen == [d for d in docs if len(d) <= t + 1], "every sample that fits appears once, whole, in order"
 
 
+def test_loader_yields_document_ids_only_when_asked(corpus: Path, tmp_path: Path) -> None:
+    """data.document_mask: the batch carries each position's document (a new one after every EOS), computed
+    from the inputs it comes with; without it a batch is (inputs, targets, loss mask) as before."""
+    rows = [{"text": f"note {i}: " + "word " * (3 + i % 7)} for i in range(200)]
+    (corpus / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = prepare_data(data_cfg(tmp_path, [{"path": str(corpus / "short.jsonl")}]), progress=False)
+    plain = next(TokenLoader(prepared, "train", seq_len=32, batch_size=2, seed=1))
+    x, y, m, docs = next(TokenLoader(prepared, "train", seq_len=32, batch_size=2, seed=1, document_ids=True))
+    assert len(plain) == 3 and all(torch.equal(a, b) for a, b in zip(plain, (x, y, m)))
+    assert torch.equal(docs, document_ids(x, prepared.tokenizer.eos_id)) and int(docs.max()) > 0
+
+
 def _model() -> FLM:
     torch.manual_seed(0)
     return FLM(ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, max_seq_len=64)).eval()

@@ -10,7 +10,7 @@ from flm.config import ModelConfig, TrainConfig, config_from_dict
 from flm.distributed.env import DistEnv
 from flm.distributed.parallel_model import ParallelModel
 from flm.train.loop import Trainer
-from flm.train.state import Counters, RngState
+from flm.train.state import Counters, Progress, RngState
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -23,6 +23,14 @@ def test_counters_round_trip_and_advance():
     d = Counters()
     d.load_state_dict({**c.state_dict(), "seconds": 3.5})
     assert (d.step, d.tokens, d.flops, d.seconds) == (2, 256, 2560.0, 3.5)
+
+
+def test_progress_restores_what_it_saves():
+    saved = Progress(2, Counters(step=5, tokens=640, flops=1e6, seconds=1.0), train_loss=3.25).state_dict()
+    again = Progress(2, Counters())
+    again.load_state_dict(saved)
+    assert (again.counters.step, again.counters.tokens, again.train_loss) == (5, 640, 3.25)
+    assert again.state_dict()["seconds"] >= saved["seconds"]
 
 
 def test_rng_state_replays_the_same_dropout_stream():
