@@ -1,7 +1,8 @@
 """How often following the config through `run_plan` returns to a module it has already left.
 
 It runs ``flm.train.run.run_plan`` on a tiny two-stage plan (a width growth; 2 + 2 steps on the bundled
-corpus) under ``sys.setprofile`` and keeps every flm function that is handed the config: a call with an
+corpus, prepared afresh in a temporary folder, so that no cache left by an earlier run shortens the path)
+under ``sys.setprofile`` and keeps every flm function that is handed the config: a call with an
 argument (``self`` included) that is one of flm.config's pydantic models or a ``flm.stages.Stage``. Each such
 function counts once, at its first call, so training loops and the second stage add nothing new. The modules
 of these calls, in order, are the config's path. A *return* is such a call from one module into another that
@@ -58,7 +59,9 @@ def trace_path(out: Path) -> list[tuple[str, str, str]]:
     from flm.config import config_from_dict
     from flm.train.run import run_plan
 
-    cfg = config_from_dict(json.loads(json.dumps(PLAN)))
+    plan = json.loads(json.dumps(PLAN))
+    plan["data"]["prepared_dir"] = str(out.parent / "prepared")  # a cold cache: the data is prepared on the path
+    cfg = config_from_dict(plan)
     seen: set[object] = set()
     calls: list[tuple[str, str, str]] = []
 
