@@ -184,22 +184,23 @@ def growth_kinds(old: ModelConfig, new: ModelConfig) -> tuple[str, ...]:
 
 
 def start_shapes(model: ModelConfig, readout: str = "keep") -> list[ModelConfig]:
-    """``model`` and the smaller first stages that grow back into it: its width times ``START_WIDTHS`` (whole
-    heads of its head_dim, the FFN in proportion; only when the heads follow the width) and its depth times
-    ``START_DEPTHS``. Under μP with ``readout`` "keep" a narrower start's output_mult is scaled down, so that
-    the growth scales it back up to the given one. A start flm's growth rules cannot grow from is left out."""
+    """``model`` and the smaller first stages that grow back into it: its heads times ``START_WIDTHS``, rounded
+    down to whole heads of its head_dim (the width and FFN in proportion; only when the heads follow the width),
+    and its layers times ``START_DEPTHS``, rounded down. Under μP with ``readout`` "keep" a narrower start's
+    output_mult is scaled down, so that the growth scales it back up to the given one. A start flm's growth
+    rules cannot grow from is left out."""
     hd = model.head_dim or 1
     out, seen = [model], {tuple(model.shape().values())}
     for fw, fd in itertools.product(START_WIDTHS, START_DEPTHS):
         update: dict[str, float | int] = {}
         if fw != 1.0 and model.attn_dim == model.d_model:
-            d = int(round(model.d_model * fw / hd)) * hd
+            d = math.floor(model.d_model * fw / hd) * hd
             if hd <= d < model.d_model:
                 update.update(d_model=d, n_heads=d // hd, d_ff=max(1, round(model.d_ff * d / model.d_model)))  # type: ignore[operator]
                 if model.mup_base_width and readout == "keep":
                     update["output_mult"] = model.output_mult * d / model.d_model
-        if fd != 1.0 and 1 <= round(model.n_layers * fd) < model.n_layers:
-            update["n_layers"] = round(model.n_layers * fd)
+        if fd != 1.0 and 1 <= math.floor(model.n_layers * fd) < model.n_layers:
+            update["n_layers"] = math.floor(model.n_layers * fd)
         if not update:
             continue
         try:
