@@ -57,7 +57,7 @@ def cmd_plan_search(args: argparse.Namespace) -> int:
     (as given, or its width x 3/4 or 1/2 in whole heads and/or its depth x 1/2, the first growth then growing
     those back) and the growth method of each boundary (msg, net2net; gstack where it grows depth alone by
     an integer factor, hyperclone where it grows width alone by integer factors). The grid of all of these
-    (about 2,600 schedules for configs/demo.toml) is printed; --trials draws a seeded subset. Steps per stage
+    (2,640 schedules for configs/demo.toml) is counted as it starts; --trials draws a seeded subset. Steps per stage
     follow from the budget (default: the plan's own model FLOPs). The plan as given is always the first
     candidate. Every candidate is one `flm run` in OUT/trials/<tag> (an interrupted search resumes);
     OUT/search.jsonl ranks them, OUT/best.toml is the winner's config and OUT/search.png plots them.
