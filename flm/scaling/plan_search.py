@@ -17,10 +17,11 @@ Steps per stage follow from the budget: the later stages split what the first le
 FLOPs in the given plan, and each stage's steps are its FLOPs / (FLOPs per token x tokens per step).
 
 The grid is the product of these (``grid``): per order, start and method assignment 5 x 3 x 4 = 60 schedules
-(20 when no growth is MSG), 2,640 for configs/demo.toml; ``--trials`` draws a seeded subset. Each candidate is one ``flm run`` (``run_plan``)
-into its own folder named by its tag, so an interrupted search resumes where it stopped and finished candidates
-are read, not retrained; a candidate that uses the defaults of the dimensions added later (given start, methods
-as given, lr_mode as given) keeps the tag it had before them. The config as given is always candidate 0.
+(20 when no growth is MSG), 2,640 for configs/demo.toml; ``--trials`` draws a seeded subset. Each candidate
+is one ``flm run`` (``run_plan``) into its own folder named by its tag, so an interrupted search resumes where
+it stopped and finished candidates are read, not retrained; a candidate that uses the defaults of the
+dimensions added later (given start, methods as given, lr_mode as given) keeps the tag it had before them.
+The config as given is always candidate 0.
 """
 
 from __future__ import annotations
