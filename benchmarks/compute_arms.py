@@ -7,7 +7,8 @@
   the plan's compute could have had without growth.
 - ``planned``: MSG with the schedule of `flm plan grow CONFIG --budget <the plan's FLOPs> --fit FIT`, the loss
   model fitted (`flm plan fit`'s Approach 3) on the first seed's from-scratch runs (the same-tokens scratch arm
-  and the three above), with the loss bumps of the first seed's msg arm per growth kind.
+  and the three above), with the loss bumps of the first seed's msg arm per growth kind; it starts at the plan's
+  first shape, as the msg arm (`flm plan grow --keep-start`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def fit_law(run_dirs: list[Path], bumps: dict[str, float], out: Path) -> LossMod
 def planned(plan: RunConfig, law: LossModel, budget: float, stages: int) -> tuple[RunConfig, dict[str, Any]]:
     """The `flm plan grow` schedule of ``plan``'s start and final shapes for ``budget``, and what it predicts."""
     final = resolve_stages(plan)[-1].model
-    gp = plan_growth(law, plan, final, budget, stages)
+    gp = plan_growth(law, plan, final, budget, stages, smaller_starts=False)  # the plan's start, as the msg arm
     cfg = plan_config(plan, gp)
     last = gp.segments[-1]
     std = law.loss_std(last.shape.n, last.d_end)  # the fit's bootstrap spread at the end (None without)
