@@ -23,27 +23,6 @@ SECONDS_PER_DAY = 86400.0
 DEFAULT_MFU = 0.4  # assumed when a stage has neither tflops_per_gpu nor cost.mfu; the output says so
 
 
-@dataclass(frozen=True)
-class GpuSpec:
-    peak_tflops: float  # dense bf16 tensor-core peak per GPU
-    tdp_watts: float | None
-
-
-# Dense (no sparsity) bf16 peaks and board TDPs from the vendor data sheets (flm/hardware.toml, which cites each).
-# SXM parts unless named; the PCIe entries come first there (more specific names).
-KNOWN_GPUS: dict[str, GpuSpec] = {g.name: GpuSpec(g.peak_tflops, g.tdp_watts) for g in load_catalog().gpus.values()}
-
-
-def lookup_gpu(name: str) -> GpuSpec | None:
-    """Known spec for names like 'a100', 'NVIDIA A100-SXM4-80GB', 'H100 PCIe'; None if unknown."""
-    key = name.upper().replace("NVIDIA", "").replace(" ", "-").replace("_", "-").strip("-")
-    for known, spec in KNOWN_GPUS.items():  # the PCIe entries come first: more specific
-        base, _, variant = known.partition("-")
-        if (key == base or key.startswith(base + "-")) and (not variant or variant in key.split("-")):
-            return spec
-    return None
-
-
 # ---------------------------------------------------------------------------- GPUs and recompute per stage
 
 
@@ -89,7 +68,7 @@ class Hardware:
 
 def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = None) -> Hardware:
     """Peak and TDP of cost.gpu: given > known > measured (gpu = 'cpu'); else one clear error."""
-    spec = lookup_gpu(cost.gpu)
+    spec = load_catalog().find(cost.gpu)  # the one GPU-name resolver (flm.hardware.Catalog.find)
     tdp = cost.tdp_watts if cost.tdp_watts is not None else (spec.tdp_watts if spec else None)
     if cost.peak_tflops is not None:
         return Hardware(cost.gpu, cost.peak_tflops, "given", tdp)
@@ -100,7 +79,7 @@ def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = Non
         return Hardware("cpu", peak, "measured", tdp)
     raise FlmError(
         f"cost.gpu = {cost.gpu!r} has no known peak: set cost.peak_tflops (dense bf16 TFLOP/s per GPU) "
-        f"or --peak-tflops, or use one of {', '.join(KNOWN_GPUS)}, cpu"
+        f"or --peak-tflops, or use one of {', '.join(load_catalog().gpus)}, cpu"
     )
 
 

@@ -11,7 +11,7 @@ from flm.cli import main
 from flm.config import ModelConfig, config_from_dict, load_config
 from flm.errors import FlmError
 from flm.flops import flops_per_token
-from flm.scaling.cost import KNOWN_GPUS, lookup_gpu, plan_cost, recompute_share, resolve_hardware, stage_gpus
+from flm.scaling.cost import plan_cost, recompute_share, resolve_hardware, stage_gpus
 from flm.scaling.flops_compare import REFERENCES, RULE, compare
 from flm.stages import resolve_stages, stage_models
 
@@ -210,11 +210,21 @@ def test_cpu_peak_given_or_measured():
     assert c.stages[0].seconds == pytest.approx(c.total.model_flops / (0.4 * 0.125e12))
 
 
-def test_gpu_name_lookup():
-    assert lookup_gpu("a800") is KNOWN_GPUS["A800"]
-    assert lookup_gpu("NVIDIA A100-SXM4-80GB") is KNOWN_GPUS["A100"]
-    assert lookup_gpu("H100 PCIe") is KNOWN_GPUS["H100-PCIE"]
-    assert lookup_gpu("A10") is None and lookup_gpu("A1000") is None and lookup_gpu("cpu") is None
+def test_gpu_names_resolve_alike_for_cost_memory_and_layout():
+    """One resolver (flm.hardware.Catalog.find): `flm cost`'s peak, `--memory`'s device size and `flm plan
+    layout`'s GPU are the same entry, whichever way the name is written."""
+    from flm.hardware import load_catalog
+    from flm.scaling.memory import device_gib
+
+    cat = load_catalog()
+    for name, entry in [("a800", "A800"), ("NVIDIA A100-SXM4-80GB", "A100"), ("H100 80GB PCIe", "H100-PCIE"),
+                        ("NVIDIA H100 NVL", "H100-NVL"), ("NVIDIA H100 80GB HBM3", "H100")]:
+        gpu = cat.gpu(name)
+        assert gpu.name == entry
+        hw = resolve_hardware(_cfg(cost={"gpu": name}).cost)
+        assert (hw.peak_tflops, hw.tdp_watts) == (gpu.peak_tflops, gpu.tdp_watts)
+        assert device_gib(name) == gpu.hbm_gib
+    assert cat.find("A10") is None and cat.find("A1000") is None and cat.find("cpu") is None
 
 
 # -------------------------------------------------------------------------------------------- CLI
