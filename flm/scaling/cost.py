@@ -134,6 +134,8 @@ class StageCost(Totals):
     model_flops_per_token: float
     hardware_flops_per_token: float
     breakdown: dict | None = None  # the performance model's step (modelled stages only)
+    reported_tflops: float | None = None  # cost.reported: a published figure, shown beside, never the estimate
+    reported_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class PlanCost:
     total: Totals
     scratch: StageCost  # the final shape trained from scratch on all the tokens
     notes: list[str] = field(default_factory=list)
+    reported_source: str | None = None  # cost.reported.source, when the stages carry reported figures
 
     @property
     def time_saved(self) -> float:
@@ -183,6 +186,7 @@ class PlanCost:
                 "dollars": self.scratch.dollars - self.total.dollars,
             },
             "notes": self.notes,
+            "reported_source": self.reported_source,
         }
 
 
@@ -285,6 +289,21 @@ def _check_recompute_layers(cfg: RunConfig, models: list[ModelConfig]) -> None:
             raise FlmError(f"cost.recompute_layers[{i}] = {n} exceeds the {m.n_layers} blocks of {where}")
 
 
+def _with_reported(cfg: RunConfig, stages: list[StageCost]) -> list[StageCost]:
+    """The stages with cost.reported's figures beside them (one entry per stage, checked here: a cost-only
+    setting)."""
+    rep = cfg.cost.reported
+    if rep is None:
+        return stages
+    per: dict[str, list[float] | None] = {"tflops": rep.tflops_per_gpu, "days": rep.days}
+    for key, values in (("tflops_per_gpu", rep.tflops_per_gpu), ("days", rep.days)):
+        if values is not None and len(values) != len(stages):
+            raise FlmError(f"cost.reported.{key} has {len(values)} entries for {len(stages)} stage(s); give one "
+                           "per stage")
+    return [replace(s, **{f"reported_{k}": v[i] for k, v in per.items() if v is not None})
+            for i, s in enumerate(stages)]
+
+
 def _opt_sum(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
@@ -307,7 +326,7 @@ def plan_cost(
         notes.append(f"peak {hw.peak_tflops * 1e3:.0f} GFLOP/s measured now (fp32 matmul on this CPU)")
     if hw.tdp_watts is None:
         notes.append(f"no TDP known for {hw.gpu!r}: set cost.tdp_watts for energy and CO2")
-    stages = [cost_stage(cfg, s, hw, notes=notes, model_only=model_only) for s in plan]
+    stages = _with_reported(cfg, [cost_stage(cfg, s, hw, notes=notes, model_only=model_only) for s in plan])
     last = plan[-1]
     all_tokens = sum(s.tokens for s in plan)
     scratch = cost_stage(cfg, last, hw, name=f"{last.name} (scratch)", tokens=all_tokens, model_only=model_only)
@@ -325,5 +344,5 @@ def plan_cost(
     return PlanCost(
         hardware=hw, formula=cost.formula, seq_len=cfg.seq_len, price_per_gpu_hour=cost.price_per_gpu_hour,
         pue=cost.pue, carbon_kg_per_kwh=cost.carbon_kg_per_kwh, stages=stages, total=total, scratch=scratch,
-        notes=notes,
+        notes=notes, reported_source=cost.reported.source if cost.reported else None,
     )
