@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from flm.errors import FlmError
 from flm.io import atomic_write
@@ -360,8 +360,8 @@ class ReportedCost(_Strict):
     never used as it."""
 
     source: str = Field(description="where the figures come from, shown with them, e.g. 'paper (Table 2)'")
-    tflops_per_gpu: list[float] | None = Field(None, description="per stage, the reported TFLOP/s per GPU")
-    days: list[float] | None = Field(None, description="per stage, the reported training days")
+    tflops_per_gpu: list[PositiveFloat] | None = Field(None, description="per stage, the reported TFLOP/s per GPU")
+    days: list[PositiveFloat] | None = Field(None, description="per stage, the reported training days")
 
 
 class CostConfig(_Strict):
