@@ -71,7 +71,7 @@ def _register_cost(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-gb", type=positive, help="with --memory: device memory in GiB (default: --gpu's)")
     p.add_argument("--modelled", action="store_true",
                    help="every stage's throughput from the performance model (docs/performance.md), ignoring "
-                        "measured stages[i].tflops_per_gpu and cost.recompute_layers")
+                        "measured stages[i].tflops_per_gpu")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")

@@ -196,8 +196,8 @@ def cost_stage(
 ) -> StageCost:
     """Time and money of one stage at its throughput: measured (stages[i].tflops_per_gpu), else given as
     cost.mfu, else modelled (flm.scaling.perf), else an assumed MFU. ``model_only`` ignores the measured figure
-    and cost.recompute_layers. ``name`` and ``tokens`` replace the stage's (the from-scratch run of the final
-    shape is the last stage on all the plan's tokens)."""
+    (cost.recompute_layers still says what the modelled run recomputes). ``name`` and ``tokens`` replace the
+    stage's (the from-scratch run of the final shape is the last stage on all the plan's tokens)."""
     cost, seq_len, m = cfg.cost, cfg.seq_len, stage.model
     name = stage.name if name is None else name
     tokens = stage.tokens if tokens is None else tokens
@@ -206,7 +206,7 @@ def cost_stage(
     model_fpt = flops_per_token(m, seq_len, False, cost.formula)
     peak = hw.peak_tflops * 1e12
     measured = None if model_only else stage.tflops_per_gpu
-    modelled = _model_step(cfg, stage, n_gpus, hw, use_overrides=not model_only)
+    modelled = _model_step(cfg, stage, n_gpus, hw)
     breakdown = modelled[1].to_dict() if modelled is not None else None
     if measured is not None:
         if measured > hw.peak_tflops:
@@ -252,8 +252,7 @@ def cost_stage(
     )
 
 
-def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware,
-                use_overrides: bool = True) -> tuple[float, Breakdown] | None:
+def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware) -> tuple[float, Breakdown] | None:
     """(share of blocks recomputed, the performance model's step) of the stage's own layout, or None when the
     GPU is not in the catalog (then an MFU is assumed). cost.recompute_layers / cost.recompute override the
     recompute that train.activation_checkpointing implies."""
@@ -265,7 +264,7 @@ def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware,
     gpu = replace(gpu, peak_tflops=hw.peak_tflops)
     net = catalog.network(cfg.cost.network or gpu.network, where="cost.network")
     override = None
-    if use_overrides and (cfg.cost.recompute_layers is not None or cfg.cost.recompute):
+    if cfg.cost.recompute_layers is not None or cfg.cost.recompute:
         override = recompute_share(cfg, stage)
     lay = stage_layout(cfg, stage, n_gpus, cfg.cost.dp_mode, override)
     if lay is None:
@@ -314,7 +313,7 @@ def plan_cost(
 ) -> PlanCost:
     """Cost of every stage of ``cfg``, the totals, and the final model trained from scratch on all tokens
     at the final stage's throughput (the paper's 76.74-day estimate). ``model_only``: every stage's time
-    from the performance model, measured figures and cost.recompute_layers ignored."""
+    from the performance model, measured figures ignored."""
     cost = cfg.cost
     if cost.price_per_gpu_hour < 0:
         raise FlmError(f"cost.price_per_gpu_hour is {cost.price_per_gpu_hour}: a price cannot be negative")

@@ -143,14 +143,14 @@ def test_paper_gpu_hours_energy_co2_and_flops(paper):
     assert t.dollars == pytest.approx(t.gpu_hours * 1.0)
 
 
-def _at_table_2(**cost) -> list:
+def _at_table_2(model_only: bool = False, **cost) -> list:
     """The paper's plan with Table 2's figures given as measured stages[i].tflops_per_gpu."""
     data = load_config(PAPER).model_dump(mode="json", exclude_none=True)
     for st, tflops in zip(data["stages"], data["cost"]["reported"]["tflops_per_gpu"]):
         st["tflops_per_gpu"] = tflops
     data["cost"].pop("recompute_layers")
     data["cost"].update(cost)
-    return plan_cost(config_from_dict(data)).stages
+    return plan_cost(config_from_dict(data), model_only=model_only).stages
 
 
 def test_a_measured_throughput_wins_and_the_papers_days_rule_out_full_recompute():
@@ -159,6 +159,9 @@ def test_a_measured_throughput_wins_and_the_papers_days_rule_out_full_recompute(
     none, full = _at_table_2(recompute=False), _at_table_2(recompute=True)
     assert [s.throughput for s in none] == ["measured"] * 3
     assert [s.tflops_per_gpu for s in none] == [162.0, 160.0, 165.0]
+    # --modelled ignores them: back to the model, as with no measured figure at all
+    modelled = _at_table_2(recompute_layers=[0, 0, 0], model_only=True)
+    assert [s.days for s in modelled] == pytest.approx([s.days for s in plan_cost(load_config(PAPER)).stages])
     for n, paper_days, f in zip(none, (9.63, 5.37, 6.54), full):
         assert n.days < paper_days * 0.96 and f.days > paper_days * 1.15
 
