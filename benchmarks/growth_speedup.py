@@ -45,6 +45,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+import compute_arms as C
 from throughput import cpu_busy
 
 from flm.config import RunConfig, config_from_dict, config_to_dict, load_config
@@ -56,7 +57,8 @@ from flm.train.metrics import read_metrics
 from flm.train.run import run_plan, scratch_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("scratch", "msg", "net2net", "gstack", "hyperclone")
+ARMS = ("scratch", *C.SIZES, "msg", "net2net", "gstack", "hyperclone", C.PLANNED)  # planned last: it needs a fit
+ALIASES = {"compute": list(C.SIZES)}
 BUSY_PCT = 10  # others' CPU share above which the wall-clock figures are noise
 
 DEFINITIONS = {
@@ -75,6 +77,15 @@ DEFINITIONS = {
              "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
              "ramp_steps is only this window",
     "load": "load average before and after the arm; others_cpu_pct: CPU share other processes used meanwhile",
+    "best_scratch": "the compute-matched from-scratch arm (scratch-0.25x/0.5x/1x: a quarter, half, all of the final "
+                    "shape's non-embedding parameters, each trained for the progressive plan's FLOPs) with the "
+                    "lowest final validation loss at the same seed",
+    "vs_best_scratch": "the arm's final validation loss - best scratch's (negative: growth beat every from-scratch "
+                       "model of these sizes for the compute)",
+    "best_scratch_speedup": "best scratch's total FLOPs / the FLOPs at which the arm first reaches best scratch's "
+                            "final loss (null: never)",
+    "planned": "MSG with the schedule `flm plan grow` makes for the plan's FLOPs from a loss model fitted on the "
+               "first seed's from-scratch arms (compute_arms.py); predicted vs measured final validation loss",
 }
 
 
@@ -132,10 +143,16 @@ def _small(final: dict[str, Any], arm: str, factor: int) -> dict[str, Any]:
     return small
 
 
-def arm_config(plan: RunConfig, arm: str, seed: int, factors: dict[str, int]) -> RunConfig:
-    """The run config of ``arm`` (module docstring) at ``seed``."""
+def arm_config(plan: RunConfig, arm: str, seed: int, factors: dict[str, int],
+               planned: RunConfig | None = None) -> RunConfig:
+    """The run config of ``arm`` (module docstring) at ``seed``; ``planned``: the `flm plan grow` schedule."""
     if arm == "scratch":
         data = config_to_dict(scratch_config(plan, "tokens"))
+    elif arm in C.SIZES:
+        data = config_to_dict(C.sized_scratch(plan, arm, C.plan_flops(plan)))
+    elif arm == C.PLANNED:
+        assert planned is not None
+        data = config_to_dict(planned)
     else:
         data = config_to_dict(plan)
     data["train"]["seed"] = seed
@@ -162,7 +179,7 @@ def run_arm(cfg: RunConfig, arm: str, out: Path) -> dict[str, Any]:
     """Train one arm; its metrics rows (with "wall") and the machine's load around it."""
     shutil.rmtree(out, ignore_errors=True)  # an arm interrupted before: start it again
     load0, busy0, own0, t0 = os.getloadavg()[0], cpu_busy(), sum(os.times()[:4]), time.perf_counter()
-    if arm == "scratch":
+    if arm == "scratch" or arm in C.SIZES:
         train_stage(cfg, out)
     else:
         run_plan(cfg, out)
@@ -216,7 +233,9 @@ def _mean(per_seed: list[dict[str, Any]], key: str) -> float | None:
     return mean(xs) if len(xs) == len(per_seed) else None  # a seed that never got there: no mean
 
 
-def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
+def plot(curves: dict[str, list[list[dict]]], path: Path, compute: list[list[list[dict]]]) -> None:
+    """Validation loss vs FLOPs and vs seconds, every arm and seed; with the compute arms, the best-scratch
+    envelope of each seed (the lowest loss any from-scratch size had reached by each FLOPs)."""
     import matplotlib  # heavy optional dependency: imported where it is used
 
     matplotlib.use("Agg")
@@ -231,6 +250,10 @@ def plot(curves: dict[str, list[list[dict]]], path: Path) -> None:
             for ax, key in zip(axes, ("flops", "wall")):
                 ax.plot([r[key] for r in pts], [r["val_loss"] for r in pts], color=f"C{i}",
                         linestyle="-" if seed == 0 else "--", label=arm if seed == 0 else None)
+    for seed in range(len(compute[0]) if compute else 0):
+        x, y = C.envelope([runs[seed] for runs in compute])
+        axes[0].plot(x, y, color="black", linewidth=2.5, alpha=0.35, linestyle="-" if seed == 0 else "--",
+                     label="best scratch (envelope)" if seed == 0 else None)
     axes[0].set_xlabel("training FLOPs")
     axes[1].set_xlabel("wall-clock seconds")
     axes[0].set_ylabel("validation loss")
@@ -255,57 +278,110 @@ def _fmt(seeds: list[dict[str, Any]], key: str, pattern: str) -> str:
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The README's table: one row per arm, seed means with the seeds in brackets."""
+    best = "vs_best_scratch" in next(iter(result["arms"].values()))["per_seed"][0]
     lines = ["| method | final val loss | vs scratch | FLOPs speedup | wall-clock speedup | reverse ratio FLOPs "
-             "| reverse ratio seconds | val loss bump at each growth |", "|---" * 8 + "|"]
+             "| reverse ratio seconds | " + ("vs best scratch | FLOPs speedup vs best scratch | " if best else "")
+             + "val loss bump at each growth |", "|---" * (10 if best else 8) + "|"]
     for arm, r in result["arms"].items():
         seeds = r["per_seed"]
         bumps = " / ".join(", ".join(f"{b['val_loss_bump']:+.3f}" for b in s["bumps"]) for s in seeds if s["bumps"])
+        vs_best = (f"{_fmt(seeds, 'vs_best_scratch', '{:+.3f}')} | {_fmt(seeds, 'best_scratch_speedup', '{:.2f}x')} | "
+                   if best else "")
         lines.append(f"| {arm} | {_fmt(seeds, 'final_val_loss', '{:.4f}')} | {_fmt(seeds, 'final_gap', '{:+.3f}')} "
                      f"| {_fmt(seeds, 'flops_speedup', '{:.2f}x')} | {_fmt(seeds, 'seconds_speedup', '{:.2f}x')} "
                      f"| {_fmt(seeds, 'reverse_ratio', '{:.2f}x')} | {_fmt(seeds, 'reverse_seconds_ratio', '{:.2f}x')} "
-                     f"| {bumps} |")
+                     f"| {vs_best}{bumps} |")
+    if best:
+        arms = [s["best_scratch_arm"] for s in next(iter(result["arms"].values()))["per_seed"]]
+        lines.append(f"\nBest scratch (lowest final loss for {result['plan_flops']:.3g} FLOPs): {' / '.join(arms)}.")
+    if "planner" in result:
+        p = result["planner"]
+        std = f" ± {p['predicted_std']:.3f}" if p.get("predicted_std") else ""
+        lines.append(f"\nPlanner: predicted final loss {p['predicted_final_loss']:.4f}{std}, measured "
+                     + " / ".join(f"{a:.4f} ({e:+.2%})" for a, e in zip(p["actual_final_loss"], p["rel_error"]))
+                     + "; schedule " + " -> ".join(f"{st['shape']['d_model']}x{st['shape']['n_layers']} "
+                                                    f"({st['steps']} steps)" for st in p["stages"]) + ".")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def versus_best(rows: list[dict], best: list[dict]) -> dict[str, Any]:
+    """An arm's figures against the same seed's best compute-matched scratch run (DEFINITIONS)."""
+    target = [r["val_loss"] for r in best if "val_loss" in r][-1]
+    final = [r["val_loss"] for r in rows if "val_loss" in r][-1]
+    reach = first_reach(rows, target, "flops")
+    return {"best_scratch_final": target, "vs_best_scratch": final - target,
+            "best_scratch_speedup": best[-1]["flops"] / reach if reach else None}
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-growth"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help=f"comma-separated subset of {','.join(ARMS)} ('compute' = the three scratch-*x arms)")
     ap.add_argument("--gstack-factor", type=int, default=2)
     ap.add_argument("--hyperclone-factor", type=int, default=2)
+    ap.add_argument("--plan-stages", type=int, default=3, help="the planned arm's most stages (flm plan grow --stages)")
     ap.add_argument("--quick", action="store_true", help="tiny shapes and 60 steps per arm (a smoke run)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the arms already trained in --work (same config and seeds) and train only the others")
     ap.add_argument("--name", help="results file stem (default growth_speedup, growth_speedup_quick with --quick)")
-    args = ap.parse_args()
-    arms = [a for a in ARMS if a in args.arms.split(",")]  # scratch first: the others are measured against it
+    return ap.parse_args()
+
+
+def train_arms(args: argparse.Namespace, plan: RunConfig, arms: list[str]) -> tuple[dict, dict, dict]:
+    """Train (or, with --reuse, read back) every arm at every seed; the planned arm's config comes from a fit
+    on the first seed's from-scratch arms. Returns the runs, the configs and the planner's record."""
+    factors = {"gstack": args.gstack_factor, "hyperclone": args.hyperclone_factor}
+    configs = {(a, s): arm_config(plan, a, s, factors) for s in range(args.seeds) for a in arms
+               if a != C.PLANNED}  # refuse early
+    if not args.reuse:
+        shutil.rmtree(args.work, ignore_errors=True)
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    planner: dict[str, Any] = {}
+    for seed in range(args.seeds):
+        for arm in arms:
+            out = args.work / f"{arm}-seed{seed}"
+            if arm == C.PLANNED and not planner:
+                scratch_dirs = [args.work / f"{a}-seed0" for a in arms if a == "scratch" or a in C.SIZES]
+                bumps = C.measured_bumps(runs["msg", 0]["rows"], plan) if "msg" in arms else {}
+                law = C.fit_law(scratch_dirs, bumps, args.work / "fit.json")
+                cfg, planner = C.planned(plan, law, C.plan_flops(plan), args.plan_stages)
+                planner["fit_runs"] = [str(d) for d in scratch_dirs]
+                configs.update({(arm, s): arm_config(plan, arm, s, factors, cfg) for s in range(args.seeds)})
+            trained = args.reuse and (out / "load.json").is_file()  # written last: the arm finished
+            runs[arm, seed] = read_arm(out) if trained else run_arm(configs[arm, seed], arm, out)
+    return runs, configs, planner
+
+
+def main() -> None:
+    args = parse_args()
+    wanted = [a for item in args.arms.split(",") for a in ALIASES.get(item, [item])]
+    arms = [a for a in ARMS if a in wanted]  # scratch first: the others are measured against it
     if "scratch" not in arms:
         raise SystemExit("--arms must include scratch: every figure is relative to it")
+    if C.PLANNED in arms and not set(C.SIZES) <= set(arms):
+        raise SystemExit("--arms planned needs the compute arms (add 'compute'): the planner's loss model is "
+                         "fitted on them")
 
     plan = load_config(args.config, args.overrides)
     if args.quick:
         plan = config_from_dict(quick_plan(config_to_dict(plan)), where="--quick plan")
-    factors = {"gstack": args.gstack_factor, "hyperclone": args.hyperclone_factor}
-    configs = {(a, s): arm_config(plan, a, s, factors) for s in range(args.seeds) for a in arms}  # refuse early
-    if not args.reuse:
-        shutil.rmtree(args.work, ignore_errors=True)
-    runs: dict[tuple[str, int], dict[str, Any]] = {}
-    for seed in range(args.seeds):
-        for arm in arms:
-            out = args.work / f"{arm}-seed{seed}"
-            trained = args.reuse and (out / "load.json").is_file()  # written last: the arm finished
-            runs[arm, seed] = read_arm(out) if trained else run_arm(configs[arm, seed], arm, out)
+    runs, configs, planner = train_arms(args, plan, arms)
 
     final = resolve_stages(plan)[-1].model
     result: dict[str, Any] = {"config": args.config, "quick": args.quick, "seeds": args.seeds,
                               "final_shape": final.shape(), "final_params": final.num_params(),
-                              "definitions": DEFINITIONS, "arms": {}}
+                              "plan_flops": C.plan_flops(plan), "definitions": DEFINITIONS, "arms": {}}
+    compute = {a: [runs[a, s]["rows"] for s in range(args.seeds)] for a in arms if a in C.SIZES}
+    best = [C.best_scratch(compute, s) for s in range(args.seeds)] if compute else []
     for arm in arms:
         scratch = [runs["scratch", s]["rows"] for s in range(args.seeds)]
         per_seed = [summarize(runs[arm, s]["rows"], scratch[s]) | {"load": runs[arm, s]["load"]}
+                    | (versus_best(runs[arm, s]["rows"], best[s][1]) | {"best_scratch_arm": best[s][0]}
+                       if best else {})
                     for s in range(args.seeds)]
         first = configs[arm, 0]
         result["arms"][arm] = {
@@ -313,17 +389,25 @@ def main() -> None:
                         "method": st.growth.method if st.growth else None} for st in resolve_stages(first)],
             "tokens": runs[arm, 0]["rows"][-1]["tokens"],
             "mean": {k: _mean(per_seed, k) for k in ("final_val_loss", "final_gap", "flops_speedup",
-                                                     "seconds_speedup", "reverse_ratio",
-                                                     "reverse_seconds_ratio")},
+                                                     "seconds_speedup", "reverse_ratio", "reverse_seconds_ratio",
+                                                     "vs_best_scratch", "best_scratch_speedup")},
             "per_seed": per_seed,
         }
+    if planner:
+        actual = [s["final_val_loss"] for s in result["arms"][C.PLANNED]["per_seed"]]
+        planner["actual_final_loss"] = actual
+        planner["rel_error"] = [planner["predicted_final_loss"] / a - 1 for a in actual]
+        result["planner"] = planner
     result["tokens_per_param"] = result["arms"]["scratch"]["tokens"] / final.num_params()
     RESULTS.mkdir(exist_ok=True)
     name = args.name or ("growth_speedup_quick" if args.quick else "growth_speedup")
-    plot({arm: [runs[arm, s]["rows"] for s in range(args.seeds)] for arm in arms}, RESULTS / f"{name}.png")
+    plot({arm: [runs[arm, s]["rows"] for s in range(args.seeds)] for arm in arms}, RESULTS / f"{name}.png",
+         list(compute.values()))
     atomic_write(RESULTS / f"{name}.json", json.dumps(result, indent=1) + "\n")
     atomic_write(RESULTS / f"{name}.md", markdown_table(result))
-    print(json.dumps({arm: r["mean"] for arm, r in result["arms"].items()}))
+    print(json.dumps({arm: r["mean"] for arm, r in result["arms"].items()} | (
+        {"planner": {k: planner[k] for k in ("predicted_final_loss", "actual_final_loss", "rel_error")}}
+        if planner else {})))
 
 
 if __name__ == "__main__":

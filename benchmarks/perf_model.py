@@ -4,7 +4,8 @@ Every row of flm.scaling.perf.published (FLM-101B's three stages, Megatron-LM's 
 sequence-parallel + selective-recompute table, BLOOM-176B, OPT-175B, GLM-130B, Llama 3 405B) runs through
 ``step_time`` with the one global set of constants; the modelled TFLOP/s per GPU (hardware FLOPs when the
 source counts recompute, model FLOPs when it reports MFU) is compared with the reported one. Also written: the
-sensitivity of the errors to each constant (each moved to the ends of its plausible range, one at a time).
+sensitivity of the errors to each constant (each moved to the ends of its plausible range, one at a time), and
+FLM-101B's errors on each network its cluster may have had.
 
     .venv/bin/python benchmarks/perf_model.py        # a second, no GPU
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from flm.hardware import load_catalog
@@ -100,12 +101,20 @@ def sensitivity() -> dict:
     return out
 
 
+def flm_networks() -> dict[str, list[float]]:
+    """FLM-101B's errors on each network a DGX A800 cluster may have (the paper publishes none; its code's
+    README recommends 400 or 800 Gb/s per node; the DGX's own is 8 x 200)."""
+    flm = [r for r in runs() if r.name.startswith("FLM-101B")]
+    return {net: [model_row(replace(r, network=net))["error"] for r in flm]
+            for net in ("ib-2x200", "ib-4x200", "ib-hdr-8x200")}
+
+
 def main() -> None:
     rows = [model_row(r) for r in runs()]
     s = summary(rows)
     OUT.mkdir(exist_ok=True)
     result = {"benchmark": "perf_model", "constants": asdict(CONSTANTS), **s, "rows": rows,
-              "sensitivity": sensitivity()}
+              "sensitivity": sensitivity(), "flm_101b_by_network": flm_networks()}
     atomic_write(OUT / "perf_model.json", json.dumps(result, indent=1) + "\n")
     atomic_write(OUT / "perf_model.md", markdown(rows, s))
     plot(rows, OUT / "perf_model.png")

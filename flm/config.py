@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from flm.errors import FlmError
 from flm.io import atomic_write
@@ -355,6 +355,15 @@ class StageConfig(_Strict):
         return self
 
 
+class ReportedCost(_Strict):
+    """Published figures of the plan's run (a paper's table), printed by `flm cost` beside its estimate and
+    never used as it."""
+
+    source: str = Field(description="where the figures come from, shown with them, e.g. 'paper (Table 2)'")
+    tflops_per_gpu: list[PositiveFloat] | None = Field(None, description="per stage, the reported TFLOP/s per GPU")
+    days: list[PositiveFloat] | None = Field(None, description="per stage, the reported training days")
+
+
 class CostConfig(_Strict):
     """Hardware and prices for `flm cost` (see flm/scaling/cost.py)."""
 
@@ -383,6 +392,9 @@ class CostConfig(_Strict):
     dp_mode: Literal["fsdp", "zero1", "ddp"] = Field(
         "fsdp", description="data parallelism the performance model assumes: flm's FSDP2, ZeRO-1 "
         "(Megatron's distributed optimizer) or DDP"
+    )
+    reported: ReportedCost | None = Field(
+        None, description="published figures shown beside the estimate (cost.reported.source names them)"
     )
 
     @model_validator(mode="after")

@@ -216,18 +216,32 @@ class Catalog:
     gpus: dict[str, Gpu]
     networks: dict[str, Network]
 
-    def gpu(self, name: str, where: str = "--gpu") -> Gpu:
-        """The GPU called ``name`` (its key, an alias, or a longer device name such as 'NVIDIA A100-SXM4-80GB'),
-        or one error with the closest names."""
+    def find(self, name: str) -> Gpu | None:
+        """The GPU called ``name``, or None: its key or an alias ('a800', 'A100-SXM4-80GB'), else a device
+        name as nvidia-smi or a vendor writes it ('NVIDIA H100 80GB PCIe'): the entry whose name (or alias) has
+        the same first word and all of whose other words are among the device name's ('80' matches '80GB'),
+        the most such words winning, so 'H100 80GB PCIe' is H100-PCIE, not H100. The one resolver behind
+        `flm cost`, `flm cost --memory` and `flm plan layout`."""
         key = _key(name)
-        names = {_key(n): g for g in self.gpus.values() for n in (g.name, *g.aliases)}
-        if key in names:
-            return names[key]
-        for known in sorted(names, key=len, reverse=True):  # "A100-40" before "A100"
-            if key.startswith(known + "-"):
-                return names[known]
-        raise FlmError(f"{where} = {name!r} is not a known GPU{_did_you_mean(name, list(self.gpus))}; add it "
-                       "to a hardware file (--hardware FILE, keys as in flm/hardware.toml)")
+        words = set(key.split("-"))
+        best, score = None, -1
+        for g in self.gpus.values():
+            for n in (g.name, *g.aliases):
+                if _key(n) == key:
+                    return g
+                first, *rest = _key(n).split("-")
+                if first == key.split("-")[0] and len(rest) > score and all(
+                        w in words or w + "GB" in words for w in rest):
+                    best, score = g, len(rest)
+        return best
+
+    def gpu(self, name: str, where: str = "--gpu") -> Gpu:
+        """``find``, or one error with the closest names."""
+        g = self.find(name)
+        if g is None:
+            raise FlmError(f"{where} = {name!r} is not a known GPU{_did_you_mean(name, list(self.gpus))}; add "
+                           "it to a hardware file (--hardware FILE, keys as in flm/hardware.toml)")
+        return g
 
     def network(self, name: str, where: str = "--network") -> Network:
         if name in self.networks:

@@ -71,7 +71,7 @@ def _register_cost(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device-gb", type=positive, help="with --memory: device memory in GiB (default: --gpu's)")
     p.add_argument("--modelled", action="store_true",
                    help="every stage's throughput from the performance model (docs/performance.md), ignoring "
-                        "measured stages[i].tflops_per_gpu and cost.recompute_layers")
+                        "measured stages[i].tflops_per_gpu")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (raw numbers, seconds and days)")
     out.add_argument("--markdown", action="store_true", help="print a Markdown table and summary")
@@ -92,8 +92,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
     FLOPs (Narayanan et al. 2021, the formula FLM-101B uses), time, GPU-hours, dollars, energy (GPU-hours x
     TDP x PUE) and CO2e; then the totals and the comparison with training the final model from scratch on
     all the tokens at the last stage's throughput. A stage's time is tokens x FLOPs/token / (GPUs x
-    stages[i].tflops_per_gpu), or, without a measured throughput, tokens x model FLOPs/token / (GPUs x MFU x
-    peak). Example: flm cost configs/flm-101b.toml
+    stages[i].tflops_per_gpu) when measured, else the performance model's step time (docs/performance.md), or
+    tokens x model FLOPs/token / (GPUs x cost.mfu x peak); cost.reported's published figures print beside.
+    Example: flm cost configs/flm-101b.toml
     """
     from flm.config import load_config
     from flm.scaling.cost import plan_cost

@@ -23,27 +23,6 @@ SECONDS_PER_DAY = 86400.0
 DEFAULT_MFU = 0.4  # assumed when a stage has neither tflops_per_gpu nor cost.mfu; the output says so
 
 
-@dataclass(frozen=True)
-class GpuSpec:
-    peak_tflops: float  # dense bf16 tensor-core peak per GPU
-    tdp_watts: float | None
-
-
-# Dense (no sparsity) bf16 peaks and board TDPs from the vendor data sheets (flm/hardware.toml, which cites each).
-# SXM parts unless named; the PCIe entries come first there (more specific names).
-KNOWN_GPUS: dict[str, GpuSpec] = {g.name: GpuSpec(g.peak_tflops, g.tdp_watts) for g in load_catalog().gpus.values()}
-
-
-def lookup_gpu(name: str) -> GpuSpec | None:
-    """Known spec for names like 'a100', 'NVIDIA A100-SXM4-80GB', 'H100 PCIe'; None if unknown."""
-    key = name.upper().replace("NVIDIA", "").replace(" ", "-").replace("_", "-").strip("-")
-    for known, spec in KNOWN_GPUS.items():  # the PCIe entries come first: more specific
-        base, _, variant = known.partition("-")
-        if (key == base or key.startswith(base + "-")) and (not variant or variant in key.split("-")):
-            return spec
-    return None
-
-
 # ---------------------------------------------------------------------------- GPUs and recompute per stage
 
 
@@ -89,7 +68,7 @@ class Hardware:
 
 def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = None) -> Hardware:
     """Peak and TDP of cost.gpu: given > known > measured (gpu = 'cpu'); else one clear error."""
-    spec = lookup_gpu(cost.gpu)
+    spec = load_catalog().find(cost.gpu)  # the one GPU-name resolver (flm.hardware.Catalog.find)
     tdp = cost.tdp_watts if cost.tdp_watts is not None else (spec.tdp_watts if spec else None)
     if cost.peak_tflops is not None:
         return Hardware(cost.gpu, cost.peak_tflops, "given", tdp)
@@ -100,7 +79,7 @@ def resolve_hardware(cost: CostConfig, measure: Callable[[], float] | None = Non
         return Hardware("cpu", peak, "measured", tdp)
     raise FlmError(
         f"cost.gpu = {cost.gpu!r} has no known peak: set cost.peak_tflops (dense bf16 TFLOP/s per GPU) "
-        f"or --peak-tflops, or use one of {', '.join(KNOWN_GPUS)}, cpu"
+        f"or --peak-tflops, or use one of {', '.join(load_catalog().gpus)}, cpu"
     )
 
 
@@ -155,6 +134,8 @@ class StageCost(Totals):
     model_flops_per_token: float
     hardware_flops_per_token: float
     breakdown: dict | None = None  # the performance model's step (modelled stages only)
+    reported_tflops: float | None = None  # cost.reported: a published figure, shown beside, never the estimate
+    reported_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +150,7 @@ class PlanCost:
     total: Totals
     scratch: StageCost  # the final shape trained from scratch on all the tokens
     notes: list[str] = field(default_factory=list)
+    reported_source: str | None = None  # cost.reported.source, when the stages carry reported figures
 
     @property
     def time_saved(self) -> float:
@@ -204,6 +186,7 @@ class PlanCost:
                 "dollars": self.scratch.dollars - self.total.dollars,
             },
             "notes": self.notes,
+            "reported_source": self.reported_source,
         }
 
 
@@ -213,8 +196,8 @@ def cost_stage(
 ) -> StageCost:
     """Time and money of one stage at its throughput: measured (stages[i].tflops_per_gpu), else given as
     cost.mfu, else modelled (flm.scaling.perf), else an assumed MFU. ``model_only`` ignores the measured figure
-    and cost.recompute_layers. ``name`` and ``tokens`` replace the stage's (the from-scratch run of the final
-    shape is the last stage on all the plan's tokens)."""
+    (cost.recompute_layers still says what the modelled run recomputes). ``name`` and ``tokens`` replace the
+    stage's (the from-scratch run of the final shape is the last stage on all the plan's tokens)."""
     cost, seq_len, m = cfg.cost, cfg.seq_len, stage.model
     name = stage.name if name is None else name
     tokens = stage.tokens if tokens is None else tokens
@@ -223,7 +206,7 @@ def cost_stage(
     model_fpt = flops_per_token(m, seq_len, False, cost.formula)
     peak = hw.peak_tflops * 1e12
     measured = None if model_only else stage.tflops_per_gpu
-    modelled = _model_step(cfg, stage, n_gpus, hw, use_overrides=not model_only)
+    modelled = _model_step(cfg, stage, n_gpus, hw)
     breakdown = modelled[1].to_dict() if modelled is not None else None
     if measured is not None:
         if measured > hw.peak_tflops:
@@ -269,8 +252,7 @@ def cost_stage(
     )
 
 
-def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware,
-                use_overrides: bool = True) -> tuple[float, Breakdown] | None:
+def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware) -> tuple[float, Breakdown] | None:
     """(share of blocks recomputed, the performance model's step) of the stage's own layout, or None when the
     GPU is not in the catalog (then an MFU is assumed). cost.recompute_layers / cost.recompute override the
     recompute that train.activation_checkpointing implies."""
@@ -282,7 +264,7 @@ def _model_step(cfg: RunConfig, stage: Stage, n_gpus: int, hw: Hardware,
     gpu = replace(gpu, peak_tflops=hw.peak_tflops)
     net = catalog.network(cfg.cost.network or gpu.network, where="cost.network")
     override = None
-    if use_overrides and (cfg.cost.recompute_layers is not None or cfg.cost.recompute):
+    if cfg.cost.recompute_layers is not None or cfg.cost.recompute:
         override = recompute_share(cfg, stage)
     lay = stage_layout(cfg, stage, n_gpus, cfg.cost.dp_mode, override)
     if lay is None:
@@ -306,6 +288,21 @@ def _check_recompute_layers(cfg: RunConfig, models: list[ModelConfig]) -> None:
             raise FlmError(f"cost.recompute_layers[{i}] = {n} exceeds the {m.n_layers} blocks of {where}")
 
 
+def _with_reported(cfg: RunConfig, stages: list[StageCost]) -> list[StageCost]:
+    """The stages with cost.reported's figures beside them (one entry per stage, checked here: a cost-only
+    setting)."""
+    rep = cfg.cost.reported
+    if rep is None:
+        return stages
+    per: dict[str, list[float] | None] = {"tflops": rep.tflops_per_gpu, "days": rep.days}
+    for key, values in (("tflops_per_gpu", rep.tflops_per_gpu), ("days", rep.days)):
+        if values is not None and len(values) != len(stages):
+            raise FlmError(f"cost.reported.{key} has {len(values)} entries for {len(stages)} stage(s); give one "
+                           "per stage")
+    return [replace(s, **{f"reported_{k}": v[i] for k, v in per.items() if v is not None})
+            for i, s in enumerate(stages)]
+
+
 def _opt_sum(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
@@ -316,7 +313,7 @@ def plan_cost(
 ) -> PlanCost:
     """Cost of every stage of ``cfg``, the totals, and the final model trained from scratch on all tokens
     at the final stage's throughput (the paper's 76.74-day estimate). ``model_only``: every stage's time
-    from the performance model, measured figures and cost.recompute_layers ignored."""
+    from the performance model, measured figures ignored."""
     cost = cfg.cost
     if cost.price_per_gpu_hour < 0:
         raise FlmError(f"cost.price_per_gpu_hour is {cost.price_per_gpu_hour}: a price cannot be negative")
@@ -328,7 +325,7 @@ def plan_cost(
         notes.append(f"peak {hw.peak_tflops * 1e3:.0f} GFLOP/s measured now (fp32 matmul on this CPU)")
     if hw.tdp_watts is None:
         notes.append(f"no TDP known for {hw.gpu!r}: set cost.tdp_watts for energy and CO2")
-    stages = [cost_stage(cfg, s, hw, notes=notes, model_only=model_only) for s in plan]
+    stages = _with_reported(cfg, [cost_stage(cfg, s, hw, notes=notes, model_only=model_only) for s in plan])
     last = plan[-1]
     all_tokens = sum(s.tokens for s in plan)
     scratch = cost_stage(cfg, last, hw, name=f"{last.name} (scratch)", tokens=all_tokens, model_only=model_only)
@@ -346,5 +343,5 @@ def plan_cost(
     return PlanCost(
         hardware=hw, formula=cost.formula, seq_len=cfg.seq_len, price_per_gpu_hour=cost.price_per_gpu_hour,
         pue=cost.pue, carbon_kg_per_kwh=cost.carbon_kg_per_kwh, stages=stages, total=total, scratch=scratch,
-        notes=notes,
+        notes=notes, reported_source=cost.reported.source if cost.reported else None,
     )

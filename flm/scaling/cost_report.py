@@ -98,9 +98,12 @@ def summary_lines(c: PlanCost) -> list[str]:
     recompute = ", ".join(f"{st.recompute * st.n_layers:.0f}/{st.n_layers}" for st in c.stages)
     formula = "Narayanan et al. 2021" if c.formula == "narayanan" else "6N + attention"
     energy = f", {fmt_energy(t.energy_kwh)}, {fmt_co2(t.co2_kg)} CO2e" if t.energy_kwh is not None else ""
+    reported = [st.reported_days for st in c.stages]
+    beside = (f" ({c.reported_source}: {sum(d for d in reported if d is not None):.2f} d)"
+              if c.reported_source and None not in reported else "")
     lines = [
         f"Growth plan: {fmt_time(t.seconds)} on {c.stages[-1].n_gpus} × {hw.gpu}, {_num(t.gpu_hours)} "
-        f"GPU-hours, {fmt_dollars(t.dollars)}{energy}.",
+        f"GPU-hours, {fmt_dollars(t.dollars)}{energy}{beside}.",
         f"From scratch: {s.name.removesuffix(' (scratch)')} ({fmt_count(s.params)} params) on all "
         f"{fmt_count(s.tokens)} tokens at the last stage's throughput: {fmt_time(s.seconds)}, "
         f"{_num(s.gpu_hours)} GPU-hours, {fmt_dollars(s.dollars)}.",
@@ -117,11 +120,31 @@ def summary_lines(c: PlanCost) -> list[str]:
         lines.append("* TFLOP/s implied by the MFU (no measured tflops_per_gpu for that stage).")
     for st in c.stages:
         if st.breakdown is not None:
-            lines.append(_modelled_line(st))
+            lines.append(_modelled_line(st) + _reported(st, c.reported_source))
+        elif c.reported_source and (st.reported_tflops or st.reported_days):
+            lines.append(f"Stage {st.name}{_reported(st, c.reported_source)}")
     if any(st.throughput == "modelled" for st in c.stages):
         lines.append("~ modelled by flm's performance model (docs/performance.md); a measured stages[i].tflops_per_gpu "
                      "overrides it.")
     return lines + [f"Note: {n}" for n in c.notes]
+
+
+def _reported(s: StageCost, source: str | None) -> str:
+    """cost.reported's figures beside the estimate: ' paper (...): 162 TFLOP/s, 9.63 d (modelled +10%, -14%);
+    at its 162 TFLOP/s the steps take 9.16 d, 5% less than its days.' (what the steps do not account for)."""
+    figures = [(f"{s.reported_tflops:.4g} TFLOP/s", s.tflops_per_gpu / s.reported_tflops - 1)
+               if s.reported_tflops else None,
+               (f"{s.reported_days:.4g} d", s.days / s.reported_days - 1) if s.reported_days else None]
+    shown = [f for f in figures if f is not None]
+    if not source or not shown:
+        return ""
+    what = {"measured": "measured", "modelled": "modelled", "mfu": "estimate"}[s.throughput]
+    out = f" {source}: {', '.join(f for f, _ in shown)} ({what} {', '.join(f'{e:+.0%}' for _, e in shown)})"
+    if s.reported_tflops and s.reported_days:  # the same FLOPs at the reported throughput
+        steps = s.seconds * s.tflops_per_gpu / s.reported_tflops / 86400
+        out += (f"; at its {s.reported_tflops:.4g} TFLOP/s the steps take {steps:.2f} d, "
+                f"{1 - steps / s.reported_days:.0%} less than its days")
+    return out + "."
 
 
 def _modelled_line(s: StageCost) -> str:
@@ -135,8 +158,9 @@ def _modelled_line(s: StageCost) -> str:
         modelled = b["hardware_flops"] / b["step"] / b["n_gpus"] / 1e12  # at the model's own recompute
         head = (f"Stage {s.name} measured {s.tflops_per_gpu:.4g} TFLOP/s per GPU; modelled {modelled:.4g} "
                 f"({modelled / s.tflops_per_gpu - 1:+.0%})")
+    gives = f", {s.tflops_per_gpu:.4g} TFLOP/s per GPU, {fmt_time(s.seconds)}" if s.throughput == "modelled" else ""
     return (f"{head}: {s.tp}·{s.pp}·{s.dp}, {b['microbatches']} micro-batches: {b['step']:.2f} s per step = "
-            f"{shares}.")
+            f"{shares}{gives}.")
 
 
 def render_text(c: PlanCost) -> None:

@@ -34,6 +34,10 @@ from flm.stages import grow_shape, resolve_stages
 from flm.train.schedule import stage_lrs
 
 GROW_KEYS = ("d_model", "d_ff", "n_heads", "n_layers")
+# Smaller first stages tried by the planner and `flm plan search`: the start's width (whole heads of its
+# head_dim) and depth times these factors; (1, 1) is the start as given.
+START_WIDTHS = (1.0, 0.75, 0.5)
+START_DEPTHS = (1.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -179,16 +183,49 @@ def growth_kinds(old: ModelConfig, new: ModelConfig) -> tuple[str, ...]:
     return tuple(kinds + (["depth"] if "n_layers" in spec else []))
 
 
+def start_shapes(model: ModelConfig, readout: str = "keep") -> list[ModelConfig]:
+    """``model`` and the smaller first stages that grow back into it: its heads times ``START_WIDTHS``, rounded
+    down to whole heads of its head_dim (the width and FFN in proportion; only when the heads follow the width),
+    and its layers times ``START_DEPTHS``, rounded down. Under μP with ``readout`` "keep" a narrower start's
+    output_mult is scaled down, so that the growth scales it back up to the given one. A start flm's growth
+    rules cannot grow from is left out."""
+    hd = model.head_dim or 1
+    out, seen = [model], {tuple(model.shape().values())}
+    for fw, fd in itertools.product(START_WIDTHS, START_DEPTHS):
+        update: dict[str, float | int] = {}
+        if fw != 1.0 and model.attn_dim == model.d_model:
+            d = math.floor(model.d_model * fw / hd) * hd
+            if hd <= d < model.d_model:
+                update.update(d_model=d, n_heads=d // hd, d_ff=max(1, round(model.d_ff * d / model.d_model)))  # type: ignore[operator]
+                if model.mup_base_width and readout == "keep":
+                    update["output_mult"] = model.output_mult * d / model.d_model
+        if fd != 1.0 and 1 <= math.floor(model.n_layers * fd) < model.n_layers:
+            update["n_layers"] = math.floor(model.n_layers * fd)
+        if not update:
+            continue
+        try:
+            small = ModelConfig.model_validate({**model.model_dump(), **update})
+            back = grow(small, growth_spec(small, model), "smaller start")
+        except (FlmError, ValidationError):
+            continue
+        key = tuple(small.shape().values())
+        if back.shape() == model.shape() and key not in seen:
+            seen.add(key)
+            out.append(small)
+    return out
+
+
 def _middle(a: int, b: int, multiple: int) -> list[int]:
     """{a, b} and their geometric middle rounded to ``multiple`` (when it falls strictly between)."""
     mid = int(round(math.sqrt(a * b) / multiple)) * multiple
     return sorted({a, b} | ({mid} if a < mid < b else set()))
 
 
-def candidate_chains(start: ModelConfig, final: ModelConfig, stages: int) -> list[list[ModelConfig]]:
+def candidate_chains(start: ModelConfig, final: ModelConfig, stages: int, via: Sequence[ModelConfig] = ()
+                     ) -> list[list[ModelConfig]]:
     """Every chain start -> ... -> final of 2..``stages`` shapes, each growing out of the one before through
     intermediate shapes (width and depth at their start, final or middle size; the FFN following the width
-    when start and final share the FFN ratio), that flm's growth rules accept."""
+    when start and final share the FFN ratio; and the shapes of ``via``), that flm's growth rules accept."""
     hd = start.head_dim or 1
     tied = start.d_ff * final.d_model == final.d_ff * start.d_model  # type: ignore[operator]
     mids: list[ModelConfig] = []
@@ -202,6 +239,8 @@ def candidate_chains(start: ModelConfig, final: ModelConfig, stages: int) -> lis
             continue
         if m.shape() not in (start.shape(), final.shape()):
             mids.append(m)
+    known = [m.shape() for m in mids]
+    mids += [m for m in via if m.shape() not in (*known, start.shape(), final.shape())]
     chains = []
     for k in range(0, stages - 1):
         for middle in itertools.permutations(mids, k):
@@ -239,9 +278,12 @@ def chain_shapes(law: LossModel, chain: Sequence[ModelConfig], seq: int) -> list
     return shapes
 
 
-def plan_growth(law: LossModel, cfg: RunConfig, final: ModelConfig, budget: float, stages: int) -> GrowPlan:
-    """The chain (of at most ``stages`` shapes from cfg.model to ``final``) with the lowest predicted final
-    loss for ``budget`` model FLOPs, each growth where the rates cross."""
+def plan_growth(law: LossModel, cfg: RunConfig, final: ModelConfig, budget: float, stages: int,
+                smaller_starts: bool = True) -> GrowPlan:
+    """The chain (of at most ``stages`` shapes to ``final``) with the lowest predicted final loss for
+    ``budget`` model FLOPs, each growth where the rates cross. It starts at cfg.model or, with
+    ``smaller_starts``, at one of ``start_shapes(cfg.model)`` (then possibly through cfg.model), which wins
+    only when its predicted final loss is strictly lower."""
     if not 2 <= stages <= 5:
         raise FlmError(f"--stages {stages}: give 2 to 5 (the chains to compare grow exponentially with it)")
     seq, per_step = cfg.seq_len, cfg.train.batch_size * cfg.seq_len
@@ -250,10 +292,14 @@ def plan_growth(law: LossModel, cfg: RunConfig, final: ModelConfig, budget: floa
         raise FlmError(f"--budget {budget:.3g} FLOPs is below one step of the start shape ({one_step:.3g} FLOPs: "
                        f"{per_step} tokens x {flops_per_token(cfg.model, seq):.3g} FLOPs per token); give more")
     best: GrowPlan | None = None
-    for chain in candidate_chains(cfg.model, final, stages):
-        segs = simulate(law, chain_shapes(law, chain, seq), budget)
-        if best is None or segs[-1].loss_end < best.final_loss:
-            best = GrowPlan(segs, budget, segs[-1].loss_end, chain)
+    starts = start_shapes(cfg.model) if smaller_starts else [cfg.model]
+    for start in starts:
+        via = [cfg.model] if start is not cfg.model else []
+        for chain in candidate_chains(start, final, stages, via):
+            segs = simulate(law, chain_shapes(law, chain, seq), budget)
+            # strictly lower, by more than rounding: a smaller start that is grown at once ties the given one
+            if best is None or segs[-1].loss_end < best.final_loss - 1e-9 * abs(best.final_loss):
+                best = GrowPlan(segs, budget, segs[-1].loss_end, chain)
     if best is None:
         raise FlmError(f"no chain of flm's growth operators leads from {cfg.model.shape()} to {final.shape()}; "
                        "pick a final shape whose width is a multiple of head_dim and no dimension shrinks")

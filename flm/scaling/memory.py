@@ -25,6 +25,11 @@ Per rank (the worst rank of the layout: the first pipeline rank and data-paralle
 - growth: at a stage that grows, the old and the new model with their moments as full tensors (what each rank
   holds today, growing in memory) and as the old and new layouts' shards (growth in sharded form).
 
+`flm plan layout` with ``dp_mode`` zero1 or ddp (cost.dp_mode, --dp-mode) counts Megatron's data parallelism
+instead of FSDP2's parameters, gradients, optimizer, compute copies and accumulated gradients: bf16 weights and
+fp32 main gradients whole on every rank, fp32 master weights and Adam's moments sharded over dp (zero1, the
+distributed optimizer) or whole (ddp); the activations are flm's.
+
 Bytes that autograd saves per token in one block (eager, no compile), counted from the ops of flm.model
 (checked against a measured CPU run in tests/scaling/test_memory.py): the LayerNorm inputs (fp32, autocast
 runs LayerNorm in fp32) and outputs (compute dtype, the projections' input), q and k before rotary (fp32:
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from flm.config import SELECTIVE_EVERY, ModelConfig, RunConfig
 from flm.distributed.mesh import ParallelDims, check_layout
@@ -47,9 +53,7 @@ from flm.scaling.cost import stage_gpus
 from flm.stages import Stage, resolve_stages
 
 GIB = 1024**3
-# Device memory (the marketed "80 GB" is 80 GiB: 81,920 MiB in nvidia-smi), from flm/hardware.toml. Names as
-# flm cost's cost.gpu.
-DEVICE_GIB: dict[str, float] = {n: g.hbm_gib for g in load_catalog().gpus.values() for n in (g.name, *g.aliases)}
+DpMode = Literal["fsdp", "zero1", "ddp"]  # as cost.dp_mode: flm's FSDP2, or Megatron's (distributed) optimizer
 HEADROOM = 0.10  # of the device kept free for the CUDA context, NCCL buffers and allocator fragmentation
 FP32, BF16 = 4, 2
 # Bytes saved per token per block: (LayerNorm input, LayerNorm output, per attention dim, per FFN unit).
@@ -182,9 +186,36 @@ class StageMemory:
                 + self.activations)
 
 
+def _megatron_state(held: RankTensors, dp: int, elem: int, dp_mode: DpMode) -> dict[str, int | float]:
+    """Megatron's data parallelism (Megatron-LM docs, "distributed optimizer"): the model's weights in the
+    compute dtype and a contiguous fp32 buffer of main gradients (accumulated in place over the micro-batches)
+    are whole on every data-parallel rank; the fp32 master weights and Adam's two moments are the rank's
+    1 / dp of a flat buffer under ZeRO-1 (``zero1``), whole under plain DDP. Nothing is gathered per step."""
+    unsharded = held.numel()
+    shard = -(-unsharded // dp) if dp_mode == "zero1" else unsharded
+    master = 0 if elem == FP32 else FP32 * shard  # fp32 training updates the weights themselves
+    return {"params": elem * unsharded, "grads": FP32 * unsharded, "optimizer": 2 * FP32 * shard + master,
+            "compute_copies": 0, "accumulated_grads": 0}
+
+
 def _rank_memory(m: ModelConfig, dims: ParallelDims, pp_rank: int, micro: int, n_micro: int, seq_len: int,
-                 ac: str, elem: int, device: str) -> dict[str, int | float]:
+                 ac: str, elem: int, device: str, dp_mode: DpMode = "fsdp") -> dict[str, int | float]:
     held = rank_tensors(m, dims, pp_rank)
+    if dp_mode != "fsdp":
+        out = _megatron_state(held, dims.dp, elem, dp_mode)
+    else:
+        out = _fsdp_state(m, dims, held, n_micro, elem)
+    flight = in_flight(dims, n_micro)
+    per_micro = microbatch_activation_bytes(m, held, micro * seq_len, dims, ac, elem, device)
+    out["activations"] = int(per_micro * flight)
+    out["in_flight"] = flight
+    return out
+
+
+def _fsdp_state(m: ModelConfig, dims: ParallelDims, held: RankTensors, n_micro: int,
+                elem: int) -> dict[str, int | float]:
+    """flm's FSDP2 (the module docstring): fp32 shards of weights, gradients and moments, what it gathers
+    to compute, and the unsharded gradients it accumulates over several micro-batches."""
     local = held.numel(dims.dp, 0)
     unsharded = held.numel()
     out: dict[str, int | float] = {
@@ -202,10 +233,6 @@ def _rank_memory(m: ModelConfig, dims: ParallelDims, pp_rank: int, micro: int, n
     out["compute_copies"] = copies
     accumulate = dims.dp > 1 and n_micro > 1
     out["accumulated_grads"] = FP32 * unsharded if accumulate else 0
-    flight = in_flight(dims, n_micro)
-    per_micro = microbatch_activation_bytes(m, held, micro * seq_len, dims, ac, elem, device)
-    out["activations"] = int(per_micro * flight)
-    out["in_flight"] = flight
     return out
 
 
@@ -248,15 +275,14 @@ def stage_memory(cfg: RunConfig, stage: Stage, prev: Stage | None = None) -> Sta
 
 # ----- the plan --------------------------------------------------------------------------------------------
 def device_gib(name: str) -> float:
-    """Memory of a named device ('A800', 'NVIDIA H100 80GB HBM3', 'h200'), or one clear error."""
-    key = name.upper().replace("NVIDIA", "").replace(" ", "-").replace("_", "-").strip("-")
-    for known in sorted(DEVICE_GIB, key=len, reverse=True):  # "A100-40" before "A100"
-        if key == known or key.startswith(known + "-"):
-            return DEVICE_GIB[known]
-    raise FlmError(
-        f"device {name!r} has no known memory size: pass --device-gb (GiB per device) or use one of "
-        f"{', '.join(DEVICE_GIB)}"
-    )
+    """Memory of a named device ('A800', 'NVIDIA H100 80GB HBM3', 'h200'; the marketed "80 GB" is 80 GiB) from
+    flm/hardware.toml, by the catalog's one resolver, or one clear error."""
+    catalog = load_catalog()
+    gpu = catalog.find(name)
+    if gpu is None:
+        raise FlmError(f"device {name!r} has no known memory size: pass --device-gb (GiB per device) or use one "
+                       f"of {', '.join(catalog.gpus)}")
+    return gpu.hbm_gib
 
 
 @dataclass(frozen=True)
@@ -293,8 +319,9 @@ def plan_memory(cfg: RunConfig, device: str | None = None, gib: float | None = N
 
 
 def layout_peak_bytes(m: ModelConfig, dims: ParallelDims, micro: int, n_micro: int, seq_len: int, ac: str,
-                      elem: int = BF16, device: str = "cuda") -> int:
+                      elem: int = BF16, device: str = "cuda", dp_mode: DpMode = "fsdp") -> int:
     """Bytes per device on the fullest pipeline rank of a layout (what `flm plan layout` checks against the
-    device's memory less ``HEADROOM``)."""
-    return max(int(sum(v for k, v in _rank_memory(m, dims, r, micro, n_micro, seq_len, ac, elem, device).items()
-                       if k != "in_flight")) for r in range(dims.pp))
+    device's memory less ``HEADROOM``), for flm's FSDP2 or, by ``dp_mode``, Megatron's distributed optimizer
+    (``zero1``) or DDP."""
+    return max(int(sum(v for k, v in _rank_memory(m, dims, r, micro, n_micro, seq_len, ac, elem, device,
+                                                  dp_mode).items() if k != "in_flight")) for r in range(dims.pp))

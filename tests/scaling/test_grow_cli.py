@@ -10,6 +10,7 @@ import pytest
 
 from flm.cli import main
 from flm.config import config_from_dict, load_config, save_config
+from flm.flops import flops_per_token
 from flm.scaling.loss_model import LossModel, load_fit, save_fit
 from flm.scaling.predict import n_params
 from flm.stages import resolve_stages
@@ -61,12 +62,30 @@ def test_grow_writes_a_config_flm_runs(world, tmp_path, capsys) -> None:
     assert [s.steps for s in stages] == [s["steps"] for s in out["stages"]]
     assert stages[-1].model.shape()["d_model"] == 64 and stages[-1].model.n_layers == 4 and len(stages) >= 2
     assert out["reaches_final_shape"] and out["predicted_final_loss"] < out["same_shape_scratch_loss"]
+    assert not out["smaller_start"] and load_config(tmp_path / "plan.toml").model == world.model
     assert out["best_scratch"]["loss"] <= out["best_scratch"]["width_loss"] + 1e-9
     assert np.isclose(sum(s.steps for s in stages[:1]) * per_step, out["stages"][0]["steps"] * per_step)
     assert (tmp_path / "plan.png").stat().st_size > 0
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "predicted final loss" in text and "best from scratch" in text and "wrote config plan.toml" in text
+
+
+def test_grow_starts_smaller_unless_told_to_keep_the_start(world, tmp_path, capsys) -> None:
+    cheap = LossModel(E=2.0, A=20.0, B=40.0, alpha=0.4, beta=0.3, bumps={"width": 0.2, "depth": 0.2})
+    save_fit(cheap, tmp_path / "cheap.json")
+    final = world.model.model_copy(update={"d_model": 64, "n_heads": 4, "d_ff": 256, "n_layers": 4})
+    budget = 4000 * world.train.batch_size * world.seq_len * flops_per_token(final, world.seq_len)
+    argv = ["plan", "grow", "tiny.toml", "--budget", f"{budget:.6g}", "--final", "d_model=64,d_ff=256,n_layers=4",
+            "--fit", "cheap.json", "--stages", "3", "--out", "plan.toml"]
+    assert main(argv) == 0
+    assert "starts smaller than the config's model" in capsys.readouterr().out
+    small = load_config(tmp_path / "plan.toml")
+    assert small.model.d_model < world.model.d_model or small.model.n_layers < world.model.n_layers
+    assert resolve_stages(small)[-1].model.shape() == final.shape()
+    assert main([*argv, "--keep-start", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["smaller_start"] and load_config(tmp_path / "plan.toml").model == world.model
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from flm.config import config_from_dict, load_config, save_config
+from flm.config import ModelConfig, config_from_dict, load_config, save_config
 from flm.errors import FlmError
 from flm.flops import flops_per_token
 from flm.scaling.grow_planner import (
@@ -17,12 +17,15 @@ from flm.scaling.grow_planner import (
     best_scratch,
     candidate_chains,
     chain_shapes,
+    grow,
     growth_lrs,
+    growth_spec,
     parse_shape,
     plan_config,
     plan_growth,
     rate,
     simulate,
+    start_shapes,
     tokens_after_growth,
 )
 from flm.scaling.loss_model import LossModel
@@ -31,6 +34,8 @@ from tests.conftest import tiny_config_dict
 
 LAW = LossModel(E=1.8, A=300.0, B=900.0, alpha=0.35, beta=0.3)
 TINY = LossModel(E=2.0, A=200.0, B=40.0, alpha=0.4, beta=0.3)  # whose rates cross within a tiny model's budget
+# size matters little and each growth costs a bump: a smaller start that grows once pays
+CHEAP = LossModel(E=2.0, A=20.0, B=40.0, alpha=0.4, beta=0.3, bumps={"width": 0.2, "depth": 0.2})
 
 
 def _final_loss(law: LossModel, small: Shape, big: Shape, grow_at: float, budget: float) -> float:
@@ -99,6 +104,8 @@ def test_plan_on_flm_shapes_writes_a_config_flm_runs(cfg, tmp_path) -> None:
     per_step = cfg.train.batch_size * cfg.seq_len
     budget = 400 * per_step * flops_per_token(final, cfg.seq_len)
     plan = plan_growth(TINY, cfg, final, budget, 3)
+    assert plan.chain[0] == cfg.model, "no smaller start is predicted better under this law: the given one stays"
+    assert plan.final_loss == plan_growth(TINY, cfg, final, budget, 3, smaller_starts=False).final_loss
     assert plan.reaches_final and plan.segments[-1].flops_end == pytest.approx(budget)
     others = [simulate(TINY, chain_shapes(TINY, c, cfg.seq_len), budget)[-1].loss_end for c in chains]
     assert plan.final_loss == pytest.approx(min(others)) and len(plan.chain) == 3  # an intermediate shape pays
@@ -132,3 +139,38 @@ def test_budget_below_one_step_is_one_line(cfg) -> None:
     with pytest.raises(FlmError, match="below one step") as e:
         plan_growth(LAW, cfg, final, 1e3, 3)
     assert "\n" not in str(e.value) and not math.isnan(1e3)
+
+
+def test_smaller_starts_grow_back_into_the_given_one(cfg) -> None:
+    shapes = start_shapes(cfg.model)
+    assert shapes[0] == cfg.model
+    assert [(m.d_model, m.n_layers, m.n_heads, m.d_ff) for m in shapes[1:]] == [(32, 1, 2, 128), (16, 2, 1, 64),
+                                                                                (16, 1, 1, 64)]
+    for small in shapes[1:]:
+        assert small.head_dim == cfg.model.head_dim
+        assert grow(small, growth_spec(small, cfg.model), "back") == cfg.model
+    mup = ModelConfig(d_model=96, n_heads=3, n_layers=1, mup_base_width=32, output_mult=2.0)
+    shapes = start_shapes(mup)
+    assert [(m.d_model, m.n_layers) for m in shapes] == [(96, 1), (64, 1), (32, 1)]  # heads rounded down; 1 layer
+    assert shapes[2].output_mult == pytest.approx(2.0 / 3)  # readout "keep" scales it back up with the width
+    assert grow(shapes[2], growth_spec(shapes[2], mup), "back").output_mult == pytest.approx(2.0)
+
+
+def test_the_planner_starts_smaller_where_the_law_makes_it_pay(cfg, tmp_path) -> None:
+    final = parse_shape("d_model=64,d_ff=256,n_layers=4", cfg.model)
+    per_step = cfg.train.batch_size * cfg.seq_len
+    budget = 4000 * per_step * flops_per_token(final, cfg.seq_len)
+    plan = plan_growth(CHEAP, cfg, final, budget, 3)
+    given = plan_growth(CHEAP, cfg, final, budget, 3, smaller_starts=False)
+    assert plan.chain[0] in start_shapes(cfg.model)[1:] and plan.final_loss < given.final_loss
+    assert plan.reaches_final and given.reaches_final
+    assert given.chain[0] == cfg.model
+    every = [simulate(CHEAP, chain_shapes(CHEAP, c, cfg.seq_len), budget)[-1].loss_end
+             for s in start_shapes(cfg.model)
+             for c in candidate_chains(s, final, 3, [cfg.model] if s is not cfg.model else [])]
+    assert plan.final_loss == pytest.approx(min(every))
+    save_config(plan_config(cfg, plan), tmp_path / "plan.toml")
+    stages = resolve_stages(load_config(tmp_path / "plan.toml"))
+    assert stages[0].model.shape() == plan.chain[0].shape() and stages[-1].model.shape() == final.shape()
+    spent = sum(s.steps * per_step * flops_per_token(s.model, cfg.seq_len) for s in stages)
+    assert spent == pytest.approx(budget, rel=0.02)  # whole steps

@@ -20,7 +20,15 @@ from flm.distributed.parallel_model import ParallelModel
 from flm.distributed.parallelize import apply_ac
 from flm.errors import FlmError
 from flm.model import FLM
-from flm.scaling.memory import GIB, device_gib, in_flight, microbatch_activation_bytes, plan_memory, rank_tensors
+from flm.scaling.memory import (
+    GIB,
+    device_gib,
+    in_flight,
+    layout_peak_bytes,
+    microbatch_activation_bytes,
+    plan_memory,
+    rank_tensors,
+)
 
 from ._memory_workers import CFG, LAYOUTS, expected, layouts, measure
 
@@ -111,3 +119,24 @@ def test_cli_memory_json_and_errors(capsys):
     assert main(["cost", str(PAPER), "--memory", "--gpu", "T4"]) == 2
     assert "--device-gb" in capsys.readouterr().err
     assert main(["cost", str(PAPER), "--device-gb", "80"]) == 2
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_zero1_counts_megatrons_distributed_optimizer(pp):
+    """`flm plan layout --dp-mode zero1`: bf16 weights and fp32 main gradients whole on every rank, fp32 master
+    weights and Adam's moments over dp (12 bytes / dp per parameter); ddp keeps those whole; neither gathers nor
+    accumulates anything beside them, whatever the micro-batch count (FSDP2 does)."""
+    m = ModelConfig(vocab_size=1000, d_model=96, n_layers=4, n_heads=3, head_dim=32, d_ff=384, max_seq_len=128)
+    dims = ParallelDims(pp=pp, dp=4, tp=1, world_size=4 * pp, microbatches=8 if pp > 1 else 1)
+    acts = [microbatch_activation_bytes(m, rank_tensors(m, dims, r), 2 * 128, dims, "none", 2) * in_flight(dims, 8)
+            for r in range(pp)]
+
+    def peak(mode, n_micro=8):
+        return layout_peak_bytes(m, dims, 2, n_micro, 128, "none", 2, dp_mode=mode)
+
+    n = [rank_tensors(m, dims, r).numel() for r in range(pp)]
+    assert peak("zero1") == max(int(2 * k + 4 * k + 12 * -(-k // 4) + a) for k, a in zip(n, acts))
+    assert peak("ddp") == max(int(18 * k + a) for k, a in zip(n, acts))
+    assert peak("zero1", pp) == peak("zero1") < peak("ddp")  # pp micro-batches: as many in flight as 8
+    if pp == 1:  # FSDP2 accumulates unsharded fp32 gradients over several micro-batches
+        assert peak("fsdp", 8) > peak("fsdp", 1)

@@ -37,8 +37,11 @@ def test_the_papers_layouts_are_ranked_and_explained(flm_cfg, stage, paper):
     assert rank is not None  # it fits
     best = s.ranked[0].time.step
     paper_best = next(c for c in s.ranked if (c.layout.tp, c.layout.pp, c.layout.dp) == paper)
-    # within the top 3, or close: the breakdown (docs/performance.md) says what the faster layouts save
-    assert rank <= 3 or paper_best.time.step <= 1.15 * best
+    # zero1 memory (Megatron's distributed optimizer): 2·1·96 ranks #1, 4·2·24 #2. 4·4·12 fits flm's activations
+    # (no sequence parallelism with a pipeline) only with recompute, which is what the faster layouts save
+    # (docs/performance.md)
+    assert rank <= 3 or (paper_best.layout.recompute > 0 and paper_best.time.step <= 1.15 * best)
+    assert rank <= 3 or stage == "3"
 
 
 def _run(capsys, *argv):

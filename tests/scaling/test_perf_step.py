@@ -66,9 +66,22 @@ def test_tensor_parallelism_on_a_slower_link_costs_more():
 
 
 def test_tp_across_nodes_uses_the_network():
-    inside = step_time(GPT, Layout(8, 1, 8), 512, A100, NET)
-    across = step_time(GPT, Layout(16, 1, 4), 512, A100, NET)
-    assert across.tp_comm / across.step > 3 * inside.tp_comm / inside.step
+    slow = dataclasses.replace(NET, gbps_per_gpu=NET.gbps_per_gpu / 8)
+    inside, inside_slow = (step_time(GPT, Layout(8, 1, 8), 512, A100, n) for n in (NET, slow))
+    across, across_slow = (step_time(GPT, Layout(16, 1, 4), 512, A100, n) for n in (NET, slow))
+    assert inside_slow.tp_comm == inside.tp_comm  # one node: NVLink only
+    assert across_slow.tp_comm > 4 * across.tp_comm  # two nodes: the ring crosses the network
+    assert across.tp_comm / across.step > inside.tp_comm / inside.step
+
+
+def test_a_group_with_k_ranks_per_node_gets_k_gpus_of_network():
+    """NCCL's ring over a data-parallel group with k ranks in each node crosses each node once per channel
+    (one per NIC), so the group gets k GPUs' share of the node's network: tp 2 (4 ranks of each DP group per
+    node) moves 4x the bytes per GPU of tp 8 (1 per node) in about the same time."""
+    two, eight = (step_time(GPT, Layout(tp, 1, 256 // tp), 1024, A100, NET) for tp in (2, 8))
+    assert two.dp_comm_total == pytest.approx(eight.dp_comm_total, rel=0.05)
+    lone = dataclasses.replace(A100, gpus_per_node=1)  # one GPU per node: each rank on its own NIC
+    assert step_time(GPT, Layout(2, 1, 128), 1024, lone, NET).dp_comm_total > 3.5 * two.dp_comm_total
 
 
 def test_recompute_adds_one_forward_and_counts_as_hardware_flops():

@@ -16,7 +16,7 @@ from flm.hardware import Catalog, Gpu, Network
 from flm.scaling.cost import stage_gpus
 from flm.scaling.memory import BF16, GIB, HEADROOM, layout_peak_bytes
 from flm.scaling.perf.stage_layout import AC_RECOMPUTE, FLM_SCHEDULE, shape_of, stage_layout
-from flm.scaling.perf.step import CONSTANTS, Breakdown, Constants, DpMode, Layout, step_time
+from flm.scaling.perf.step import CONSTANTS, Breakdown, Constants, DpMode, Layout, Shape, step_time
 from flm.stages import Stage, resolve_stages
 
 TP_CHOICES = (1, 2, 4, 8)
@@ -110,17 +110,18 @@ def candidates(m: ModelConfig, n_gpus: int, batch: int) -> Iterator[tuple[Layout
                              recompute=AC_RECOMPUTE[ac]), ac
 
 
-def _evaluate(m: ModelConfig, seq_len: int, batch: int, lay: Layout, ac: str, dp_mode: DpMode, gpu: Gpu,
+def _evaluate(m: ModelConfig, shape: Shape, batch: int, lay: Layout, ac: str, dp_mode: DpMode, gpu: Gpu,
               net: Network, c: Constants, where: str = "parallel") -> Candidate:
-    """Checks as flm's preflight (raises FlmError), the memory planner's peak bytes, and the step time."""
+    """Checks as flm's preflight (raises FlmError), the memory planner's peak bytes (with the data
+    parallelism ``dp_mode`` names), and the step time. ``shape`` is ``shape_of(m, seq_len)``, built once."""
     n_micro = batch // (lay.dp * lay.microbatch)
     dims = ParallelDims(pp=lay.pp, dp=lay.dp, tp=lay.tp, world_size=lay.n_gpus,
                         sequence_parallel=lay.sequence_parallel, pp_schedule=FLM_SCHEDULE[lay.schedule],
                         microbatches=n_micro)
-    dims.check_model(m, seq_len, where, batch=batch)
-    peak = layout_peak_bytes(m, dims, lay.microbatch, n_micro, seq_len, ac, BF16)
+    dims.check_model(m, shape.seq_len, where, batch=batch)
+    peak = layout_peak_bytes(m, dims, lay.microbatch, n_micro, shape.seq_len, ac, BF16, dp_mode=dp_mode)
     lay = Layout(**{**lay.__dict__, "dp_mode": dp_mode})
-    return Candidate(lay, ac, peak, step_time(shape_of(m, seq_len), lay, batch, gpu, net, c))
+    return Candidate(lay, ac, peak, step_time(shape, lay, batch, gpu, net, c))
 
 
 def search_stage(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Network, dp_mode: DpMode,
@@ -135,13 +136,14 @@ def search_stage(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Netwo
     out = LayoutSearch(stage.name, n_gpus, gpu, net, dp_mode, usable)
     out.configured = configured(cfg, stage, n_gpus, gpu, net, dp_mode, c)  # first: its errors are the user's
     todo = list(candidates(m, n_gpus, batch))
+    shape = shape_of(m, seq)
     fits: list[Candidate] = []
     big: list[Candidate] = []
     for i, (lay, ac) in enumerate(todo):
         if on_progress is not None:  # counted before the try: a refused layout is searched too
             on_progress(i + 1, len(todo))
         try:
-            cand = _evaluate(m, seq, batch, lay, ac, dp_mode, gpu, net, c)
+            cand = _evaluate(m, shape, batch, lay, ac, dp_mode, gpu, net, c)
         except FlmError:
             out.invalid += 1
             continue
@@ -160,8 +162,8 @@ def configured(cfg: RunConfig, stage: Stage, n_gpus: int, gpu: Gpu, net: Network
     lay = stage_layout(cfg, stage, n_gpus, dp_mode)
     if lay is None:
         return None
-    return _evaluate(stage.model, cfg.seq_len, stage.batch_size, lay, stage.cfg.train.activation_checkpointing,
-                     dp_mode, gpu, net, c, where=stage.parallel_where)
+    return _evaluate(stage.model, shape_of(stage.model, cfg.seq_len), stage.batch_size, lay,
+                     stage.cfg.train.activation_checkpointing, dp_mode, gpu, net, c, where=stage.parallel_where)
 
 
 def timed(fn: Callable[[Callable[[int, int], None]], LayoutSearch], bar_factory) -> LayoutSearch:

@@ -252,12 +252,22 @@ def _block(s: Shape, lay: Layout, gpu: Gpu, tp_bw: float, tp_lat: float, c: Cons
 
 def _links(lay: Layout, gpu: Gpu, net: Network, c: Constants) -> dict[str, tuple[float, float]]:
     """(bytes/s, latency) of the TP, PP and DP groups. Ranks are placed TP innermost, then DP, then PP
-    (Megatron's order): a group stays in a node while its span fits the node."""
+    (Megatron's order): a group stays in a node while its span fits the node. A group that spans nodes with
+    ``k`` of its ranks in each node runs NCCL's ring through those k ranks over NVLink and crosses to the next
+    node once per ring channel, one channel per NIC: the node's NICs are shared by the 8 / k groups that run at
+    once, so each group gets the network bandwidth of k GPUs (nccl-tests' bus bandwidth across nodes is the
+    node's NIC total when all 8 GPUs are in the group), and never more than NVLink's."""
     node = (gpu.link_gbps * 1e9 * c.link_efficiency, c.link_latency_us * 1e-6)
-    wire = (net.gbps_per_gpu * 1e9 * c.network_efficiency, net.latency_us * 1e-6)
     per = gpu.gpus_per_node
-    return {"tp": node if lay.tp <= per else wire, "dp": node if lay.tp * lay.dp <= per else wire,
-            "pp": node if lay.tp * lay.dp * lay.pp <= per else wire}
+
+    def wire(inner: int, size: int) -> tuple[float, float]:
+        """The network for a group of ``size`` ranks placed every ``inner`` GPUs (its stride)."""
+        k = max(1, min(size, per // inner)) if inner < per else 1
+        return min(k * net.gbps_per_gpu * 1e9 * c.network_efficiency, node[0]), net.latency_us * 1e-6
+
+    return {"tp": node if lay.tp <= per else wire(1, lay.tp),
+            "dp": node if lay.tp * lay.dp <= per else wire(lay.tp, lay.dp),
+            "pp": node if lay.tp * lay.dp * lay.pp <= per else wire(lay.tp * lay.dp, lay.pp)}
 
 
 def check_layout(s: Shape, lay: Layout, batch: int) -> int:

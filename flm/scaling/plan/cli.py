@@ -50,35 +50,45 @@ def cmd_plan_search(args: argparse.Namespace) -> int:
     """search growth schedules under a fixed FLOP budget on a small proxy; write the best as a config
 
     Give a small proxy of your plan (the same growth factors at a width that trains in minutes, e.g.
-    configs/demo.toml). Each candidate keeps the plan's shapes and changes the schedule: the share of the
-    budget in the first stage, each growth's ramp length, the LR scale at each growth (lr_mode 'inherit'),
-    and the order of the growths when they grow different dimensions. Steps per stage follow from the budget
-    (default: the plan's own model FLOPs). The plan as given is always the first candidate. Every candidate
-    is one `flm run` in OUT/trials/<tag> (an interrupted search resumes); OUT/search.jsonl ranks them,
-    OUT/best.toml is the winner's config and OUT/search.png plots them.
+    configs/demo.toml). Each candidate keeps the plan's final shape and changes how it gets there: the share
+    of the budget in the first stage, each growth's ramp length, the LR at growth (lr_mode 'inherit' with an
+    LR scale at each growth, or 'restart': each stage warms up again and decays on its own, the LR rewind of
+    the MSG paper), the order of the growths when they grow different dimensions, the first stage's shape
+    (as given, or its width x 3/4 or 1/2 in whole heads and/or its depth x 1/2, the first growth then growing
+    those back) and the growth method of each boundary (msg, net2net; gstack where it grows depth alone by
+    an integer factor, hyperclone where it grows width alone by integer factors). The grid of all of these
+    (2,640 schedules for configs/demo.toml) is counted as it starts; --trials draws a seeded subset. Steps per stage
+    follow from the budget (default: the plan's own model FLOPs). The plan as given is always the first
+    candidate. Every candidate is one `flm run` in OUT/trials/<tag> (an interrupted search resumes);
+    OUT/search.jsonl ranks them, OUT/best.toml is the winner's config and OUT/search.png plots them.
     """
     from rich.console import Console
     from rich.table import Table
 
     from flm.config import check_training_source
-    from flm.scaling.plan_search import choices, plan_flops, run_search, save_best
+    from flm.scaling.plan_search import choices, grid, plan_flops, run_search, save_best
 
     cfg = load_run_config(args)
     check_training_source(cfg, str(args.config))
     budget = plan_flops(cfg) * args.budget_scale
     out = Path(args.out)
-    n = len(choices(cfg, args.trials, args.seed))  # checks the plan before anything trains
-    print(f"searching {n} schedules of {cfg.name} at {budget:.3g} FLOPs each, into {out}")
+    n = len(choices(cfg, args.trials, args.seed, budget))  # checks the plan before anything trains
+    print(f"searching {n} of {len(grid(cfg)) + 1} schedules of {cfg.name} at {budget:.3g} FLOPs each, into {out}")
 
     def say(t: Trial) -> None:
         print(f"  {t.choice.tag}: steps {t.steps}, val loss {t.val_loss:.4f}", flush=True)
 
     ranked = run_search(cfg, out, args.trials, budget, args.seed, on_trial=say)
     table = Table(title=f"{len(ranked)} schedules at {budget:.3g} FLOPs (best first)")
-    for col in ("schedule", "steps per stage", "FLOPs", "val loss"):
+    for col in ("schedule", "first stage", "methods", "LR at growth", "steps per stage", "FLOPs", "val loss"):
         table.add_column(col)
     for t in ranked:
-        table.add_row(t.choice.tag, " / ".join(map(str, t.steps)), f"{t.flops:.3g}", f"{t.val_loss:.4f}")
+        c = t.choice
+        start = f"{c.start[0]} x {c.start[1]}" if c.start else f"{cfg.model.d_model} x {cfg.model.n_layers}"
+        methods = " / ".join(c.methods or [st.grow.method for st in cfg.stages[1:] if st.grow])
+        mode = c.lr_mode or cfg.lr_mode
+        lr = mode + (f" x{c.lr_scale:g}" if c.lr_scale != 1.0 else "")
+        table.add_row(c.tag, start, methods, lr, " / ".join(map(str, t.steps)), f"{t.flops:.3g}", f"{t.val_loss:.4f}")
     Console().print(table)
     save_best(cfg, ranked[0], budget, out / "best.toml")
     _plot_trials(ranked, out / "search.png")
@@ -265,10 +275,12 @@ def _plot_grow(law: LossModel, plan: GrowPlan, family: list, final_n: float, fin
 def cmd_plan_grow(args: argparse.Namespace) -> int:
     """plan a growth schedule from a loss model under a FLOP budget; write it as a config
 
-    From CONFIG's first shape to its last stage's shape (or --final), choose the stage shapes (flm's growth
-    operators: width with its heads, FFN, depth) and the growth points (grow where the current shape's loss
-    falls less per FLOP than the next shape's would), under --budget model FLOPs. The loss model is a fit file
-    of `flm plan fit` (without --fit: Hoffmann et al. 2022's published fit, whose shape only carries over).
+    From CONFIG's first shape (or a smaller start: its width x 3/4 or 1/2, its depth x 1/2, when the model
+    predicts it better; --keep-start: never) to its last stage's shape (or --final), choose the stage shapes
+    (flm's growth operators: width with its heads, FFN, depth; growth by MSG) and the growth points (grow
+    where the current shape's loss falls less per FLOP than the next shape's would), under --budget model
+    FLOPs. The loss model is a fit file of `flm plan fit` (without --fit: Hoffmann et al. 2022's published
+    fit, whose shape only carries over).
     Prints the stages with their steps, ramps and the LR at each growth, the predicted final loss, the best
     from-scratch model for the same FLOPs; --out writes the plan as a config for `flm run`. Assumptions:
     docs/growth.md#the-planner.
@@ -297,7 +309,7 @@ def cmd_plan_grow(args: argparse.Namespace) -> int:
     if final.shape() == cfg.model.shape():
         raise FlmError(f"{args.config or 'the config'} has no growth (one shape): give --final, e.g. "
                        f"--final d_model={2 * cfg.model.d_model},n_layers={cfg.model.n_layers}")
-    plan = plan_growth(law, cfg, final, args.budget, args.stages)
+    plan = plan_growth(law, cfg, final, args.budget, args.stages, smaller_starts=not args.keep_start)
     planned = plan_config(cfg, plan, args.ramp_share)
     steps = [st.steps for st in planned.stages]
     ramps = [st.grow.ramp_steps if st.grow else None for st in planned.stages]
@@ -306,6 +318,7 @@ def cmd_plan_grow(args: argparse.Namespace) -> int:
     final_n, final_cost = n_params(final, law.count), flops_per_token(final, cfg.seq_len)
     same = float(law(final_n, args.budget / final_cost))
     out = _summary(law, plan, kept_segments(cfg, plan), growth_lrs(planned), steps, ramps, scratch, same)
+    out["smaller_start"] = planned.model.shape() != cfg.model.shape()
     if args.out:
         save_config(planned, args.out)
     if args.plot:
@@ -335,6 +348,9 @@ def _print(out: dict[str, Any], args: argparse.Namespace) -> None:
                       "+".join(s["growth"]) or "-", str(s["steps"]), str(s["ramp_steps"] or "-"),
                       f"{s['lr_at_start']:.3g}", f"{s['loss_start']:.4f} -> {s['loss_end']:.4f}")
     Console().print(table)
+    if out["smaller_start"]:
+        print("the plan starts smaller than the config's model: that start is predicted to reach a lower loss "
+              "(--keep-start starts at the config's model)")
     std = out["predicted_final_loss_std"]
     pm = f" ± {std:.2g}" if std is not None and math.isfinite(std) else ""
     b = out["best_scratch"]
@@ -357,6 +373,8 @@ def _register_plan_grow(psub: argparse._SubParsersAction) -> None:
     p.add_argument("--stages", type=int, default=3, help="at most this many stages (default 3)")
     p.add_argument("--fit", metavar="FILE", help="loss-model fit file of `flm plan fit`")
     p.add_argument("--ramp-share", type=float, default=0.25, help="each growth's ramp as a share of its stage")
+    p.add_argument("--keep-start", action="store_true", help="start at the config's model (default: also try its "
+                   "width x 3/4, 1/2 and depth x 1/2, kept only when predicted better)")
     p.add_argument("--out", metavar="OUT.toml", help="write the plan as a config for `flm run`")
     p.add_argument("--plot", metavar="PNG", help="plot the predicted loss vs FLOPs with the best-scratch envelope")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON line")
