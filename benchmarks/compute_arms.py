@@ -1,13 +1,14 @@
 """The compute-matched arms of benchmarks/growth_speedup.py (issue 24).
 
-- ``scratch-0.25x``, ``scratch-0.5x``, ``scratch-1x``: from-scratch models of about a quarter, half and all of
-  the final shape's non-embedding parameters (the final depth at narrower widths: heads of its head_dim, the
-  FFN at its ratio), each trained for the progressive plan's FLOPs with the plan's peak LR and warmup and a
-  cosine over its own steps. "Best scratch" is the lowest final validation loss among them: what a user with
-  the plan's compute could have had without growth.
+- ``scratch-0.125x``, ``scratch-0.25x``, ``scratch-0.5x``, ``scratch-1x``: from-scratch models of about an
+  eighth, a quarter, half and all of the final shape's non-embedding parameters (the final depth at narrower
+  widths: heads of its head_dim, the FFN at its ratio), each trained for the progressive plan's FLOPs with the
+  plan's peak LR and warmup and a cosine over its own steps. "Best scratch" is the lowest final validation
+  loss among them: what a user with the plan's compute could have had without growth.
 - ``planned``: MSG with the schedule of `flm plan grow CONFIG --budget <the plan's FLOPs> --fit FIT`, the loss
-  model fitted (`flm plan fit`'s Approach 3) on the first seed's from-scratch runs (the same-tokens scratch arm
-  and the three above), with the loss bumps of the first seed's msg arm per growth kind; it starts at the plan's
+  model fitted (`flm plan fit`'s Approach 3) on the first seed's from-scratch runs: the same-tokens scratch
+  arm and the 0.25x, 0.5x and 1x arms (FIT_SIZES; the 0.125x arm was added after the first run, when 0.25x
+  came out best), with the loss bumps of the first seed's msg arm per growth kind. It starts at the plan's
   first shape, as the msg arm (`flm plan grow --keep-start`).
 """
 
@@ -27,7 +28,8 @@ from flm.scaling.predict import n_params
 from flm.stages import resolve_stages
 from flm.train.run import scratch_config
 
-SIZES = {"scratch-0.25x": 0.25, "scratch-0.5x": 0.5, "scratch-1x": 1.0}
+SIZES = {"scratch-0.125x": 0.125, "scratch-0.25x": 0.25, "scratch-0.5x": 0.5, "scratch-1x": 1.0}
+FIT_SIZES = ("scratch-0.25x", "scratch-0.5x", "scratch-1x")  # the planner's fit: these and the same-tokens scratch
 PLANNED = "planned"
 COUNT = "non-embedding"  # the loss model's N, as flm plan fit's default
 

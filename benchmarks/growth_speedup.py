@@ -77,9 +77,9 @@ DEFINITIONS = {
              "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
              "ramp_steps is only this window",
     "load": "load average before and after the arm; others_cpu_pct: CPU share other processes used meanwhile",
-    "best_scratch": "the compute-matched from-scratch arm (scratch-0.25x/0.5x/1x: a quarter, half, all of the final "
-                    "shape's non-embedding parameters, each trained for the progressive plan's FLOPs) with the "
-                    "lowest final validation loss at the same seed",
+    "best_scratch": "the compute-matched from-scratch arm (scratch-0.125x/0.25x/0.5x/1x: an eighth, a quarter, "
+                    "half, all of the final shape's non-embedding parameters, each trained for the progressive "
+                    "plan's FLOPs) with the lowest final validation loss at the same seed",
     "vs_best_scratch": "the arm's final validation loss - best scratch's (negative: growth beat every from-scratch "
                        "model of these sizes for the compute)",
     "best_scratch_speedup": "best scratch's total FLOPs / the FLOPs at which the arm first reaches best scratch's "
@@ -320,7 +320,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--arms", default=",".join(ARMS),
-                    help=f"comma-separated subset of {','.join(ARMS)} ('compute' = the three scratch-*x arms)")
+                    help=f"comma-separated subset of {','.join(ARMS)} ('compute' = the scratch-*x arms)")
     ap.add_argument("--gstack-factor", type=int, default=2)
     ap.add_argument("--hyperclone-factor", type=int, default=2)
     ap.add_argument("--plan-stages", type=int, default=3, help="the planned arm's most stages (flm plan grow --stages)")
@@ -345,7 +345,7 @@ def train_arms(args: argparse.Namespace, plan: RunConfig, arms: list[str]) -> tu
         for arm in arms:
             out = args.work / f"{arm}-seed{seed}"
             if arm == C.PLANNED and not planner:
-                scratch_dirs = [args.work / f"{a}-seed0" for a in arms if a == "scratch" or a in C.SIZES]
+                scratch_dirs = [args.work / f"{a}-seed0" for a in arms if a == "scratch" or a in C.FIT_SIZES]
                 bumps = C.measured_bumps(runs["msg", 0]["rows"], plan) if "msg" in arms else {}
                 law = C.fit_law(scratch_dirs, bumps, args.work / "fit.json")
                 cfg, planner = C.planned(plan, law, C.plan_flops(plan), args.plan_stages)
@@ -362,7 +362,7 @@ def main() -> None:
     arms = [a for a in ARMS if a in wanted]  # scratch first: the others are measured against it
     if "scratch" not in arms:
         raise SystemExit("--arms must include scratch: every figure is relative to it")
-    if C.PLANNED in arms and not set(C.SIZES) <= set(arms):
+    if C.PLANNED in arms and not set(C.FIT_SIZES) <= set(arms):
         raise SystemExit("--arms planned needs the compute arms (add 'compute'): the planner's loss model is "
                          "fitted on them")
 

@@ -331,7 +331,22 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
         "--window",
         type=int,
         default=1,
-        help="average the metric over logged steps in (step - window, step] (default 1: that step only)",
+        help="read the metric from the logged steps in (step - window, step] (default 1: that step only)",
+    )
+    p.add_argument(
+        "--smooth",
+        choices=("mean", "trend"),
+        default="mean",
+        help="over the window: their mean (default), or the least-squares line of the metric against log(step) "
+        "read at the step (keeps the end of a falling curve; needs train.eval_every to log 3+ steps in it)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each fitted width at this many seeds (train.seed, +1, ...) and fit on their mean loss "
+        "(default 1; one seed per width errs by up to 1.4%% at 4x the width, four by at most 0.8%%: "
+        "benchmarks/loss_prediction_seeds.py)",
     )
     p.add_argument(
         "--params",
@@ -343,7 +358,8 @@ def _register_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/<name>/predict)")
 
 
-def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int, Path], list[int], Path, ModelConfig]:
+def _width_series(args: argparse.Namespace, console: Console
+                  ) -> tuple[dict[int, Path | list[Path]], list[int], Path, ModelConfig]:
     """(run folder per width, the widths to fit, the output folder, the model template) of `flm predict`:
     the --runs given, or the config's series, trained unless --no-train."""
     from flm.progress import progress_bar
@@ -362,11 +378,18 @@ def _width_series(args: argparse.Namespace, console: Console) -> tuple[dict[int,
         raise FlmError(f"--widths: fitting a·N^b + c needs at least 3 widths, got {len(fit_widths)}; "
                        "give e.g. --widths 32,48,64")
     out = args.out or Path("runs") / cfg.name / "predict"
+    targets = [w for w in all_widths if w not in fit_widths]
     if args.no_train:
-        return predict.series_dirs(out, all_widths), fit_widths, out, cfg.model
-    console.print(f"training {len(all_widths)} μP widths {all_widths} ({cfg.train.steps} steps) -> {out}")
-    with progress_bar("width series", len(all_widths), transient=False, console=console) as bar:
-        runs = predict.train_series(cfg, all_widths, out, metric=args.metric, on_done=lambda w: bar.advance())
+        runs: dict[int, Path | list[Path]] = {w: [predict.seed_dir(out, cfg, i) / f"w{w}" for i in range(args.seeds)]
+                                for w in fit_widths}
+        return runs | predict.series_dirs(out, targets), fit_widths, out, cfg.model
+    seeds = f" ({args.seeds} seeds each for the fitted ones)" if args.seeds > 1 else ""
+    console.print(f"training {len(all_widths)} μP widths {all_widths}{seeds} ({cfg.train.steps} steps) -> {out}")
+    total = args.seeds * len(fit_widths) + len(targets)
+    with progress_bar("width series", total, transient=False, console=console) as bar:
+        runs = predict.train_seeds(cfg, fit_widths, out, args.seeds, metric=args.metric,
+                                   on_done=lambda w: bar.advance())
+        runs |= predict.train_series(cfg, targets, out, metric=args.metric, on_done=lambda w: bar.advance())
     return runs, fit_widths, out, cfg.model
 
 
@@ -383,14 +406,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from flm.scaling import predict
 
-    if args.window < 1:
-        raise FlmError(f"--window {args.window}: must be >= 1")
+    if args.window < 1 or args.seeds < 1:
+        raise FlmError(f"--window {args.window} / --seeds {args.seeds}: must be >= 1")
     console = Console()
     runs, fit_widths, out, template = _width_series(args, console)
     if len(fit_widths) < 3:
         raise FlmError(f"fitting a·N^b + c needs at least 3 fitted runs, got {len(fit_widths)}")
     pred = predict.predict_from_runs(
-        runs, fit_widths, step=args.step, metric=args.metric, window=args.window, count=args.params
+        runs, fit_widths, step=args.step, metric=args.metric, window=args.window, count=args.params,
+        smooth=args.smooth,
     )
     extrapolated = predict.extrapolate(pred, template, args.extrapolate) if args.extrapolate else []
     json_path, png_path = predict.save_prediction(pred, out)
@@ -401,7 +425,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in pred.points:
         err = p.rel_error
         table.add_row(
-            str(p.width), f"{p.n_params:,}", p.role, f"{p.loss:.4f}", _fmt(p.predicted),
+            f"{p.width}" + (f" (x{p.runs} seeds)" if p.runs > 1 else ""), f"{p.n_params:,}", p.role,
+            f"{p.loss:.4f}", _fmt(p.predicted),
             "-" if err is None else f"{100 * err:+.2f}%", style="bold" if p.role == "predict" else None,
         )  # fmt: skip
     for e in extrapolated:

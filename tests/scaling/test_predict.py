@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flm.checkpoint import read_config
 from flm.cli import main
 from flm.config import RunConfig, config_from_dict, save_config
 from flm.errors import FlmError
@@ -194,3 +195,53 @@ def test_trend_needs_three_steps():
         P.loss_at_step(recs, 200, "val_loss", 200, "trend")
     with pytest.raises(FlmError, match="smoothing 'median'"):
         P.loss_at_step(recs, 200, "val_loss", 200, "median")
+
+
+def test_several_runs_of_a_width_count_with_their_mean_loss(tmp_path):
+    law = {32: 4.0, 48: 3.8, 64: 3.7, 128: 3.55}
+    runs = {w: [_fake_run(tmp_path / f"w{w}-a", w, loss - 0.05), _fake_run(tmp_path / f"w{w}-b", w, loss + 0.05)]
+            for w, loss in law.items() if w != 128}
+    runs[128] = _fake_run(tmp_path / "w128", 128, law[128])
+    pred = P.predict_from_runs(runs, [32, 48, 64])
+    by_width = {p.width: p for p in pred.points}
+    for w in (32, 48, 64):
+        assert by_width[w].loss == pytest.approx(law[w]) and by_width[w].runs == 2
+    assert by_width[128].runs == 1 and by_width[128].run_dir == str(tmp_path / "w128")
+    one = P.predict_from_runs({w: r[0] if isinstance(r, list) else r for w, r in runs.items()}, [32, 48, 64])
+    assert [p.loss for p in one.points][:3] == pytest.approx([law[w] - 0.05 for w in (32, 48, 64)])
+
+
+def test_train_seeds_trains_each_width_at_each_seed_and_reuses_them(tiny_cfg, tmp_path):
+    data = tiny_cfg(steps=3, eval_every=0)
+    data["model"]["mup_base_width"] = 32
+    cfg = config_from_dict(data)
+    out = tmp_path / "series"
+    runs = P.train_seeds(cfg, [32, 48], out, 2)
+    assert runs == {w: [out / f"w{w}", out / f"seed{cfg.train.seed + 1}" / f"w{w}"] for w in (32, 48)}
+    for width, (first, second) in runs.items():
+        assert read_config(first / "config.toml").train.seed == cfg.train.seed
+        assert read_config(second / "config.toml").train.seed == cfg.train.seed + 1
+        losses = [read_metrics(d / "metrics.jsonl")[-1]["val_loss"] for d in (first, second)]
+        assert losses[0] != losses[1]  # another init and data order
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run was retrained")
+
+    assert P.train_seeds(cfg, [32, 48], out, 2, train_fn=must_not_train) == runs
+
+
+def test_predict_cli_fits_the_mean_of_the_seeds(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    save_config(config_from_dict({"model": {"d_model": 64, "n_heads": 4, "mup_base_width": 32}}), cfg)
+    out = tmp_path / "series"
+    seed = config_from_dict({}).train.seed
+    for w, loss in {32: 4.0, 48: 3.8, 64: 3.7}.items():
+        _fake_run(out / f"w{w}", w, loss - 0.05)
+        _fake_run(out / f"seed{seed + 1}" / f"w{w}", w, loss + 0.05)
+    _fake_run(out / "w128", 128, 3.55)
+    assert main(["predict", str(cfg), "--widths", "32,48,64", "--targets", "128", "--seeds", "2", "--no-train",
+                 "--out", str(out)]) == 0
+    assert "32 (x2 seeds)" in capsys.readouterr().out
+    points = json.loads((out / "prediction.json").read_text())["points"]
+    assert [p["loss"] for p in points] == pytest.approx([4.0, 3.8, 3.7, 3.55])
+    assert main(["predict", str(cfg), "--widths", "32,48,64", "--seeds", "0", "--no-train"]) == 2
