@@ -114,11 +114,12 @@ def best_scratch(per_arm: dict[str, list[dict]], seed: int) -> tuple[str, list[d
 
 
 def envelope(curves: list[list[dict]], points: int = 200) -> tuple[list[float], list[float]]:
-    """The lowest validation loss any of ``curves`` had reached by each FLOPs (the best-scratch envelope)."""
+    """The lowest validation loss any of ``curves`` had reached by each FLOPs (the best-scratch envelope), up to
+    the FLOPs every curve reached (the compute arms all end at the plan's FLOPs, give or take a step)."""
     import numpy as np
 
     vals = [[(r["flops"], r["val_loss"]) for r in rows if "val_loss" in r and r["flops"] > 0] for rows in curves]
-    lo, hi = min(v[0][0] for v in vals), max(v[-1][0] for v in vals)
+    lo, hi = min(v[0][0] for v in vals), min(v[-1][0] for v in vals)
     grid = np.geomspace(lo, hi, points)
     best = np.full(points, np.inf)
     for v in vals:
