@@ -218,7 +218,7 @@ def test_train_seeds_trains_each_width_at_each_seed_and_reuses_them(tiny_cfg, tm
     out = tmp_path / "series"
     runs = P.train_seeds(cfg, [32, 48], out, 2)
     assert runs == {w: [out / f"w{w}", out / f"seed{cfg.train.seed + 1}" / f"w{w}"] for w in (32, 48)}
-    for width, (first, second) in runs.items():
+    for first, second in runs.values():
         assert read_config(first / "config.toml").train.seed == cfg.train.seed
         assert read_config(second / "config.toml").train.seed == cfg.train.seed + 1
         losses = [read_metrics(d / "metrics.jsonl")[-1]["val_loss"] for d in (first, second)]
