@@ -9,6 +9,8 @@ Arms (each run with `flm run`, scratch with `flm train`'s loop), for every seed,
   n_layers / g (g = --gstack-factor, default 2: 3 -> 6 layers for the demo), stacked g times.
 - hyperclone: HyperCloning duplicates the width by integer factors: two stages, the final shape with d_model,
   heads (head_dim kept) and d_ff divided by k (--hyperclone-factor, default 2: d 96 -> 192 for the demo).
+- scratch-0.125x/0.25x/0.5x/1x (alias "compute") and planned: compute-matched from-scratch models and the
+  `flm plan grow` schedule (benchmarks/compute_arms.py); every arm is also compared with the best of the former.
 The two-stage arms grow where the plan first grows (the first stage's steps at the small shape, the rest at the
 final one, the same total tokens), take the first growth's ramp_steps as their loss-bump window, and the
 second stage's other keys (lr_scale, batch_size, ...). Every arm uses the plan's LR schedule (lr_mode).
@@ -28,6 +30,8 @@ and vs seconds, all arms and seeds.
     python benchmarks/growth_speedup.py --config configs/data-rich.toml --seeds 1 --name growth_speedup_data_rich \
         --work runs/bench-rich   # 20 tokens per parameter from scratch: about 70 minutes idle
     ... --arms scratch,msg --reuse   # add arms later: keeps the arms already trained in --work
+    python benchmarks/growth_speedup.py --seeds 1 --arms scratch,compute,msg,planned --name growth_speedup_compute
+        # growth vs the best from-scratch model for the same FLOPs (issue 24): about 40 minutes idle
 
 Writes benchmarks/results/growth_speedup.json, .png and .md (the README's table); growth_speedup_quick.* with
 --quick, NAME.* with --name.
