@@ -366,6 +366,9 @@ def _width_series(args: argparse.Namespace, console: Console
     from flm.scaling import predict
 
     if args.runs:
+        if args.seeds > 1:
+            raise FlmError("--seeds trains each fitted width at several seeds; with --runs give one folder per "
+                           "width (or drop --runs and give CONFIG --out FOLDER to read a trained series)")
         runs, fit_widths, template = predict.runs_by_width(args.runs, args.targets)
         return runs, fit_widths, args.out or Path("runs") / "predict", template
     if not args.config:

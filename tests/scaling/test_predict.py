@@ -245,3 +245,5 @@ def test_predict_cli_fits_the_mean_of_the_seeds(tmp_path, capsys):
     points = json.loads((out / "prediction.json").read_text())["points"]
     assert [p["loss"] for p in points] == pytest.approx([4.0, 3.8, 3.7, 3.55])
     assert main(["predict", str(cfg), "--widths", "32,48,64", "--seeds", "0", "--no-train"]) == 2
+    assert main(["predict", "--runs", str(out / "w32"), str(out / "w48"), "--seeds", "2"]) == 2
+    assert "--seeds trains" in capsys.readouterr().err
