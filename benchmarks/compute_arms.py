@@ -1,10 +1,10 @@
 """The compute-matched arms of benchmarks/growth_speedup.py (issue 24).
 
-- ``scratch-0.125x``, ``scratch-0.25x``, ``scratch-0.5x``, ``scratch-1x``: from-scratch models of about an
-  eighth, a quarter, half and all of the final shape's non-embedding parameters (the final depth at narrower
-  widths: heads of its head_dim, the FFN at its ratio), each trained for the progressive plan's FLOPs with the
-  plan's peak LR and warmup and a cosine over its own steps. "Best scratch" is the lowest final validation
-  loss among them: what a user with the plan's compute could have had without growth.
+- ``scratch-0.125x``, ``scratch-0.25x``, ``scratch-0.5x``, ``scratch-1x``: from-scratch models at the final depth
+  and the whole-head widths (FFN at its ratio) whose non-embedding parameters are nearest an eighth, a quarter,
+  half and all of the final shape's (the demo: 0.112, 0.251, 0.446, 1), each trained for the progressive
+  plan's FLOPs with the plan's peak LR and warmup and a cosine over its own steps. "Best scratch" is the
+  lowest final validation loss among them: what a user with the plan's compute could have had without growth.
 - ``planned``: MSG with the schedule of `flm plan grow CONFIG --budget <the plan's FLOPs> --fit FIT`, the loss
   model fitted (`flm plan fit`'s Approach 3) on the first seed's from-scratch runs: the same-tokens scratch
   arm and the 0.25x, 0.5x and 1x arms (FIT_SIZES; the 0.125x arm was added after the first run, when 0.25x
@@ -103,6 +103,13 @@ def planned(plan: RunConfig, law: LossModel, budget: float, stages: int) -> tupl
             "stages": [{"shape": st.model.shape(), "steps": st.steps} for st in resolve_stages(cfg)],
             "law": law.to_json()}
     return cfg, info
+
+
+def same_stages(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two plans train the same shapes for the same steps (a reused planned run is the plan's)."""
+    def shape(c: RunConfig) -> list[tuple]:
+        return [(tuple(s.model.shape().values()), s.steps) for s in resolve_stages(c)]
+    return shape(a) == shape(b)
 
 
 def best_scratch(per_arm: dict[str, list[dict]], seed: int) -> tuple[str, list[dict]]:

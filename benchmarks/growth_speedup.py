@@ -52,6 +52,7 @@ from typing import Any
 import compute_arms as C
 from throughput import cpu_busy
 
+from flm.checkpoint import read_config
 from flm.config import RunConfig, config_from_dict, config_to_dict, load_config
 from flm.growth.bump import EVENT
 from flm.io import atomic_write
@@ -81,9 +82,9 @@ DEFINITIONS = {
              "the growth's first ramp_steps steps over the last value before it; baselines have no masks, their "
              "ramp_steps is only this window",
     "load": "load average before and after the arm; others_cpu_pct: CPU share other processes used meanwhile",
-    "best_scratch": "the compute-matched from-scratch arm (scratch-0.125x/0.25x/0.5x/1x: an eighth, a quarter, "
-                    "half, all of the final shape's non-embedding parameters, each trained for the progressive "
-                    "plan's FLOPs) with the lowest final validation loss at the same seed",
+    "best_scratch": "the compute-matched from-scratch arm (scratch-0.125x/0.25x/0.5x/1x: the whole-head widths "
+                    "nearest an eighth, a quarter, half, all of the final shape's non-embedding parameters, each "
+                    "trained for the progressive plan's FLOPs) with the lowest final validation loss at the same seed",
     "vs_best_scratch": "the arm's final validation loss - best scratch's (negative: growth beat every from-scratch "
                        "model of these sizes for the compute)",
     "best_scratch_speedup": "best scratch's total FLOPs / the FLOPs at which the arm first reaches best scratch's "
@@ -317,7 +318,7 @@ def versus_best(rows: list[dict], best: list[dict]) -> dict[str, Any]:
             "best_scratch_speedup": best[-1]["flops"] / reach if reach else None}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args() -> tuple[argparse.Namespace, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-growth"))
@@ -332,7 +333,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the arms already trained in --work (same config and seeds) and train only the others")
     ap.add_argument("--name", help="results file stem (default growth_speedup, growth_speedup_quick with --quick)")
-    return ap.parse_args()
+    return ap.parse_args(), ap.error  # ap.error: one line, exit 2
 
 
 def train_arms(args: argparse.Namespace, plan: RunConfig, arms: list[str]) -> tuple[dict, dict, dict]:
@@ -350,25 +351,30 @@ def train_arms(args: argparse.Namespace, plan: RunConfig, arms: list[str]) -> tu
             out = args.work / f"{arm}-seed{seed}"
             if arm == C.PLANNED and not planner:
                 scratch_dirs = [args.work / f"{a}-seed0" for a in arms if a == "scratch" or a in C.FIT_SIZES]
-                bumps = C.measured_bumps(runs["msg", 0]["rows"], plan) if "msg" in arms else {}
+                bumps = C.measured_bumps(runs["msg", 0]["rows"], plan)
                 law = C.fit_law(scratch_dirs, bumps, args.work / "fit.json")
                 cfg, planner = C.planned(plan, law, C.plan_flops(plan), args.plan_stages)
                 planner["fit_runs"] = [str(d) for d in scratch_dirs]
                 configs.update({(arm, s): arm_config(plan, arm, s, factors, cfg) for s in range(args.seeds)})
             trained = args.reuse and (out / "load.json").is_file()  # written last: the arm finished
+            if trained and arm == C.PLANNED:  # a plan of another fit: train the new one
+                trained = C.same_stages(read_config(out / "config.toml"), configs[arm, seed])
             runs[arm, seed] = read_arm(out) if trained else run_arm(configs[arm, seed], arm, out)
     return runs, configs, planner
 
 
 def main() -> None:
-    args = parse_args()
+    args, error = parse_args()
     wanted = [a for item in args.arms.split(",") for a in ALIASES.get(item, [item])]
+    unknown = sorted(set(wanted) - set(ARMS))
+    if unknown:
+        error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)} or 'compute'")
     arms = [a for a in ARMS if a in wanted]  # scratch first: the others are measured against it
     if "scratch" not in arms:
-        raise SystemExit("--arms must include scratch: every figure is relative to it")
-    if C.PLANNED in arms and not set(C.FIT_SIZES) <= set(arms):
-        raise SystemExit("--arms planned needs the compute arms (add 'compute'): the planner's loss model is "
-                         "fitted on them")
+        error("--arms must include scratch: every figure is relative to it")
+    if C.PLANNED in arms and not {*C.FIT_SIZES, "msg"} <= set(arms):
+        error("--arms planned needs 'compute' and 'msg': the planner's loss model is fitted on the compute arms, "
+              "with msg's measured bumps")
 
     plan = load_config(args.config, args.overrides)
     if args.quick:

@@ -4,7 +4,7 @@ same runs, and against "several seeds per width": the fit on each width's loss a
 them, or the other seeds only: the held-out run then shares no seed with the fit). Target: |error| <= 1% at
 every seed, mean |error| <= 0.5%.
 
-    .venv/bin/python benchmarks/loss_prediction_seeds.py                 # seeds 0-4: ~20 min per seed idle
+    .venv/bin/python benchmarks/loss_prediction_seeds.py                 # seeds 0-4: 17-29 min per seed, loaded
     .venv/bin/python benchmarks/loss_prediction_seeds.py --seeds 0,1     # a subset
 
 The runs are loss_prediction.py's (runs/bench/loss_prediction[_seedS]_eval50): finished ones are read back,
@@ -81,6 +81,8 @@ def plot(rows: list[dict], path: Path) -> None:
                              ("errors_one_evaluation", "fit on its own seed (one evaluation at the step)", "x"),
                              ("errors_pooled_others", "fit on the mean of the other seeds per width (trend)",
                               "s")):
+        if key not in rows[0]:  # one seed: nothing to pool
+            continue
         ax.plot(seeds, [100 * max(r[key].values(), key=abs) for r in rows], mark, label=label, markersize=8,
                 fillstyle="none" if mark == "s" else "full")
     for y in (-1, 1):

@@ -409,8 +409,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from flm.scaling import predict
 
-    if args.window < 1 or args.seeds < 1:
-        raise FlmError(f"--window {args.window} / --seeds {args.seeds}: must be >= 1")
+    if args.window < 1:
+        raise FlmError(f"--window {args.window}: must be >= 1")
+    if args.seeds < 1:
+        raise FlmError(f"--seeds {args.seeds}: train each fitted width at 1 or more seeds")
     console = Console()
     runs, fit_widths, out, template = _width_series(args, console)
     if len(fit_widths) < 3:
