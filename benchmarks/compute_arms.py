@@ -34,12 +34,6 @@ PLANNED = "planned"
 COUNT = "non-embedding"  # the loss model's N, as flm plan fit's default
 
 
-def plan_flops(plan: RunConfig) -> float:
-    """The progressive plan's training FLOPs (every stage's steps x tokens x FLOPs per token)."""
-    seq = plan.seq_len
-    return float(sum(s.steps * s.batch_size * seq * flops_per_token(s.model, seq) for s in resolve_stages(plan)))
-
-
 def narrower(final: ModelConfig, fraction: float) -> ModelConfig:
     """The final shape's depth at the width (whole heads of its head_dim, FFN at its ratio) whose non-embedding
     parameter count is nearest ``fraction`` of the final one's (in log)."""

@@ -56,6 +56,7 @@ from flm.checkpoint import read_config
 from flm.config import RunConfig, config_from_dict, config_to_dict, load_config
 from flm.growth.bump import EVENT
 from flm.io import atomic_write
+from flm.scaling.plan_search import plan_flops
 from flm.stages import resolve_stages
 from flm.train.loop import train_stage
 from flm.train.metrics import read_metrics
@@ -154,7 +155,7 @@ def arm_config(plan: RunConfig, arm: str, seed: int, factors: dict[str, int],
     if arm == "scratch":
         data = config_to_dict(scratch_config(plan, "tokens"))
     elif arm in C.SIZES:
-        data = config_to_dict(C.sized_scratch(plan, arm, C.plan_flops(plan)))
+        data = config_to_dict(C.sized_scratch(plan, arm, plan_flops(plan)))
     elif arm == C.PLANNED:
         assert planned is not None
         data = config_to_dict(planned)
@@ -353,7 +354,7 @@ def train_arms(args: argparse.Namespace, plan: RunConfig, arms: list[str]) -> tu
                 scratch_dirs = [args.work / f"{a}-seed0" for a in arms if a == "scratch" or a in C.FIT_SIZES]
                 bumps = C.measured_bumps(runs["msg", 0]["rows"], plan)
                 law = C.fit_law(scratch_dirs, bumps, args.work / "fit.json")
-                cfg, planner = C.planned(plan, law, C.plan_flops(plan), args.plan_stages)
+                cfg, planner = C.planned(plan, law, plan_flops(plan), args.plan_stages)
                 planner["fit_runs"] = [str(d) for d in scratch_dirs]
                 configs.update({(arm, s): arm_config(plan, arm, s, factors, cfg) for s in range(args.seeds)})
             trained = args.reuse and (out / "load.json").is_file()  # written last: the arm finished
@@ -384,7 +385,7 @@ def main() -> None:
     final = resolve_stages(plan)[-1].model
     result: dict[str, Any] = {"config": args.config, "quick": args.quick, "seeds": args.seeds,
                               "final_shape": final.shape(), "final_params": final.num_params(),
-                              "plan_flops": C.plan_flops(plan), "definitions": DEFINITIONS, "arms": {}}
+                              "plan_flops": plan_flops(plan), "definitions": DEFINITIONS, "arms": {}}
     compute = {a: [runs[a, s]["rows"] for s in range(args.seeds)] for a in arms if a in C.SIZES}
     best = [C.best_scratch(compute, s) for s in range(args.seeds)] if compute else []
     for arm in arms:

@@ -45,8 +45,7 @@ def one_seed(seed: int, extra: list[str]) -> dict:
     old = P.predict_from_runs(runs, fit, metric="val_loss", count=result["param_count"], **COMPARE)
     held = [pt for pt in result["prediction"]["points"] if pt["role"] == "predict"]
     return {"seed": seed, "losses": {str(pt["width"]): pt["loss"] for pt in result["prediction"]["points"]},
-            "n_params": {str(pt["width"]): pt["n_params"] for pt in result["prediction"]["points"]},
-            "fit_widths": fit,
+            "runs": {str(w): str(d) for w, d in runs.items()}, "fit_widths": fit, "count": result["param_count"],
             "errors": {str(pt["width"]): pt["rel_error"] for pt in held},
             "errors_one_evaluation": {str(w): e for w, e in errors(old).items()},
             "actual": {str(pt["width"]): pt["loss"] for pt in held},
@@ -54,18 +53,18 @@ def one_seed(seed: int, extra: list[str]) -> dict:
 
 
 def pooled(rows: list[dict], own: bool) -> dict[str, dict[str, float]]:
-    """"Several seeds per width": per seed, one fit on every fit width's loss averaged over the seeds (``own``:
-    all of them; else the other seeds only, so the held-out run shares no seed with the fit), against the
-    seed's held-out runs. What is left is the held-out runs' own seed noise and the law's bias."""
-    import numpy as np
-
-    fit_w = [str(w) for w in rows[0]["fit_widths"]]
+    """"Several seeds per width" (`flm predict --seeds`'s fit): per seed, one fit on every fit width's runs at
+    the seeds (``own``: all of them; else the other seeds only, so the held-out run shares no seed with the
+    fit), against the seed's held-out runs. What is left is the held-out runs' own seed noise and the law's
+    bias."""
     out = {}
     for r in rows:
         group = [o for o in rows if own or o is not r]
-        fit = P.fit_power_law([r["n_params"][w] for w in fit_w],
-                              [float(np.mean([o["losses"][w] for o in group])) for w in fit_w])
-        out[str(r["seed"])] = {w: float(fit(r["n_params"][w])) / r["actual"][w] - 1 for w in r["errors"]}
+        runs = {int(w): [Path(o["runs"][w]) for o in group] if int(w) in r["fit_widths"] else Path(d)
+                for w, d in r["runs"].items()}
+        pred = P.predict_from_runs(runs, r["fit_widths"], metric="val_loss", count=r["count"],
+                                   smooth=METHOD["smooth"], window=METHOD["window"])
+        out[str(r["seed"])] = {str(w): e for w, e in errors(pred).items()}
     return out
 
 
