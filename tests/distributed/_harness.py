@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import torch.multiprocessing as mp
 TIMEOUT_S = 150.0
 
 
-def _entry(rank: int, fn: Callable, world: int, tmp: str, args: tuple) -> None:
+def _entry(rank: int, fn: Callable, world: int, tmp: str, args: tuple, store: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         fn(rank, world, Path(tmp), *args)
     finally:
@@ -33,7 +34,10 @@ mp.set_forkserver_preload(["torch", "flm.distributed.parallelize", "flm.distribu
 
 
 def spawn(fn: Callable, world: int, tmp_path: Path, *args, timeout: float = TIMEOUT_S) -> None:
-    ctx = mp.start_processes(_entry, args=(fn, world, str(tmp_path), args), nprocs=world, join=False,
+    # A fresh rendezvous file per spawn: a second spawn in the same folder could otherwise meet the first group's
+    # file store before its last rank has removed it, and wait forever (CI hung once that way).
+    store = tmp_path / f"rendezvous-{uuid.uuid4().hex}"
+    ctx = mp.start_processes(_entry, args=(fn, world, str(tmp_path), args, str(store)), nprocs=world, join=False,
                              start_method="forkserver")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
