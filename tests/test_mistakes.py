@@ -265,6 +265,10 @@ CASES = [
     Mistake("predict-two-widths", "predict tiny.toml --set model.mup_base_width=32 --widths 32,64",
             "needs at least 3 widths, got 2"),
     Mistake("predict-not-a-run", "predict --runs corpus", "--runs corpus: not a run folder"),
+    Mistake("predict-zero-seeds", "predict tiny.toml --set model.mup_base_width=32 --widths 32,48,64 --seeds 0",
+            "--seeds 0: train each fitted width at 1 or more seeds"),
+    Mistake("predict-seeds-with-runs", "predict --runs runs/tiny --seeds 2",
+            "--seeds trains each fitted width at several seeds; with --runs give one folder per width"),
     Mistake("plot-not-a-run", "plot corpus", "no metrics.jsonl with data"),
 ]
 
