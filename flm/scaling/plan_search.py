@@ -228,10 +228,9 @@ def candidate_config(cfg: RunConfig, choice: PlanChoice, budget: float) -> RunCo
         elif choice.lr_mode == "inherit" and st.get("lr") is None:  # one schedule: no warmup of its own
             st.pop("warmup_steps", None)
     out = config_from_dict(data, where=where)
-    final = stage_models(out)[-1]
-    if final.shape() != stage_models(cfg)[-1].shape():  # a guard: _shaped keeps the final shape by design
+    final = resolve_stages(out)[-1].model  # raises for a ramp or a warmup longer than its stage
+    if final.shape() != given[-1].model.shape():  # a guard: _shaped keeps the final shape by design
         raise FlmError(f"{where}: grows to {final.shape()}, not the plan's final shape")
-    resolve_stages(out)  # a ramp or a warmup longer than its stage: not a plan that can run
     return out
 
 
